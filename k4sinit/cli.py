@@ -1,0 +1,253 @@
+"""The ``k4sinit`` command line. ``main(argv) -> int`` is what tests call.
+
+Commands and exit codes:
+
+=================================  ==================================================
+``run --config FILE``              supervise until SIGTERM/SIGINT/``stop --all``; 0
+                                   after an orderly stop, 2 on an invalid config,
+                                   1 if the daemon could not start
+``check --config FILE``            0 when valid; 1 and every error otherwise
+``status [NAME] [--json]``         0 when every service is up and ready (or completed)
+``logs NAME [-n N] [-f]``          the last N lines, then new ones with ``-f``
+``start|stop|restart NAME``        operator commands; ``stop --all`` stops everything
+=================================  ==================================================
+
+Client commands take ``--socket PATH`` (after the command name) or
+``$K4SINIT_SOCKET``; they print a one-line error and exit 1 when the daemon
+cannot be reached or refuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import control
+from .config import ConfigErrors, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="k4sinit", description="init and supervisor of a Kubernetes node"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def client(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument(
+            "--socket",
+            help=f"control socket (default: $K4SINIT_SOCKET or {control.DEFAULT_SOCKET})",
+        )
+        return sub
+
+    run = client("run", "supervise the services of a config (as a child subreaper)")
+    run.add_argument("--config", required=True, help="YAML config file")
+    run.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
+    run.add_argument("--debug", action="store_true", help="log debug events too")
+
+    check = commands.add_parser("check", help="validate a config and print every error")
+    check.add_argument("--config", required=True, help="YAML config file")
+
+    status = client("status", "show services (one in detail with NAME)")
+    status.add_argument("name", nargs="?")
+    status.add_argument("--json", action="store_true", help='print {"services": [...]} as JSON')
+
+    logs = client("logs", "print a service's last output lines")
+    logs.add_argument("name")
+    logs.add_argument("-n", "--lines", type=int, default=50)
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+
+    for name in ("start", "restart"):
+        client(name, f"{name} a service").add_argument("name")
+    stop = client("stop", "stop a service, or everything with --all")
+    stop.add_argument("name", nargs="?")
+    stop.add_argument("--all", action="store_true", help="stop every service and end the daemon")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        return cmd_check(args.config)
+    if args.command == "run":
+        return cmd_run(args)
+    try:
+        return run_client(args)
+    except control.ControlClientError as exc:
+        print(f"k4sinit: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry() -> None:
+    """The console-script entry point."""
+    sys.exit(main())
+
+
+def cmd_check(path: str) -> int:
+    try:
+        config = load_config(path)
+    except ConfigErrors as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{path}: valid, {len(config.services)} services")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigErrors as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    import trio
+
+    from . import log
+    from .daemon import Daemon
+
+    writer = log.configure(args.log_format, debug=args.debug)
+    logger = log.get_logger()
+
+    async def serve() -> None:
+        await Daemon(config, control.socket_path(args.socket), logger).run()
+
+    try:
+        trio.run(serve)
+    except OSError as exc:
+        logger.error("cannot start", error=str(exc))
+        return 1
+    finally:
+        writer.close()
+    return 0
+
+
+def run_client(args: argparse.Namespace) -> int:
+    path = control.socket_path(args.socket)
+    if args.command == "status":
+        req = control.Request("status", name=args.name)
+        result = control.request(path, req)
+        if args.name:
+            print(json.dumps(result, indent=2) if args.json else format_detail(result))
+            return 0 if _healthy(result) else 1
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(format_table(result["services"]))
+        return 0 if all(_healthy(s) for s in result["services"]) else 1
+    if args.command == "logs":
+        req = control.Request("logs", name=args.name, lines=args.lines, follow=args.follow)
+        for batch in control.stream_request(path, req, timeout=None if args.follow else 30.0):
+            for entry in batch:
+                print(f"{entry['stream']}[{entry['pid']}]: {entry['line']}", flush=args.follow)
+        return 0
+    if args.command == "stop" and args.all:
+        result = control.request(path, control.Request("stop_all"), timeout=None)
+        print(format_table(result["services"]))
+        return 0
+    if not args.name:
+        print(f"k4sinit {args.command}: a service NAME is needed", file=sys.stderr)
+        return 2
+    result = control.request(path, control.Request(args.command, name=args.name), timeout=None)
+    print(
+        f"{result['name']}: {result['state']}{', ready' if result['ready'] else ''} ({result['reason']})"
+    )
+    return 0
+
+
+def _healthy(service: dict[str, Any]) -> bool:
+    return service["state"] == "completed" or (
+        service["state"] == "running" and service["ready"] is True
+    )
+
+
+# --- formatting -------------------------------------------------------------------
+
+
+def format_duration(seconds: float | None) -> str:
+    """``45s``, ``3m05s``, ``2h04m``, ``3d01h``."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def format_exit(last_exit: dict[str, Any] | None) -> str:
+    if last_exit is None:
+        return "-"
+    if "signal" in last_exit:
+        return str(last_exit["signal"])
+    return f"code {last_exit['code']}"
+
+
+def format_table(services: list[dict[str, Any]]) -> str:
+    """The ``status`` table, one service per line, in the order given."""
+    header = ("SERVICE", "STATE", "READY", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "REASON")
+    rows = [header]
+    for s in services:
+        up = s["since"] if s["state"] in ("running", "starting") else None
+        rows.append(
+            (
+                s["name"],
+                s["state"],
+                "yes" if s["ready"] else "no",
+                str(s["pid"]) if s["pid"] else "-",
+                format_duration(up),
+                str(s["restarts"]),
+                format_exit(s["last_exit"]),
+                _shorten(s.get("reason") or "", 60),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True))
+        + "  "
+        + row[-1]
+        for row in rows
+    )
+
+
+def format_detail(s: dict[str, Any]) -> str:
+    """``status NAME``: state, spec summary, next restart, events, last log lines."""
+    spec = s["spec"]
+    lines = [
+        f"{s['name']}: {s['state']}, {'ready' if s['ready'] else 'not ready'}, for {format_duration(s['since'])}",
+        f"  reason:      {s['reason']}",
+        f"  pid:         {s['pid'] or '-'}",
+        f"  restarts:    {s['restarts']}   last exit: {format_exit(s['last_exit'])}",
+    ]
+    if s.get("next_restart_in") is not None:
+        lines.append(f"  next restart in {s['next_restart_in']:.1f}s")
+    lines += [
+        f"  command:     {' '.join(spec['command'])}",
+        f"  restart:     {spec['restart_policy']}; stop with {spec['stop_signal']}, "
+        f"grace {spec['termination_grace_period']:g}s",
+    ]
+    if s["depends_on"]:
+        deps = ", ".join(f"{name} ({cond})" for name, cond in s["depends_on"].items())
+        lines.append(f"  depends on:  {deps}")
+    for kind, text in spec["probes"].items():
+        lines.append(f"  {kind + ' probe:':<13}{text}")
+    lines.append("  events:")
+    for event in s["events"][-10:]:
+        stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+        ready = ", ready" if event["ready"] else ""
+        lines.append(f"    {stamp}  {event['state']}{ready}: {event['reason']}")
+    lines.append("  last output:")
+    for entry in s["logs"]:
+        lines.append(f"    {entry['stream']}[{entry['pid']}]: {entry['line']}")
+    return "\n".join(lines)
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,780 @@
+"""Loading and validating the k4sinit YAML config.
+
+The whole file is checked before anything runs. Every problem is reported at
+once, as a :class:`ConfigError` naming the file, the line, the service and the
+field, with the likely fix where there is one. Keys follow the Kubernetes
+container spec (``command``, ``args``, ``env``, probes, ...)::
+
+    services:
+      web:
+        command: [python3, -m, http.server, --bind, 127.0.0.1, "18080"]
+        readinessProbe:
+          httpGet: {port: 18080}
+      worker:
+        command: [/bin/sh, -c, "while sleep 5; do echo tick; done"]
+        dependsOn: {web: Ready}
+
+The YAML is composed into nodes and walked here, rather than loaded, so that
+every value keeps its line and duplicate keys are caught.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import reprlib
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeGuard, TypeVar
+
+import yaml
+
+from k4sinit.graph import find_cycles_in
+from k4sinit.spec import (
+    Backoff,
+    Condition,
+    Config,
+    ExecAction,
+    FileAction,
+    HTTPGetAction,
+    Probe,
+    ProbeAction,
+    RestartPolicy,
+    ServiceSpec,
+    TCPSocketAction,
+    TLSConfig,
+    UnixSocketAction,
+)
+
+try:
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # PyYAML built without libyaml
+    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+__all__ = ["ConfigError", "ConfigErrors", "load_config", "load_config_text"]
+
+_T = TypeVar("_T")
+_Path = tuple[str | int, ...]  # where a value sits: keys and list indices from the top
+
+_SERVICE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_RESERVED_NAMES = frozenset({"network"})  # a built-in condition in a later version
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
+
+
+# --- errors ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigError:
+    """One problem in a config file.
+
+    ``field`` is a dotted path inside the service (or from the top of the file
+    when ``service`` is None), e.g. ``readinessProbe.httpGet.port`` or
+    ``command[2]``. Renders as
+    ``file:line: service 'x', field a.b: message, hint``.
+    """
+
+    file: str
+    line: int | None
+    service: str | None
+    field: str | None
+    message: str
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        what = []
+        if self.service is not None:
+            what.append(f"service {self.service!r}")
+        if self.field is not None:
+            what.append(f"field {self.field}")
+        text = self.message if self.hint is None else f"{self.message}, {self.hint}"
+        return f"{where}: {', '.join(what)}: {text}" if what else f"{where}: {text}"
+
+
+class ConfigErrors(Exception):
+    """Everything wrong with one config file; ``errors`` is never empty."""
+
+    def __init__(self, source: str, errors: Sequence[ConfigError]) -> None:
+        self.source = source
+        self.errors = list(errors)
+        super().__init__(source, self.errors)
+
+    def __str__(self) -> str:
+        count = len(self.errors)
+        head = f"{count} error{'' if count == 1 else 's'} in {self.source}"
+        return "\n".join([head, *map(str, self.errors)])
+
+
+# --- entry points --------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the config file at ``path``.
+
+    Raises :class:`ConfigErrors` listing every problem found, including an
+    unreadable file or one that is not UTF-8.
+    """
+    source = os.fspath(path)
+    try:
+        data = Path(source).read_bytes()
+    except OSError as e:
+        raise _single(source, None, f"cannot read the config: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        message = f"not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})"
+        raise _single(source, line, message) from None
+    return load_config_text(text, source)
+
+
+def load_config_text(text: str, source: str) -> Config:
+    """Validate config ``text``; ``source`` names it in errors and in the result.
+
+    Raises :class:`ConfigErrors` listing every problem found.
+    """
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise _syntax_error(source, text, e) from None
+    doc = _Document(source)
+    data = None
+    if root is not None:
+        doc.lines[()] = root.start_mark.line + 1
+        data = doc.plain(root, ())
+    services = _read_config(doc, data)
+    if doc.errors:
+        raise ConfigErrors(source, sorted(doc.errors, key=lambda e: e.line or 0))
+    return Config(source=source, services=services)
+
+
+def _single(source: str, line: int | None, message: str) -> ConfigErrors:
+    return ConfigErrors(source, [ConfigError(source, line, None, None, message)])
+
+
+def _syntax_error(source: str, text: str, e: yaml.YAMLError) -> ConfigErrors:
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        line = None if mark is None else mark.line + 1
+        detail = ": ".join(str(part) for part in (e.context, e.problem) if part)
+    elif isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow
+        line = text.count("\n", 0, e.position) + 1
+        detail = f"character {e.character!r} is not allowed"
+    else:
+        line, detail = None, str(e)
+    return _single(source, line, f"YAML syntax error: {detail}")
+
+
+# --- the YAML document ---------------------------------------------------------
+
+
+class _Document:
+    """One config being read: the errors found so far and the line of every value."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.errors: list[ConfigError] = []
+        self.lines: dict[_Path, int] = {}
+        self._constructor = yaml.constructor.SafeConstructor()
+        self._open: set[int] = set()  # ids of collection nodes being built, to stop at recursion
+
+    def line(self, path: _Path) -> int | None:
+        """The line of ``path``, or of its nearest ancestor with a known line."""
+        while path not in self.lines and path:
+            path = path[:-1]
+        return self.lines.get(path)
+
+    def error(
+        self, path: _Path, message: str, hint: str | None = None, line: int | None = None
+    ) -> None:
+        """Record an error about the value at ``path`` (on ``line`` if given)."""
+        if len(path) >= 2 and path[0] == "services":
+            service, field_path = str(path[1]), path[2:]
+        else:
+            service, field_path = None, path
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in field_path)
+        line = self.line(path) if line is None else line
+        self.errors.append(
+            ConfigError(self.file, line, service, field.lstrip(".") or None, message, hint)
+        )
+
+    def plain(self, node: yaml.Node, path: _Path) -> Any:
+        """Plain Python values from ``node`` at ``path``, noting the line of every child.
+
+        Mapping keys are taken as written (strings). Duplicate keys, odd tags
+        and recursive aliases are reported and skipped; ``<<`` merges work.
+        """
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                return self._constructor.construct_object(node)
+            except yaml.YAMLError as e:
+                problem = getattr(e, "problem", None) or e
+                self.error(path, f"unsupported YAML value: {problem}")
+                return node.value
+        if id(node) in self._open:
+            self.error(path, "recursive YAML alias")
+            return None
+        if node.tag not in _PLAIN_TAGS:
+            self.error(path, f"unsupported YAML tag {node.tag}")
+        self._open.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                items = []
+                for i, item in enumerate(node.value):
+                    self.lines[(*path, i)] = item.start_mark.line + 1
+                    items.append(self.plain(item, (*path, i)))
+                return items
+            assert isinstance(node, yaml.MappingNode)
+            return self._mapping(node, path)
+        finally:
+            self._open.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, path: _Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                sources = (
+                    value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                )
+                for source in reversed(sources):  # the first source wins
+                    if isinstance(source, yaml.MappingNode):
+                        out.update(self.plain(source, path))
+                    else:
+                        self.error(
+                            path, "'<<' merges only mappings", line=source.start_mark.line + 1
+                        )
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if key_node.tag == _MERGE_TAG:
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.error(path, "mapping keys must be plain strings", line=line)
+                continue
+            key = key_node.value
+            if key in first_line:
+                message = f"duplicate key {key!r} (first at line {first_line[key]})"
+                self.error((*path, key), message, "remove one of them", line=line)
+                continue
+            first_line[key] = self.lines[(*path, key)] = line
+            out[key] = self.plain(value_node, (*path, key))
+        return out
+
+
+def _kind(value: object) -> str:
+    """How a YAML value reads to a person, for 'expected X, got Y'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a number ({value:g})"
+    if isinstance(value, str):
+        return f"a string ({reprlib.repr(value)})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _did_you_mean(word: str, options: Sequence[str]) -> str | None:
+    """A 'did you mean ...?' hint for the option closest to ``word``, if any is close."""
+    same_case = {option.lower(): option for option in options}.get(word.lower())
+    close = same_case or next(iter(difflib.get_close_matches(word, options, 1, 0.6)), None)
+    return None if close is None else f"did you mean {close!r}?"
+
+
+def _is_str(value: object) -> TypeGuard[str]:
+    return isinstance(value, str)
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_list(value: object) -> TypeGuard[list[Any]]:
+    return isinstance(value, list)
+
+
+def _is_mapping(value: object) -> TypeGuard[dict[str, Any]]:
+    return isinstance(value, dict)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The values that were given, so the spec's dataclass defaults fill the rest."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+class _Reader:
+    """Reads the fields of one YAML mapping, recording errors instead of raising.
+
+    Each getter returns None when its key is absent or its value is wrong (after
+    recording an error). Every key asked for is known; :meth:`finish` reports
+    the keys nobody asked for, with the closest known key as a hint.
+    """
+
+    def __init__(self, doc: _Document, path: _Path, data: dict[str, Any]) -> None:
+        self.doc = doc
+        self.path = path
+        self.data = data
+        self.known: list[str] = []
+
+    def error(self, message: str, hint: str | None = None, *, key: str | int | None = None) -> None:
+        """Record an error about ``key``, or about the whole mapping without one."""
+        self.doc.error(self.path if key is None else (*self.path, key), message, hint)
+
+    def take(
+        self,
+        key: str,
+        expected: str,
+        check: Callable[[object], TypeGuard[_T]],
+        *,
+        required: bool = False,
+        hint: str | None = None,
+    ) -> _T | None:
+        """The value of ``key`` if present and ``check`` accepts it (else None, after an
+        error; ``hint`` goes with a type error)."""
+        self.known.append(key)
+        if key not in self.data:
+            if required:
+                self.error(f"missing required key {key!r}")
+            return None
+        value = self.data[key]
+        if not check(value):
+            self.error(f"expected {expected}, got {_kind(value)}", hint, key=key)
+            return None
+        return value
+
+    def string(self, key: str, *, required: bool = False, hint: str | None = None) -> str | None:
+        return self.take(key, "a string", _is_str, required=required, hint=hint)
+
+    def absolute_path(self, key: str, *, required: bool = False) -> str | None:
+        value = self.string(key, required=required)
+        if value is not None and not value.startswith("/"):
+            self.error(f"must be an absolute path, got {value!r}", key=key)
+            return None
+        return value
+
+    def choice(self, key: str, options: Sequence[str]) -> str | None:
+        value = self.string(key)
+        if value is not None and value not in options:
+            expected = f"expected one of {', '.join(options)}, got {value!r}"
+            self.error(expected, _did_you_mean(value, options), key=key)
+            return None
+        return value
+
+    def number(
+        self, key: str, minimum: float = 0.0, *, above: bool = False, maximum: float | None = None
+    ) -> float | None:
+        """A finite int or float, ``>= minimum`` (``> minimum`` if ``above``), ``<= maximum``."""
+        value = self.take(key, "a number", _is_number)
+        if value is None:
+            return None
+        low_ok = value > minimum if above else value >= minimum
+        if not (math.isfinite(value) and low_ok and (maximum is None or value <= maximum)):
+            if maximum is not None:
+                bound = f"between {minimum:g} and {maximum:g}"
+            else:
+                bound = f"{'>' if above else '>='} {minimum:g}"
+            self.error(f"must be {bound}, got {value:g}", key=key)
+            return None
+        return float(value)
+
+    def integer(
+        self,
+        key: str,
+        minimum: int,
+        *,
+        maximum: int | None = None,
+        required: bool = False,
+        hint: str | None = None,
+    ) -> int | None:
+        value = self.take(key, "an integer", _is_int, required=required, hint=hint)
+        if value is None:
+            return None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            self.error(f"must be {bound}, got {value}", key=key)
+            return None
+        return value
+
+    def strings(
+        self, key: str, *, required: bool = False, non_empty: bool = False
+    ) -> tuple[str, ...] | None:
+        """A list of strings; each non-string item is reported on its own."""
+        hint = "write a YAML list, one item per argument"
+        items = self.take(key, "a list of strings", _is_list, required=required, hint=hint)
+        if items is None:
+            return None
+        wrong = [i for i, item in enumerate(items) if not isinstance(item, str)]
+        for i in wrong:
+            message = f"expected a string, got {_kind(items[i])}"
+            self.doc.error((*self.path, key, i), message, "quote it to make it a string")
+        if non_empty and not items:
+            self.error("must not be empty", key=key)
+            return None
+        return None if wrong else tuple(items)
+
+    def mapping(
+        self, key: str, *, required: bool = False, hint: str | None = None
+    ) -> _Reader | None:
+        value = self.take(key, "a mapping", _is_mapping, required=required, hint=hint)
+        return None if value is None else _Reader(self.doc, (*self.path, key), value)
+
+    def items(self, key: str, expected: str) -> list[_Reader]:
+        """A list of mappings, one reader for each; other items are reported."""
+        readers = []
+        for i, item in enumerate(self.take(key, f"a list of {expected}", _is_list) or ()):
+            if isinstance(item, dict):
+                readers.append(_Reader(self.doc, (*self.path, key, i), item))
+            else:
+                self.doc.error((*self.path, key, i), f"expected {expected}, got {_kind(item)}")
+        return readers
+
+    def finish(self) -> None:
+        """Report every key of the mapping that no getter asked for."""
+        for key in self.data:
+            if key not in self.known:
+                hint = _did_you_mean(key, self.known) or f"known keys: {', '.join(self.known)}"
+                self.error(f"unknown key {key!r}", hint, key=key)
+
+
+# --- the config ------------------------------------------------------------------
+
+
+def _read_config(doc: _Document, data: Any) -> dict[str, ServiceSpec]:
+    """The top level: one reader per section (``network``, ``node``, ... join here)."""
+    if data is None:
+        doc.error((), "the config is empty", "it needs a 'services' mapping")
+        return {}
+    if not isinstance(data, dict):
+        doc.error((), f"expected a mapping at the top level, got {_kind(data)}")
+        return {}
+    top = _Reader(doc, (), data)
+    services = _read_services(top)
+    top.finish()
+    return services
+
+
+@dataclass(frozen=True, slots=True)
+class _Dependency:
+    name: str
+    condition: Condition | None  # None: invalid, already reported
+    path: _Path
+
+
+@dataclass(frozen=True, slots=True)
+class _Service:
+    """What one service entry gave: its spec (None if invalid) and what cross-checks need."""
+
+    spec: ServiceSpec | None
+    restart_policy: RestartPolicy | None
+    dependencies: tuple[_Dependency, ...]
+
+
+def _read_services(top: _Reader) -> dict[str, ServiceSpec]:
+    section = top.mapping("services", required=True)
+    if section is None:
+        return {}
+    services: dict[str, _Service] = {}
+    for name in section.data:
+        _check_service_name(section, name)
+        entry = section.mapping(name)
+        if entry is not None:
+            services[name] = _read_service(entry, name)
+    _check_dependencies(top.doc, services, set(section.data))
+    return {name: s.spec for name, s in services.items() if s.spec is not None}
+
+
+def _check_service_name(section: _Reader, name: str) -> None:
+    if name in _RESERVED_NAMES:
+        hint = "choose another name, it is kept for a built-in condition"
+        section.error(f"the name {name!r} is reserved", hint, key=name)
+    elif len(name) > 63 or not _SERVICE_NAME.fullmatch(name):
+        hint = (
+            "use at most 63 lowercase letters, digits and '-', starting and ending"
+            " with a letter or digit (it names a cgroup and is typed on the command line)"
+        )
+        section.error("invalid service name", hint, key=name)
+
+
+def _read_service(r: _Reader, name: str) -> _Service:
+    command = r.strings("command", required=True, non_empty=True)
+    args = r.strings("args")
+    env = _read_env(r)
+    working_dir = r.absolute_path("workingDir")
+    dependencies = _read_dependencies(r)
+    readiness = _read_probe(r, "readinessProbe")
+    liveness = _read_probe(r, "livenessProbe", single_success=True)
+    startup = _read_probe(r, "startupProbe", single_success=True)
+    policy = r.choice("restartPolicy", [p.value for p in RestartPolicy])
+    restart_policy = None if policy is None else RestartPolicy(policy)
+    backoff = _read_backoff(r)
+    stop_signal = _read_signal(r)
+    grace = r.number("terminationGracePeriodSeconds")
+    r.finish()
+    spec = None
+    if command is not None:
+        depends_on = tuple((d.name, d.condition) for d in dependencies if d.condition)
+        fields = _given(
+            args=args,
+            env=env,
+            working_dir=working_dir,
+            depends_on=depends_on,
+            readiness_probe=readiness,
+            liveness_probe=liveness,
+            startup_probe=startup,
+            restart_policy=restart_policy,
+            backoff=backoff,
+            stop_signal=stop_signal,
+            termination_grace_period=grace,
+        )
+        spec = ServiceSpec(name=name, command=command, **fields)
+    if "restartPolicy" not in r.data:
+        restart_policy = RestartPolicy.ALWAYS  # the spec's default
+    return _Service(spec, restart_policy, tuple(dependencies))
+
+
+def _read_env(r: _Reader) -> tuple[tuple[str, str], ...] | None:
+    env = r.mapping("env", hint="write it as NAME: value pairs")
+    if env is None:
+        return None
+    pairs = []
+    for name in env.data:
+        if not name or "=" in name or "\0" in name:
+            env.error(
+                "invalid environment variable name", "it must be non-empty without '='", key=name
+            )
+        value = env.string(name, hint="quote it to make it a string")
+        if value is not None:
+            pairs.append((name, value))
+    return tuple(pairs)
+
+
+def _read_dependencies(r: _Reader) -> list[_Dependency]:
+    """``dependsOn``: a mapping of service -> condition, or a list of services (Ready)."""
+    expected = "a mapping of service: condition or a list of services"
+    value = r.take("dependsOn", expected, _is_deps)
+    path = (*r.path, "dependsOn")
+    if isinstance(value, list):
+        deps: list[_Dependency] = []
+        for i, name in enumerate(value):
+            if not isinstance(name, str):
+                r.doc.error((*path, i), f"expected a service name, got {_kind(name)}")
+            elif name in (d.name for d in deps):
+                r.doc.error((*path, i), f"{name!r} is listed twice")
+            else:
+                deps.append(_Dependency(name, Condition.READY, (*path, i)))
+        return deps
+    if isinstance(value, dict):
+        conditions = _Reader(r.doc, path, value)
+        deps = []
+        for name in value:
+            condition = conditions.choice(name, [c.value for c in Condition])
+            known = None if condition is None else Condition(condition)
+            deps.append(_Dependency(name, known, (*path, name)))
+        return deps
+    return []
+
+
+def _is_deps(value: object) -> TypeGuard[dict[str, Any] | list[Any]]:
+    return isinstance(value, dict | list)
+
+
+def _check_dependencies(doc: _Document, services: dict[str, _Service], names: set[str]) -> None:
+    """Cross-service checks: unknown names, impossible conditions, cycles."""
+    for name, service in services.items():
+        for dep in service.dependencies:
+            target = services.get(dep.name)
+            if dep.name not in names:
+                others = [n for n in names if n != name]
+                message = f"unknown service {dep.name!r} in dependsOn"
+                doc.error(dep.path, message, _did_you_mean(dep.name, sorted(others)))
+            elif (
+                target is not None
+                and dep.condition is Condition.COMPLETED
+                and target.restart_policy is RestartPolicy.ALWAYS
+            ):
+                message = (
+                    f"condition Completed on {dep.name!r},"
+                    " which has restartPolicy Always and so never completes"
+                )
+                doc.error(dep.path, message, "set its restartPolicy to OnFailure or Never")
+    edges = {name: [d.name for d in s.dependencies] for name, s in services.items()}
+    for cycle in find_cycles_in(edges):
+        doc.error(("services", cycle[0]), "dependency cycle: " + " -> ".join(cycle))
+
+
+# --- probes ------------------------------------------------------------------------
+
+_PORT_HINT = "named ports are not supported, give the number"
+
+
+def _read_probe(parent: _Reader, key: str, *, single_success: bool = False) -> Probe | None:
+    """A Kubernetes probe: exactly one handler, plus timing (seconds may be fractional)."""
+    r = parent.mapping(key)
+    if r is None:
+        return None
+    actions = [read(h) for name, read in _HANDLERS if (h := r.mapping(name)) is not None]
+    timing = _given(
+        initial_delay=r.number("initialDelaySeconds"),
+        period=r.number("periodSeconds", above=True),
+        timeout=r.number("timeoutSeconds", above=True),
+        success_threshold=r.integer("successThreshold", 1),
+        failure_threshold=r.integer("failureThreshold", 1),
+    )
+    r.finish()
+    handlers = [name for name, _ in _HANDLERS if name in r.data]
+    if not handlers:
+        r.error("a probe needs a handler", f"add one of {', '.join(n for n, _ in _HANDLERS)}")
+    elif len(handlers) > 1:
+        r.error(f"more than one handler ({', '.join(handlers)}), a probe takes exactly one")
+    if single_success and timing.get("success_threshold", 1) != 1:
+        r.error(f"must be 1 for {key}", key="successThreshold")
+    if len(actions) != 1 or actions[0] is None:
+        return None
+    return Probe(actions[0], **timing)
+
+
+def _read_exec(r: _Reader) -> ExecAction | None:
+    command = r.strings("command", required=True, non_empty=True)
+    r.finish()
+    return None if command is None else ExecAction(command)
+
+
+def _read_http_get(r: _Reader) -> HTTPGetAction | None:
+    scheme = r.choice("scheme", ("HTTP", "HTTPS"))
+    host = r.string("host")
+    port = r.integer("port", 1, maximum=65535, required=True, hint=_PORT_HINT)
+    path = r.string("path")
+    if path is not None and not path.startswith("/"):
+        r.error(f"must start with '/', got {path!r}", key="path")
+    headers = []
+    for h in r.items("httpHeaders", "a mapping with name and value"):
+        name, value = h.string("name", required=True), h.string("value", required=True)
+        h.finish()
+        if name is not None and not _HEADER_NAME.fullmatch(name):
+            h.error(f"invalid HTTP header name {name!r}", key="name")
+        elif value is not None and ("\r" in value or "\n" in value):
+            h.error("an HTTP header value cannot contain a line break", key="value")
+        elif name is not None and value is not None:
+            headers.append((name, value))
+    tls = _read_tls(r, scheme)
+    r.finish()
+    if port is None:
+        return None
+    options = _given(host=host, path=path, scheme=scheme, tls=tls)
+    return HTTPGetAction(port=port, headers=tuple(headers), **options)
+
+
+def _read_tls(parent: _Reader, scheme: str | None) -> TLSConfig | None:
+    r = parent.mapping("tls")
+    if r is None:
+        return None
+    tls = TLSConfig(
+        **_given(
+            ca_file=r.string("caFile"),
+            cert_file=r.string("certFile"),
+            key_file=r.string("keyFile"),
+            server_name=r.string("serverName"),
+        )
+    )
+    r.finish()
+    if (tls.cert_file is None) != (tls.key_file is None):
+        r.error("certFile and keyFile must be given together")
+    if scheme != "HTTPS":
+        r.error("tls needs scheme HTTPS", "add scheme: HTTPS")
+    return tls
+
+
+def _read_tcp_socket(r: _Reader) -> TCPSocketAction | None:
+    host = r.string("host")
+    port = r.integer("port", 1, maximum=65535, required=True, hint=_PORT_HINT)
+    r.finish()
+    return None if port is None else TCPSocketAction(port=port, **_given(host=host))
+
+
+def _read_unix_socket(r: _Reader) -> UnixSocketAction | None:
+    path = r.absolute_path("path", required=True)
+    r.finish()
+    return None if path is None else UnixSocketAction(path)
+
+
+def _read_file(r: _Reader) -> FileAction | None:
+    path = r.absolute_path("path", required=True)
+    r.finish()
+    return None if path is None else FileAction(path)
+
+
+_HANDLERS: tuple[tuple[str, Callable[[_Reader], ProbeAction | None]], ...] = (
+    ("exec", _read_exec),
+    ("httpGet", _read_http_get),
+    ("tcpSocket", _read_tcp_socket),
+    ("unixSocket", _read_unix_socket),
+    ("file", _read_file),
+)
+
+
+# --- restarts and stopping -----------------------------------------------------------
+
+
+def _read_backoff(parent: _Reader) -> Backoff | None:
+    """``restartBackoff``, a k4sinit extension; see :class:`~k4sinit.spec.Backoff`."""
+    r = parent.mapping("restartBackoff")
+    if r is None:
+        return None
+    backoff = Backoff(
+        **_given(
+            initial=r.number("initialSeconds"),
+            max=r.number("maxSeconds"),
+            multiplier=r.number("multiplier", 1.0),
+            jitter=r.number("jitter", maximum=1.0),
+            reset_after=r.number("resetAfterSeconds"),
+            crash_loop_limit=r.integer("crashLoopLimit", 1),
+        )
+    )
+    r.finish()
+    if backoff.initial > backoff.max:
+        r.error(f"initialSeconds ({backoff.initial:g}) is more than maxSeconds ({backoff.max:g})")
+    return backoff
+
+
+def _read_signal(r: _Reader) -> signal.Signals | None:
+    """``stopSignal``: a name with or without ``SIG`` (``SIGTERM``, ``TERM``) or a number."""
+    value = r.take("stopSignal", "a signal name or number", _is_signal_like)
+    if value is None:
+        return None
+    if isinstance(value, int):
+        try:
+            return signal.Signals(value)
+        except ValueError:
+            r.error(f"no signal has number {value}", key="stopSignal")
+            return None
+
+    def with_prefix(name: str) -> str:
+        return name if name.startswith("SIG") else f"SIG{name}"
+
+    name = with_prefix(value)
+    if name not in signal.Signals.__members__:
+        hint = _did_you_mean(with_prefix(value.upper()), list(signal.Signals.__members__))
+        r.error(f"unknown signal {value!r}", hint, key="stopSignal")
+        return None
+    return signal.Signals[name]
+
+
+def _is_signal_like(value: object) -> TypeGuard[str | int]:
+    return isinstance(value, str) or _is_int(value)

@@ -1,0 +1,166 @@
+"""Spawning and stopping service processes.
+
+:func:`spawn` is the only way k4sinit starts a process. It is synchronous and
+registers the pid with the :class:`~k4sinit.reaper.Reaper` before returning, so
+no checkpoint lies between fork and registration (see reaper.py for why). Each
+process leads its own process group, so a stop reaches its children too.
+
+Output goes through pipes whose read ends are handed back raw; the caller wraps
+them in :class:`trio.lowlevel.FdStream` (see :mod:`k4sinit.output`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from .reaper import Child, ExitStatus, Reaper
+
+# Sane defaults for services: the kernel hands PID 1 almost no environment.
+# How long output may still be read after a process has exited.
+DRAIN_SECONDS = 1.0
+DEFAULT_PATH = "/bbin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class SpawnError(Exception):
+    """The process could not be started (binary missing, not executable, bad cwd)."""
+
+
+@dataclass
+class Spawned:
+    """A started process and the read ends of its stdout and stderr pipes."""
+
+    child: Child
+    stdout: int
+    stderr: int
+
+
+def find_executable(name: str, path: str) -> str | None:
+    """Resolve ``name`` like execvp would: as given if it has a slash, else on ``path``."""
+    if "/" in name:
+        return name if os.access(name, os.X_OK) and os.path.isfile(name) else None
+    return shutil.which(name, path=path)
+
+
+def spawn(
+    reaper: Reaper,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str | None = None,
+    executable: str | None = None,
+) -> Spawned:
+    """Start ``argv`` in a new process group with stdin on /dev/null.
+
+    ``executable`` is the file to run; ``argv[0]`` is what the process sees as
+    its name (busybox-style dispatch). Raises :class:`SpawnError` with a
+    readable reason; on success the child is already registered with ``reaper``.
+    """
+    path = env.get("PATH", DEFAULT_PATH)
+    program = executable or argv[0]
+    resolved = find_executable(program, path)
+    if resolved is None:
+        where = "" if "/" in program else f" in {path}"
+        raise SpawnError(f"{program}: binary not found{where}")
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        popen = subprocess.Popen(
+            list(argv),
+            executable=resolved,
+            stdin=subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=err_w,
+            cwd=cwd,
+            env=dict(env),
+            process_group=0,
+            close_fds=True,
+        )
+    except OSError as exc:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        reason = exc.strerror or str(exc)
+        where = f" (in {cwd})" if cwd and isinstance(exc, FileNotFoundError) else ""
+        raise SpawnError(f"{program}: {reason}{where}") from exc
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    # No checkpoint since the fork: register before the reaper can run.
+    child = reaper.register(popen.pid, owner=popen)
+    return Spawned(child, out_r, err_r)
+
+
+async def terminate(child: Child, stop_signal: int, grace: float) -> ExitStatus:
+    """Stop a child and its process group: ``stop_signal``, then SIGKILL after ``grace``.
+
+    Returns the exit status. Leftover members of the group are SIGKILLed once
+    the leader is gone. Callers that must finish even when cancelled run this
+    in a shielded scope.
+    """
+    if child.running:
+        child.signal_group(stop_signal)
+        # Signal the leader directly too: it may have left the group.
+        _signal_quietly(child, stop_signal)
+        with trio.move_on_after(grace):
+            await child.wait()
+        if child.running:
+            child.signal_group(signal.SIGKILL)
+            _signal_quietly(child, signal.SIGKILL)
+    status = await child.wait()
+    child.signal_group(signal.SIGKILL)
+    return status
+
+
+def _signal_quietly(child: Child, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        child.signal(sig)
+
+
+async def run_captured(
+    reaper: Reaper,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    time_limit: float,
+    cwd: str | None = None,
+    max_output: int = 65536,
+) -> tuple[ExitStatus | None, str]:
+    """Run a short command to completion, capturing stdout and stderr together.
+
+    Returns ``(status, output)``; ``status`` is None when the command ran past
+    ``time_limit`` and was killed (with its process group). Output beyond
+    ``max_output`` bytes is dropped. Raises :class:`SpawnError`.
+    """
+    spawned = spawn(reaper, argv, env=env, cwd=cwd)
+    chunks = bytearray()
+
+    async def collect(fd: int) -> None:
+        async with trio.lowlevel.FdStream(fd) as stream:
+            while data := await stream.receive_some(65536):
+                chunks.extend(data[: max(0, max_output - len(chunks))])
+
+    timed_out = False
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, spawned.stdout)
+            nursery.start_soon(collect, spawned.stderr)
+            with trio.move_on_after(time_limit) as scope:
+                await spawned.child.wait()
+            timed_out = scope.cancelled_caught
+            # Once the command is gone, nothing it left behind may hold the pipes.
+            spawned.child.signal_group(signal.SIGKILL)
+            # A daemonised leftover (setsid) could hold the pipes open forever.
+            nursery.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
+    finally:
+        if spawned.child.running:
+            with trio.CancelScope(shield=True):
+                await terminate(spawned.child, signal.SIGKILL, 0)
+    status = await spawned.child.wait()
+    return (None if timed_out else status), chunks.decode("utf-8", errors="replace")

@@ -1,0 +1,84 @@
+"""Restart policy and backoff: what happens after a service's process ends.
+
+Pure logic, no trio: the runner feeds it each exit and whether the run before
+it was stable, and sleeps for the delay it returns.
+
+The backoff sequence for quick deaths in a row is ``0, initial, initial*m,
+initial*m**2, ... max`` (each spread by the jitter): the first restart is
+immediate so a service that dies after hours of good service (an apiserver's
+first crash) is back at once; only repeated quick deaths wait longer and
+longer. A stable run (ready for ``reset_after`` seconds) starts the count over.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .reaper import ExitStatus
+from .spec import Backoff, RestartPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """``restart`` after ``delay`` seconds, or stop for good as ``final_state``."""
+
+    restart: bool
+    delay: float = 0.0
+    final_state: str | None = None  # "completed" or "failed" when not restarting
+    reason: str = ""
+
+
+def backoff_delay(backoff: Backoff, quick_deaths: int, rand: float) -> float:
+    """Delay before restart number ``quick_deaths`` (>= 1) of a run of quick deaths.
+
+    ``rand`` is uniform in [0, 1); it spreads the delay by +/- ``jitter``.
+    """
+    if quick_deaths <= 1:
+        return 0.0
+    base = min(backoff.max, backoff.initial * backoff.multiplier ** (quick_deaths - 2))
+    spread = 1.0 + backoff.jitter * (2.0 * rand - 1.0)
+    return max(0.0, min(backoff.max, base * spread))
+
+
+class RestartTracker:
+    """Counts quick deaths in a row and decides each restart."""
+
+    def __init__(
+        self, policy: RestartPolicy, backoff: Backoff, rng: random.Random | None = None
+    ) -> None:
+        self.policy = policy
+        self.backoff = backoff
+        self.quick_deaths = 0
+        self._rng = rng or random.Random()
+
+    def on_exit(self, status: ExitStatus | None, stable: bool, why: str) -> Decision:
+        """Decide what follows an exit.
+
+        ``status`` is None when the process could not be started at all.
+        ``stable`` says the run before it counted as stable. ``why`` describes
+        the exit for the reasons given ("exit code 1", "liveness probe failed").
+        """
+        succeeded = status is not None and status.success
+        if self.policy is RestartPolicy.NEVER or (
+            self.policy is RestartPolicy.ON_FAILURE and succeeded
+        ):
+            if succeeded:
+                return Decision(False, final_state="completed", reason=why)
+            return Decision(
+                False, final_state="failed", reason=f"{why}; restartPolicy {self.policy.value}"
+            )
+        self.quick_deaths = 1 if stable else self.quick_deaths + 1
+        limit = self.backoff.crash_loop_limit
+        if limit is not None and self.quick_deaths >= limit:
+            return Decision(
+                False,
+                final_state="failed",
+                reason=f"crash loop: {self.quick_deaths} quick exits in a row, last {why}",
+            )
+        delay = backoff_delay(self.backoff, self.quick_deaths, self._rng.random())
+        return Decision(True, delay=delay, reason=why)
+
+    def reset(self) -> None:
+        """Forget past deaths (an operator's explicit start or restart)."""
+        self.quick_deaths = 0

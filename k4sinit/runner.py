@@ -1,0 +1,410 @@
+"""One service's life: wait for dependencies, spawn, probe, restart, stop.
+
+A :class:`ServiceRunner` owns one service. Its life is one trio task (started
+by the supervisor in its nursery) that loops::
+
+    wait for dependencies -> spawn -> probe while it runs -> it exits
+        -> restart policy: backoff and loop, or end completed / failed
+
+Stopping is cancellation of that task; the process is then terminated in a
+shielded scope with the service's grace period (stop signal to the process
+group, SIGKILL after the grace period). Every change of state or readiness goes
+through :meth:`ServiceRunner._set`, which records the event (bounded history),
+logs it and wakes whoever waits on this service.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from . import probes, process
+from .output import pump_lines
+from .reaper import Child, ExitStatus, Reaper
+from .restart import RestartTracker
+from .spec import Condition, Probe, ServiceSpec
+from .state import Event, LogLine, State
+
+EVENT_HISTORY = 64
+LOG_LINES = 200
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerContext:
+    """What every runner shares, built once by the supervisor's owner."""
+
+    reaper: Reaper
+    base_env: Mapping[str, str]
+    log: Any  # a structlog BoundLogger
+    rng: random.Random
+
+
+class Dependency(Protocol):
+    """Something a service can wait for in ``dependsOn`` (a service, or a built-in)."""
+
+    name: str
+
+    def satisfies(self, condition: Condition) -> bool: ...
+
+    def unmet_reason(self, condition: Condition) -> str:
+        """Why ``condition`` does not hold, e.g. ``"not ready"``."""
+        ...
+
+    async def changed(self) -> None:
+        """Return at the next change of state or readiness."""
+        ...
+
+
+class ServiceRunner:
+    """Runs one service; see the module docstring."""
+
+    def __init__(self, spec: ServiceSpec, ctx: RunnerContext) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self._ctx = ctx
+        self._log = ctx.log.bind(service=spec.name)
+        self._prober = probes.Prober(self._run_exec)
+        self._restarts = RestartTracker(spec.restart_policy, spec.backoff, ctx.rng)
+        self.dependencies: list[tuple[Dependency, Condition]] = []
+        # The fixed record; changed only through _set (pid/exit also by the life task).
+        self.state = State.STOPPED
+        self.ready = False
+        self.reason = "not started"
+        self.since = trio.current_time()
+        self.pid: int | None = None
+        self.restarts = 0
+        self.last_exit: ExitStatus | None = None
+        self.next_restart: float | None = None
+        self.events: deque[Event] = deque(maxlen=EVENT_HISTORY)
+        self.logs: deque[LogLine] = deque(maxlen=LOG_LINES)
+        self._changed = trio.Event()
+        self._log_listeners: set[trio.MemorySendChannel[LogLine]] = set()
+        self._life_scope: trio.CancelScope | None = None
+        self._life_done = trio.Event()
+        self._life_done.set()
+        self._ready_since: float | None = None
+        self._stable_run = False  # this run was ready for backoff.reset_after seconds
+        self._kill_reason: str | None = None
+
+    # --- the one path for state changes ---------------------------------------
+
+    def _set(
+        self, state: State | None = None, reason: str | None = None, *, ready: bool | None = None
+    ) -> None:
+        new_state = self.state if state is None else state
+        new_ready = self.ready if ready is None else ready
+        new_reason = self.reason if reason is None else reason
+        if (new_state, new_ready, new_reason) == (self.state, self.ready, self.reason):
+            return
+        now = trio.current_time()
+        if new_state is not self.state:
+            self.since = now
+        if new_ready and not self.ready:
+            self._ready_since = now
+        elif not new_ready:
+            self._note_stability()
+            self._ready_since = None
+        self.state, self.ready, self.reason = new_state, new_ready, new_reason
+        self.events.append(Event(time.time(), now, new_state, new_ready, new_reason))
+        self._log.info("state", state=new_state.value, ready=new_ready, reason=new_reason)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # --- Dependency -----------------------------------------------------------
+
+    def satisfies(self, condition: Condition) -> bool:
+        if condition is Condition.COMPLETED:
+            return self.state is State.COMPLETED
+        if condition is Condition.READY:
+            return self.ready and self.state is State.RUNNING
+        return self.state is State.RUNNING
+
+    def unmet_reason(self, condition: Condition) -> str:
+        if self.state in (State.FAILED, State.STOPPED):
+            return f"{self.state.value} ({self.reason})"
+        unmet = {
+            Condition.COMPLETED: "not completed",
+            Condition.READY: "not ready",
+            Condition.STARTED: "not started",
+        }[condition]
+        return unmet if self.state is State.RUNNING else f"{unmet} ({self.state.value})"
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+    # --- control --------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """The life task is running (waiting, running or in backoff)."""
+        return not self._life_done.is_set()
+
+    def start(self, nursery: trio.Nursery, *, reset: bool = False) -> bool:
+        """Start the service's life in ``nursery``; False if it is already active.
+
+        ``reset`` forgets past quick deaths (an operator's explicit start).
+        """
+        if self.active:
+            return False
+        if reset:
+            self._restarts.reset()
+        self._life_done = trio.Event()
+        self._life_scope = trio.CancelScope()
+        # Set now, not when the task first runs: dependents see "waiting", not "stopped".
+        self._set(State.WAITING, "starting", ready=False)
+        nursery.start_soon(
+            self._life, self._life_scope, self._life_done, name=f"service {self.name}"
+        )
+        return True
+
+    async def stop(self, reason: str = "stopped by request") -> None:
+        """Stop the service and wait until its processes are gone. Idempotent."""
+        if self._life_scope is not None:
+            self._life_scope.cancel()
+        await self._life_done.wait()
+        if not self.state.down:
+            self._set(State.STOPPED, reason, ready=False)
+
+    # --- the life task ----------------------------------------------------------
+
+    async def _life(self, scope: trio.CancelScope, done: trio.Event) -> None:
+        try:
+            with scope:
+                while True:
+                    await self._wait_for_dependencies()
+                    try:
+                        status, why, stable = await self._run_process()
+                    except process.SpawnError as exc:
+                        # Retrying cannot help a missing binary: a clear state, no crash loop.
+                        self._set(State.FAILED, f"cannot start: {exc}", ready=False)
+                        return
+                    decision = self._restarts.on_exit(status, stable, why)
+                    if not decision.restart:
+                        self._set(State(decision.final_state), decision.reason, ready=False)
+                        return
+                    self.next_restart = trio.current_time() + decision.delay
+                    self._set(
+                        State.BACKOFF, f"{why}; restarting in {decision.delay:.1f}s", ready=False
+                    )
+                    await trio.sleep(decision.delay)
+                    self.next_restart = None
+                    self.restarts += 1
+        finally:
+            self.next_restart = None
+            done.set()
+
+    async def _wait_for_dependencies(self) -> None:
+        while True:
+            unmet = next(((d, c) for d, c in self.dependencies if not d.satisfies(c)), None)
+            if unmet is None:
+                return
+            dep, condition = unmet
+            self._set(
+                State.WAITING, f"waiting for {dep.name}: {dep.unmet_reason(condition)}", ready=False
+            )
+            await dep.changed()
+
+    async def _run_process(self) -> tuple[ExitStatus | None, str, bool]:
+        """Run the process once; returns (status, why it ended, whether the run was stable).
+
+        ``status`` is None when fork itself failed. Raises SpawnError when the
+        program cannot be started at all.
+        """
+        env = {**self._ctx.base_env, **dict(self.spec.env)}
+        try:
+            spawned = process.spawn(
+                self._ctx.reaper, self.spec.argv, env=env, cwd=self.spec.working_dir
+            )
+        except process.SpawnError:
+            self.pid = None
+            raise
+        except OSError as exc:  # fork itself failed (EAGAIN, ENOMEM): worth a retry
+            self.pid = None
+            return None, f"fork failed: {exc.strerror}", False
+        child = spawned.child
+        self.pid = child.pid
+        self._kill_reason = None
+        self._stable_run = False
+        has_startup = self.spec.startup_probe is not None
+        self._set(
+            State.STARTING if has_startup else State.RUNNING,
+            f"started, pid {child.pid}",
+            ready=not has_startup and self.spec.readiness_probe is None,
+        )
+        capture = trio.CancelScope(shield=True)
+        status: ExitStatus | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._capture, spawned, capture)
+            try:
+                async with trio.open_nursery() as probing:
+                    probing.start_soon(self._probe, child)
+                    status = await child.wait()
+                    probing.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True):
+                    if child.running:
+                        self._set(State.STOPPING, "stopping", ready=False)
+                    status = self.last_exit = await self._terminate(child)
+                    capture.deadline = trio.current_time() + process.DRAIN_SECONDS
+        self._note_stability()
+        return status, self._kill_reason or status.describe(), self._stable_run
+
+    def _note_stability(self) -> None:
+        if self._ready_since is not None:
+            if trio.current_time() - self._ready_since >= self.spec.backoff.reset_after:
+                self._stable_run = True
+
+    async def _terminate(self, child: Child) -> ExitStatus:
+        """Terminate with the grace period; bounded even if SIGKILL cannot land."""
+        grace = self.spec.termination_grace_period
+        with trio.move_on_after(grace + 10):
+            return await process.terminate(child, self.spec.stop_signal, grace)
+        self._log.error("process will not die", pid=child.pid)
+        return ExitStatus(signal=signal.SIGKILL)
+
+    async def _capture(self, spawned: process.Spawned, scope: trio.CancelScope) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                for fd, stream in ((spawned.stdout, "stdout"), (spawned.stderr, "stderr")):
+                    on_line = self._line_sink(stream, spawned.child.pid)
+                    nursery.start_soon(pump_lines, trio.lowlevel.FdStream(fd), on_line)
+
+    def _line_sink(self, stream: str, pid: int) -> Callable[[str], None]:
+        log = self._log.bind(stream=stream, pid=pid)
+
+        def on_line(line: str) -> None:
+            entry = LogLine(time.time(), stream, pid, line)
+            self.logs.append(entry)
+            log.info(line)
+            for listener in list(self._log_listeners):
+                try:
+                    listener.send_nowait(entry)
+                except trio.WouldBlock:
+                    pass  # a slow follower misses lines rather than stalling the service
+                except trio.BrokenResourceError:
+                    self._log_listeners.discard(listener)
+
+        return on_line
+
+    def follow_logs(self) -> trio.MemoryReceiveChannel[LogLine]:
+        """A channel of new log lines; close it to stop following."""
+        send, receive = trio.open_memory_channel[LogLine](1000)
+        self._log_listeners.add(send)
+        return receive
+
+    # --- probes -----------------------------------------------------------------
+
+    async def _probe(self, child: Child) -> None:
+        spec = self.spec
+        if spec.startup_probe is not None:
+            ok, result = await self._probe_until(spec.startup_probe, lambda ok: True)
+            if not ok:
+                await self._kill(child, f"startup probe failed: {result.message}")
+                return
+            self._set(State.RUNNING, "startup probe passed", ready=spec.readiness_probe is None)
+        async with trio.open_nursery() as nursery:
+            if spec.readiness_probe is not None:
+                nursery.start_soon(self._watch_readiness, spec.readiness_probe)
+            if spec.liveness_probe is not None:
+                nursery.start_soon(self._watch_liveness, spec.liveness_probe, child)
+
+    async def _run_exec(self, argv: Sequence[str], seconds: float) -> tuple[int | None, str]:
+        env = {**self._ctx.base_env, **dict(self.spec.env)}
+        try:
+            status, output = await process.run_captured(
+                self._ctx.reaper, argv, env=env, time_limit=seconds, cwd=self.spec.working_dir
+            )
+        except process.SpawnError as exc:
+            return 127, str(exc)
+        if status is None:
+            return None, output
+        return (status.code if status.code is not None else -(status.signal or 0)), output
+
+    async def _probe_until(
+        self, probe: Probe, stop_on: Callable[[bool], bool]
+    ) -> tuple[bool, probes.ProbeResult]:
+        """Run ``probe`` until a verdict for which ``stop_on(verdict)`` holds."""
+        verdict: list[tuple[bool, probes.ProbeResult]] = []
+        with trio.CancelScope() as scope:
+
+            def on_verdict(ok: bool, result: probes.ProbeResult) -> None:
+                if stop_on(ok):
+                    verdict.append((ok, result))
+                    scope.cancel()
+
+            await probes.run_probe(probe, self._prober.check, on_verdict)
+        return verdict[0]
+
+    async def _watch_readiness(self, probe: Probe) -> None:
+        def on_verdict(ok: bool, result: probes.ProbeResult) -> None:
+            reason = "ready" if ok else f"readiness probe failed: {result.message}"
+            self._set(reason=reason, ready=ok)
+
+        await probes.run_probe(probe, self._prober.check, on_verdict)
+
+    async def _watch_liveness(self, probe: Probe, child: Child) -> None:
+        _, result = await self._probe_until(probe, lambda ok: not ok)
+        await self._kill(child, f"liveness probe failed: {result.message}")
+
+    async def _kill(self, child: Child, reason: str) -> None:
+        self._kill_reason = reason
+        self._set(State.STOPPING, reason, ready=False)
+        await process.terminate(child, self.spec.stop_signal, self.spec.termination_grace_period)
+
+    # --- views ------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The service's status as plain data (the wire form of ``status``)."""
+        now = trio.current_time()
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "ready": self.ready,
+            "pid": self.pid
+            if self.state in (State.STARTING, State.RUNNING, State.STOPPING)
+            else None,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit.to_json() if self.last_exit else None,
+            "since": round(now - self.since, 3),
+            "reason": self.reason,
+            "next_restart_in": (
+                round(self.next_restart - now, 3) if self.next_restart is not None else None
+            ),
+            "depends_on": {d.name: c.value for d, c in self.dependencies},
+        }
+
+    def detail(self) -> dict[str, Any]:
+        """:meth:`snapshot` plus spec summary, recent events and log lines."""
+        spec = self.spec
+        return {
+            **self.snapshot(),
+            "spec": {
+                "command": list(spec.argv),
+                "restart_policy": spec.restart_policy.value,
+                "working_dir": spec.working_dir,
+                "stop_signal": spec.stop_signal.name,
+                "termination_grace_period": spec.termination_grace_period,
+                "probes": {
+                    kind: _describe_probe(p)
+                    for kind, p in (
+                        ("startup", spec.startup_probe),
+                        ("readiness", spec.readiness_probe),
+                        ("liveness", spec.liveness_probe),
+                    )
+                    if p is not None
+                },
+            },
+            "events": [e.to_json() for e in self.events],
+            "logs": [entry.to_json() for entry in list(self.logs)[-20:]],
+        }
+
+
+def _describe_probe(probe: Probe) -> str:
+    return f"{probes.describe(probe.action)} every {probe.period:g}s, timeout {probe.timeout:g}s"

@@ -1,0 +1,175 @@
+"""Shared fixtures: a steerable child command and a real ``k4sinit run`` daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+CHILD = [sys.executable, str(TESTS / "child.py")]
+
+
+def child_cmd(*args: str) -> list[str]:
+    """The command line of the steerable test child (see tests/child.py)."""
+    return [*CHILD, *args]
+
+
+class DaemonProcess:
+    """A ``k4sinit run`` started by a test, with helpers to talk to it."""
+
+    def __init__(self, config: Path, socket: Path, log: Path) -> None:
+        self.config = config
+        self.socket = socket
+        self.log_path = log
+        self._log = open(log, "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "k4sinit",
+                "run",
+                "--config",
+                str(config),
+                "--socket",
+                str(socket),
+                "--log-format",
+                "json",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run ``k4sinit ARGS --socket ...`` and return the finished process."""
+        cmd = [sys.executable, "-m", "k4sinit", args[0], "--socket", str(self.socket), *args[1:]]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """``status --json`` as a mapping of name to service."""
+        out = self.cli("status", "--json")
+        return {s["name"]: s for s in json.loads(out.stdout)["services"]}
+
+    def wait_for(
+        self, predicate: Any, timeout: float = 30, what: str = "condition"
+    ) -> dict[str, dict[str, Any]]:
+        """Poll ``status --json`` until ``predicate(services)`` holds; returns the services."""
+        deadline = time.monotonic() + timeout
+        services: dict[str, dict[str, Any]] = {}
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"daemon exited with {self.proc.returncode}:\n{self.log_text()}"
+                )
+            with contextlib.suppress(json.JSONDecodeError, KeyError):
+                services = self.status()
+                if predicate(services):
+                    return services
+            time.sleep(0.05)
+        raise AssertionError(
+            f"timed out waiting for {what}; last status: {json.dumps(services, indent=1)}"
+        )
+
+    def wait_socket(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"daemon did not start:\n{self.log_text()}")
+            time.sleep(0.02)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_events(self) -> list[dict[str, Any]]:
+        events = []
+        for line in self.log_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                events.append(json.loads(line))
+        return events
+
+    def stop(self) -> None:
+        """SIGTERM the daemon; SIGKILL it and every descendant (by pid) if it hangs."""
+        try:
+            descendants = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for p in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Any]:
+    """``start_daemon(yaml_text) -> DaemonProcess``; stopped and cleaned up after the test."""
+    started: list[DaemonProcess] = []
+
+    def start(config_text: str, name: str = "k4sinit") -> DaemonProcess:
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(config_text)
+        daemon = DaemonProcess(config, tmp_path / f"{name}.sock", tmp_path / f"{name}.log")
+        started.append(daemon)
+        daemon.wait_socket()
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_socket_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("K4SINIT_SOCKET", raising=False)
+
+
+# --- helpers for the CLI, control-socket and pid-namespace tests -------------------
+
+
+def services_config(services: dict[str, dict[str, Any]]) -> str:
+    """A config text from plain data (JSON is YAML), services in the order given."""
+    return json.dumps({"services": services}, indent=2)
+
+
+def wait_until(predicate: Any, timeout: float = 30, what: str = "condition") -> Any:
+    """Poll ``predicate()`` until it returns something truthy, which is returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def state_events(daemon: DaemonProcess, service: str | None = None) -> list[dict[str, Any]]:
+    """The daemon's logged state changes (of one service if given), in log order."""
+    return [
+        e
+        for e in daemon.log_events()
+        if e.get("event") == "state" and (service is None or e.get("service") == service)
+    ]

@@ -1,0 +1,650 @@
+"""Tests for k4sinit.config: parsing, defaults, and every error reported at once."""
+
+from __future__ import annotations
+
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from k4sinit.config import ConfigError, ConfigErrors, load_config, load_config_text
+from k4sinit.spec import (
+    Backoff,
+    Condition,
+    Config,
+    ExecAction,
+    FileAction,
+    HTTPGetAction,
+    Probe,
+    RestartPolicy,
+    ServiceSpec,
+    TCPSocketAction,
+    TLSConfig,
+    UnixSocketAction,
+)
+
+EXAMPLE = Path(__file__).parent.parent / "etc" / "k4sinit" / "example.yaml"
+
+
+def load(text: str) -> Config:
+    return load_config_text(textwrap.dedent(text).lstrip("\n"), "test.yaml")
+
+
+def errors_of(text: str) -> list[ConfigError]:
+    with pytest.raises(ConfigErrors) as caught:
+        load(text)
+    return caught.value.errors
+
+
+def where(errors: list[ConfigError]) -> list[tuple[int | None, str | None, str | None]]:
+    return [(e.line, e.service, e.field) for e in errors]
+
+
+def only_error(text: str) -> ConfigError:
+    errors = errors_of(text)
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+def one_service(body: str) -> ServiceSpec:
+    """The spec of service ``s`` whose body is ``body`` (indented by the caller's 4 spaces)."""
+    config = load("services:\n  s:\n" + textwrap.indent(textwrap.dedent(body), "    "))
+    return config.services["s"]
+
+
+def probe(body: str, kind: str = "readinessProbe") -> Probe | None:
+    spec = one_service(f"command: [x]\n{kind}:\n" + textwrap.indent(textwrap.dedent(body), "  "))
+    return {
+        "readinessProbe": spec.readiness_probe,
+        "livenessProbe": spec.liveness_probe,
+        "startupProbe": spec.startup_probe,
+    }[kind]
+
+
+# --- valid configs -------------------------------------------------------------
+
+
+def test_example_config_is_valid() -> None:
+    config = load_config(EXAMPLE)
+    assert config.source == str(EXAMPLE)
+    assert list(config.services) == ["prepare", "web", "worker", "ticker"]
+    assert config.services["worker"].depends_on == (("web", Condition.READY),)
+    web = config.services["web"]
+    assert web.readiness_probe is not None
+    assert web.readiness_probe.action == HTTPGetAction(port=18080, path="/index.html")
+
+
+def test_minimal_service_gets_spec_defaults() -> None:
+    config = load("""
+        services:
+          s:
+            command: [sleep, "10"]
+    """)
+    assert config == Config(source="test.yaml", services={"s": ServiceSpec("s", ("sleep", "10"))})
+    spec = config.services["s"]
+    assert spec.restart_policy is RestartPolicy.ALWAYS
+    assert spec.backoff == Backoff()
+    assert spec.stop_signal is signal.SIGTERM
+    assert spec.termination_grace_period == 10.0
+
+
+def test_full_service_in_file_order() -> None:
+    config = load("""
+        services:
+          zeta:
+            command: [/bin/true]
+            restartPolicy: Never
+          alpha:
+            command: [/bin/sh, -c]
+            args: ["echo $B $A"]
+            env:
+              B: two
+              A: "1"
+            workingDir: /tmp
+            dependsOn:
+              zeta: Completed
+              beta: Started
+            restartPolicy: OnFailure
+            restartBackoff:
+              initialSeconds: 0.25
+              maxSeconds: 5
+              multiplier: 1.5
+              jitter: 0
+              resetAfterSeconds: 10
+              crashLoopLimit: 4
+            stopSignal: SIGINT
+            terminationGracePeriodSeconds: 0.5
+          beta:
+            command: [b]
+    """)
+    assert list(config.services) == ["zeta", "alpha", "beta"]
+    assert config.services["alpha"] == ServiceSpec(
+        name="alpha",
+        command=("/bin/sh", "-c"),
+        args=("echo $B $A",),
+        env=(("B", "two"), ("A", "1")),
+        working_dir="/tmp",
+        depends_on=(("zeta", Condition.COMPLETED), ("beta", Condition.STARTED)),
+        restart_policy=RestartPolicy.ON_FAILURE,
+        backoff=Backoff(0.25, 5.0, 1.5, 0.0, 10.0, 4),
+        stop_signal=signal.SIGINT,
+        termination_grace_period=0.5,
+    )
+
+
+def test_depends_on_list_means_ready() -> None:
+    config = load("""
+        services:
+          a: {command: [a]}
+          b: {command: [b]}
+          c: {command: [c], dependsOn: [b, a]}
+    """)
+    assert config.services["c"].depends_on == (("b", Condition.READY), ("a", Condition.READY))
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("SIGTERM", signal.SIGTERM),
+        ("KILL", signal.SIGKILL),
+        (1, signal.SIGHUP),
+        ("SIGUSR2", signal.SIGUSR2),
+    ],
+)
+def test_stop_signal_forms(written: object, expected: signal.Signals) -> None:
+    assert one_service(f"command: [x]\nstopSignal: {written}").stop_signal is expected
+
+
+def test_yaml_merge_keys_share_settings() -> None:
+    config = load("""
+        services:
+          a: &base
+            command: [x]
+            restartPolicy: Never
+          b:
+            <<: *base
+            command: [y]
+    """)
+    assert config.services["b"] == ServiceSpec("b", ("y",), restart_policy=RestartPolicy.NEVER)
+
+
+# --- probes --------------------------------------------------------------------
+
+
+def test_probe_defaults_and_fractional_seconds() -> None:
+    assert probe("tcpSocket: {port: 80}") == Probe(TCPSocketAction(port=80))
+    assert probe("""
+        exec: {command: [check]}
+        initialDelaySeconds: 0.5
+        periodSeconds: 0.25
+        timeoutSeconds: 2
+        successThreshold: 2
+        failureThreshold: 5
+    """) == Probe(ExecAction(("check",)), 0.5, 0.25, 2.0, 2, 5)
+
+
+def test_http_get_probe_with_everything() -> None:
+    got = probe("""
+        httpGet:
+          scheme: HTTPS
+          host: 10.0.0.1
+          port: 6443
+          path: /readyz
+          httpHeaders:
+            - {name: Authorization, value: Bearer x}
+            - {name: X-Probe, value: ""}
+          tls:
+            caFile: /etc/k/ca.crt
+            certFile: /etc/k/probe.crt
+            keyFile: /etc/k/probe.key
+            serverName: kubernetes
+    """)
+    assert got == Probe(
+        HTTPGetAction(
+            port=6443,
+            host="10.0.0.1",
+            path="/readyz",
+            scheme="HTTPS",
+            headers=(("Authorization", "Bearer x"), ("X-Probe", "")),
+            tls=TLSConfig("/etc/k/ca.crt", "/etc/k/probe.crt", "/etc/k/probe.key", "kubernetes"),
+        )
+    )
+
+
+def test_http_get_defaults() -> None:
+    assert probe("httpGet: {port: 8080}") == Probe(HTTPGetAction(port=8080))
+
+
+def test_tcp_unix_and_file_probes() -> None:
+    assert probe("tcpSocket: {host: '::1', port: 2379}", "livenessProbe") == Probe(
+        TCPSocketAction(port=2379, host="::1")
+    )
+    assert probe("unixSocket: {path: /run/containerd.sock}", "startupProbe") == Probe(
+        UnixSocketAction("/run/containerd.sock")
+    )
+    assert probe("file: {path: /run/ready}") == Probe(FileAction("/run/ready"))
+
+
+# --- errors ----------------------------------------------------------------------
+
+
+def test_error_rendering() -> None:
+    error = ConfigError(
+        "example.yaml",
+        12,
+        "kubelet",
+        "dependsOn.containrd",
+        "unknown service 'containrd' in dependsOn",
+        "did you mean 'containerd'?",
+    )
+    assert str(error) == (
+        "example.yaml:12: service 'kubelet', field dependsOn.containrd:"
+        " unknown service 'containrd' in dependsOn, did you mean 'containerd'?"
+    )
+    assert str(ConfigError("x.yaml", None, None, None, "the config is empty")) == (
+        "x.yaml: the config is empty"
+    )
+    assert str(ConfigErrors("x.yaml", [error])).splitlines()[0] == "1 error in x.yaml"
+
+
+def test_many_errors_are_all_reported_in_line_order() -> None:
+    with pytest.raises(ConfigErrors) as caught:
+        load("""
+            services:
+              kubelet:
+                command: [kubelet]
+                dependsOn: {containrd: Ready}
+                restartPolicy: always
+              containerd:
+                comand: [containerd]
+        """)
+    errors = caught.value.errors
+    assert where(errors) == [
+        (4, "kubelet", "dependsOn.containrd"),
+        (5, "kubelet", "restartPolicy"),
+        (6, "containerd", None),
+        (7, "containerd", "comand"),
+    ]
+    assert [e.message for e in errors] == [
+        "unknown service 'containrd' in dependsOn",
+        "expected one of Always, OnFailure, Never, got 'always'",
+        "missing required key 'command'",
+        "unknown key 'comand'",
+    ]
+    assert [e.hint for e in errors] == [
+        "did you mean 'containerd'?",
+        "did you mean 'Always'?",
+        None,
+        "did you mean 'command'?",
+    ]
+    assert str(caught.value).splitlines() == [
+        "4 errors in test.yaml",
+        "test.yaml:4: service 'kubelet', field dependsOn.containrd:"
+        " unknown service 'containrd' in dependsOn, did you mean 'containerd'?",
+        "test.yaml:5: service 'kubelet', field restartPolicy:"
+        " expected one of Always, OnFailure, Never, got 'always', did you mean 'Always'?",
+        "test.yaml:6: service 'containerd': missing required key 'command'",
+        "test.yaml:7: service 'containerd', field comand: unknown key 'comand',"
+        " did you mean 'command'?",
+    ]
+
+
+def test_yaml_syntax_error_has_its_line() -> None:
+    error = only_error("""
+        services:
+          a:
+            command: [x
+          b: {}
+    """)
+    assert error.line == 4
+    assert error.message.startswith("YAML syntax error: ")
+
+
+def test_duplicate_keys_are_errors() -> None:
+    errors = errors_of("""
+        services:
+          a:
+            command: [x]
+            command: [y]
+          a: {command: [z]}
+    """)
+    assert where(errors) == [(4, "a", "command"), (5, "a", None)]
+    assert errors[0].message == "duplicate key 'command' (first at line 3)"
+    assert errors[1].message == "duplicate key 'a' (first at line 2)"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "the config is empty"),
+        ("# nothing\n", "the config is empty"),
+        ("[1, 2]", "expected a mapping at the top level, got a list"),
+        ("hostname: x\n", "missing required key 'services'"),
+        ("services:\n", "expected a mapping, got null"),
+    ],
+)
+def test_empty_or_wrong_top_level(text: str, message: str) -> None:
+    assert message in [e.message for e in errors_of(text)]
+
+
+def test_unknown_top_level_key_suggests() -> None:
+    errors = errors_of("services: {}\nservces: {}\nzzz: 1\n")
+    assert where(errors) == [(2, None, "servces"), (3, None, "zzz")]
+    assert errors[0].hint == "did you mean 'services'?"
+    assert errors[1].hint == "known keys: services"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("Web", "invalid service name"),
+        ("-web", "invalid service name"),
+        ("web_1", "invalid service name"),
+        ("a" * 64, "invalid service name"),
+        ("network", "the name 'network' is reserved"),
+    ],
+)
+def test_bad_service_names(name: str, message: str) -> None:
+    error = only_error(f"services:\n  {name}: {{command: [x]}}\n")
+    assert (error.line, error.service, error.field, error.message) == (2, name, None, message)
+
+
+def test_good_service_names() -> None:
+    names = ["a", "0", "kube-apiserver", "a" * 63]
+    text = "services:\n" + "".join(f"  {n}: {{command: [x]}}\n" for n in names)
+    assert list(load(text).services) == names
+
+
+def test_wrong_types_name_what_was_expected_and_given() -> None:
+    errors = errors_of("""
+        services:
+          s:
+            command: /bin/sleep 10
+            args: [--port, 8080, true]
+            env: [{name: A, value: b}]
+            workingDir: relative/dir
+            terminationGracePeriodSeconds: soon
+    """)
+    assert [(e.line, e.field, e.message) for e in errors] == [
+        (3, "command", "expected a list of strings, got a string ('/bin/sleep 10')"),
+        (4, "args[1]", "expected a string, got an integer (8080)"),
+        (4, "args[2]", "expected a string, got a boolean (true)"),
+        (5, "env", "expected a mapping, got a list"),
+        (6, "workingDir", "must be an absolute path, got 'relative/dir'"),
+        (7, "terminationGracePeriodSeconds", "expected a number, got a string ('soon')"),
+    ]
+    assert errors[1].hint == "quote it to make it a string"
+    assert errors[3].hint == "write it as NAME: value pairs"
+
+
+def test_env_values_must_be_quoted_strings() -> None:
+    errors = errors_of("""
+        services:
+          s:
+            command: [x]
+            env:
+              PORT: 8080
+              DEBUG: true
+              EMPTY:
+              OK: "yes"
+              "A=B": x
+    """)
+    assert [(e.line, e.field, e.message) for e in errors] == [
+        (5, "env.PORT", "expected a string, got an integer (8080)"),
+        (6, "env.DEBUG", "expected a string, got a boolean (true)"),
+        (7, "env.EMPTY", "expected a string, got null"),
+        (9, "env.A=B", "invalid environment variable name"),
+    ]
+    assert {e.hint for e in errors[:3]} == {"quote it to make it a string"}
+
+
+def test_empty_command_is_an_error() -> None:
+    error = only_error("services:\n  s:\n    command: []\n")
+    assert (error.line, error.field, error.message) == (3, "command", "must not be empty")
+
+
+def test_dependency_cycles_are_named_in_full() -> None:
+    errors = errors_of("""
+        services:
+          ok: {command: [x]}
+          a: {command: [x], dependsOn: [b]}
+          b: {command: [x], dependsOn: {c: Started}}
+          c: {command: [x], dependsOn: [ok, a]}
+          self:
+            command: [x]
+            dependsOn: [self]
+          p: {command: [x], dependsOn: [q]}
+          q: {command: [x], dependsOn: [p]}
+    """)
+    assert [(e.line, e.service, e.field, e.message) for e in errors] == [
+        (3, "a", None, "dependency cycle: a -> b -> c -> a"),
+        (6, "self", None, "dependency cycle: self -> self"),
+        (9, "p", None, "dependency cycle: p -> q -> p"),
+    ]
+
+
+def test_completed_on_an_always_service_can_never_happen() -> None:
+    errors = errors_of("""
+        services:
+          daemon: {command: [x]}
+          setup: {command: [x], restartPolicy: OnFailure}
+          app:
+            command: [x]
+            dependsOn:
+              setup: Completed
+              daemon: Completed
+    """)
+    assert where(errors) == [(8, "app", "dependsOn.daemon")]
+    assert errors[0].message == (
+        "condition Completed on 'daemon', which has restartPolicy Always and so never completes"
+    )
+    assert errors[0].hint == "set its restartPolicy to OnFailure or Never"
+
+
+def test_dependency_errors() -> None:
+    errors = errors_of("""
+        services:
+          containerd: {command: [x]}
+          kubelet:
+            command: [x]
+            dependsOn: {containrd: Ready, containerd: Readdy}
+          other:
+            command: [x]
+            dependsOn: [zzzz, 3, containerd, containerd]
+    """)
+    assert [(e.line, e.field, e.message, e.hint) for e in errors] == [
+        (5, "dependsOn.containerd", "expected one of Started, Ready, Completed, got 'Readdy'",
+         "did you mean 'Ready'?"),
+        (5, "dependsOn.containrd", "unknown service 'containrd' in dependsOn",
+         "did you mean 'containerd'?"),
+        (8, "dependsOn[1]", "expected a service name, got an integer (3)", None),
+        (8, "dependsOn[3]", "'containerd' is listed twice", None),
+        (8, "dependsOn[0]", "unknown service 'zzzz' in dependsOn", None),
+    ]  # fmt: skip
+
+
+def test_probe_errors() -> None:
+    errors = errors_of("""
+        services:
+          s:
+            command: [x]
+            readinessProbe:
+              periodSeconds: 0
+              timeoutSeconds: -1
+              initialDelaySeconds: .inf
+              failureThreshold: 0
+            livenessProbe:
+              exec: {command: [x]}
+              tcpSocket: {port: 1}
+              successThreshold: 2
+            startupProbe:
+              httpGet:
+                port: http
+                pth: /healthz
+              sucessThreshold: 1
+    """)
+    assert [(e.line, e.field, e.message) for e in errors] == [
+        (4, "readinessProbe", "a probe needs a handler"),
+        (5, "readinessProbe.periodSeconds", "must be > 0, got 0"),
+        (6, "readinessProbe.timeoutSeconds", "must be > 0, got -1"),
+        (7, "readinessProbe.initialDelaySeconds", "must be >= 0, got inf"),
+        (8, "readinessProbe.failureThreshold", "must be >= 1, got 0"),
+        (9, "livenessProbe", "more than one handler (exec, tcpSocket), a probe takes exactly one"),
+        (12, "livenessProbe.successThreshold", "must be 1 for livenessProbe"),
+        (15, "startupProbe.httpGet.port", "expected an integer, got a string ('http')"),
+        (16, "startupProbe.httpGet.pth", "unknown key 'pth'"),
+        (17, "startupProbe.sucessThreshold", "unknown key 'sucessThreshold'"),
+    ]
+    assert errors[0].hint == "add one of exec, httpGet, tcpSocket, unixSocket, file"
+    assert errors[7].hint == "named ports are not supported, give the number"
+    assert errors[8].hint == "did you mean 'path'?"
+    assert errors[9].hint == "did you mean 'successThreshold'?"
+
+
+def test_startup_probe_success_threshold_must_be_one() -> None:
+    error = only_error("""
+        services:
+          s:
+            command: [x]
+            startupProbe: {file: {path: /x}, successThreshold: 3}
+    """)
+    assert (error.line, error.field, error.message) == (
+        4,
+        "startupProbe.successThreshold",
+        "must be 1 for startupProbe",
+    )
+
+
+def test_http_get_errors() -> None:
+    errors = errors_of("""
+        services:
+          s:
+            command: [x]
+            readinessProbe:
+              httpGet:
+                port: 70000
+                path: healthz
+                scheme: http
+                httpHeaders:
+                  - {name: "Bad Name", value: x}
+                  - {name: X}
+                  - oops
+                tls: {certFile: /c.crt}
+    """)
+    assert [(e.line, e.field, e.message) for e in errors] == [
+        (6, "readinessProbe.httpGet.port", "must be between 1 and 65535, got 70000"),
+        (7, "readinessProbe.httpGet.path", "must start with '/', got 'healthz'"),
+        (8, "readinessProbe.httpGet.scheme", "expected one of HTTP, HTTPS, got 'http'"),
+        (10, "readinessProbe.httpGet.httpHeaders[0].name", "invalid HTTP header name 'Bad Name'"),
+        (11, "readinessProbe.httpGet.httpHeaders[1]", "missing required key 'value'"),
+        (12, "readinessProbe.httpGet.httpHeaders[2]",
+         "expected a mapping with name and value, got a string ('oops')"),
+        (13, "readinessProbe.httpGet.tls", "certFile and keyFile must be given together"),
+        (13, "readinessProbe.httpGet.tls", "tls needs scheme HTTPS"),
+    ]  # fmt: skip
+    assert errors[2].hint == "did you mean 'HTTP'?"
+
+
+def test_socket_and_file_probe_errors() -> None:
+    errors = errors_of("""
+        services:
+          s:
+            command: [x]
+            readinessProbe: {unixSocket: {path: run/x.sock}}
+            livenessProbe: {file: {}}
+            startupProbe: {tcpSocket: {host: 1}}
+    """)
+    assert [(e.line, e.field, e.message) for e in errors] == [
+        (4, "readinessProbe.unixSocket.path", "must be an absolute path, got 'run/x.sock'"),
+        (5, "livenessProbe.file", "missing required key 'path'"),
+        (6, "startupProbe.tcpSocket.host", "expected a string, got an integer (1)"),
+        (6, "startupProbe.tcpSocket", "missing required key 'port'"),
+    ]
+
+
+def test_backoff_errors() -> None:
+    errors = errors_of("""
+        services:
+          s:
+            command: [x]
+            restartBackoff:
+              initialSeconds: 100
+              multiplier: 0.5
+              jitter: 1.5
+              crashLoopLimit: 0
+              resetAfterSecond: 3
+    """)
+    assert [(e.line, e.field, e.message) for e in errors] == [
+        (4, "restartBackoff", "initialSeconds (100) is more than maxSeconds (60)"),
+        (6, "restartBackoff.multiplier", "must be >= 1, got 0.5"),
+        (7, "restartBackoff.jitter", "must be between 0 and 1, got 1.5"),
+        (8, "restartBackoff.crashLoopLimit", "must be >= 1, got 0"),
+        (9, "restartBackoff.resetAfterSecond", "unknown key 'resetAfterSecond'"),
+    ]
+    assert errors[-1].hint == "did you mean 'resetAfterSeconds'?"
+
+
+@pytest.mark.parametrize(
+    ("written", "message", "hint"),
+    [
+        ("SIGTERN", "unknown signal 'SIGTERN'", "did you mean 'SIGTERM'?"),
+        ("sigterm", "unknown signal 'sigterm'", "did you mean 'SIGTERM'?"),
+        ("0", "no signal has number 0", None),
+        ("true", "expected a signal name or number, got a boolean (true)", None),
+    ],
+)
+def test_bad_stop_signal(written: str, message: str, hint: str | None) -> None:
+    error = only_error(f"services:\n  s:\n    command: [x]\n    stopSignal: {written}\n")
+    assert (error.line, error.field, error.message, error.hint) == (4, "stopSignal", message, hint)
+
+
+def test_negative_grace_period() -> None:
+    error = only_error("services: {s: {command: [x], terminationGracePeriodSeconds: -1}}")
+    assert (error.field, error.message) == ("terminationGracePeriodSeconds", "must be >= 0, got -1")
+
+
+def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(missing)
+    [error] = caught.value.errors
+    assert (error.file, error.line) == (str(missing), None)
+    assert error.message.startswith("cannot read the config: ")
+
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"services:\n  s: {command: [caf\xe9]}\n")
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(latin1)
+    [error] = caught.value.errors
+    assert (error.file, error.line) == (str(latin1), 2)
+    assert error.message == "not valid UTF-8 (byte 0xe9 at offset 29)"
+
+
+def test_load_config_reads_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "k4sinit.yaml"
+    path.write_text("services:\n  s: {command: [x]}\n")
+    assert load_config(path) == Config(str(path), {"s": ServiceSpec("s", ("x",))})
+
+
+def test_pure_python_yaml_loader_gives_the_same_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    monkeypatch.setattr("k4sinit.config._Loader", yaml.SafeLoader)
+    errors = errors_of("""
+        services:
+          a:
+            command: [x]
+            command: [y]
+            dependsOn: [b]
+    """)
+    assert [(e.line, e.field) for e in errors] == [(4, "command"), (5, "dependsOn[0]")]
+    assert only_error("services:\n  a: [\n").line == 3
+
+
+def test_custom_yaml_tags_are_errors() -> None:
+    errors = errors_of("services:\n  a: !thing {command: [x]}\n  b: {command: [!!binary aGk=]}\n")
+    assert [(e.line, e.service, e.field, e.message) for e in errors] == [
+        (2, "a", None, "unsupported YAML tag !thing"),
+        (3, "b", "command[0]", "expected a string, got bytes"),
+    ]

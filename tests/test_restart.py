@@ -1,0 +1,79 @@
+"""Restart policy and backoff: pure decisions, exact sequences."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from k4sinit.reaper import ExitStatus
+from k4sinit.restart import RestartTracker, backoff_delay
+from k4sinit.spec import Backoff, RestartPolicy
+
+FAIL = ExitStatus(code=1)
+OK = ExitStatus(code=0)
+KILLED = ExitStatus(signal=9)
+
+
+def test_backoff_sequence_without_jitter_is_zero_then_exponential_then_capped() -> None:
+    backoff = Backoff(initial=1.0, max=10.0, multiplier=2.0, jitter=0.0)
+    assert [backoff_delay(backoff, n, 0.5) for n in range(1, 8)] == [0.0, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+def test_jitter_spreads_within_bounds_and_never_past_max() -> None:
+    backoff = Backoff(initial=1.0, max=4.0, multiplier=2.0, jitter=0.2)
+    assert backoff_delay(backoff, 2, 0.0) == pytest.approx(0.8)
+    assert backoff_delay(backoff, 2, 0.999999) == pytest.approx(1.2, abs=1e-5)
+    assert backoff_delay(backoff, 4, 0.999999) == 4.0  # 4 * 1.2 capped at max
+
+
+def test_always_restarts_and_counts_quick_deaths() -> None:
+    tracker = RestartTracker(RestartPolicy.ALWAYS, Backoff(initial=1, jitter=0), random.Random(1))
+    delays = [tracker.on_exit(FAIL, stable=False, why="exit code 1").delay for _ in range(4)]
+    assert delays == [0.0, 1.0, 2.0, 4.0]
+    assert tracker.on_exit(OK, stable=False, why="exit code 0").restart  # Always: even after 0
+
+
+def test_stable_run_restarts_at_once_and_starts_the_count_over() -> None:
+    tracker = RestartTracker(RestartPolicy.ALWAYS, Backoff(initial=1, jitter=0))
+    for _ in range(5):
+        tracker.on_exit(FAIL, stable=False, why="x")
+    decision = tracker.on_exit(KILLED, stable=True, why="killed by SIGKILL")
+    assert (decision.restart, decision.delay, tracker.quick_deaths) == (True, 0.0, 1)
+    assert tracker.on_exit(FAIL, stable=False, why="x").delay == 1.0
+
+
+def test_crash_loop_limit_fails_the_service_with_the_reason() -> None:
+    tracker = RestartTracker(RestartPolicy.ALWAYS, Backoff(initial=1, jitter=0, crash_loop_limit=3))
+    assert tracker.on_exit(FAIL, stable=False, why="exit code 1").restart
+    assert tracker.on_exit(FAIL, stable=False, why="exit code 1").restart
+    final = tracker.on_exit(FAIL, stable=False, why="exit code 1")
+    assert (final.restart, final.final_state) == (False, "failed")
+    assert final.reason == "crash loop: 3 quick exits in a row, last exit code 1"
+
+
+@pytest.mark.parametrize(
+    ("policy", "status", "restart", "final_state"),
+    [
+        (RestartPolicy.ON_FAILURE, OK, False, "completed"),
+        (RestartPolicy.ON_FAILURE, FAIL, True, None),
+        (RestartPolicy.ON_FAILURE, KILLED, True, None),
+        (RestartPolicy.ON_FAILURE, None, True, None),  # fork failed
+        (RestartPolicy.NEVER, OK, False, "completed"),
+        (RestartPolicy.NEVER, FAIL, False, "failed"),
+        (RestartPolicy.ALWAYS, OK, True, None),
+    ],
+)
+def test_policies(
+    policy: RestartPolicy, status: ExitStatus | None, restart: bool, final_state: str | None
+) -> None:
+    decision = RestartTracker(policy, Backoff()).on_exit(status, stable=False, why="why")
+    assert (decision.restart, decision.final_state) == (restart, final_state)
+
+
+def test_reset_forgets_quick_deaths() -> None:
+    tracker = RestartTracker(RestartPolicy.ALWAYS, Backoff(initial=1, jitter=0))
+    for _ in range(3):
+        tracker.on_exit(FAIL, stable=False, why="x")
+    tracker.reset()
+    assert tracker.on_exit(FAIL, stable=False, why="x").delay == 0.0
