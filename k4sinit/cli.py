@@ -121,6 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         logger.error("cannot start", error=str(exc))
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+        return 130
     finally:
         writer.close()
     return 0

@@ -170,9 +170,10 @@ class ControlServer:
         if self.connections > MAX_CONNECTIONS:
             await send(error("too many connections; try again"))
             return
-        with trio.move_on_after(REQUEST_TIMEOUT):
-            line = await _receive_line(stream, MAX_REQUEST)
         try:
+            line: bytes | None = None
+            with trio.move_on_after(REQUEST_TIMEOUT):
+                line = await _receive_line(stream, MAX_REQUEST)
             if line is None:
                 raise RequestError(f"no request within {REQUEST_TIMEOUT:g}s")
             try:
@@ -180,7 +181,10 @@ class ControlServer:
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise RequestError(f"malformed request: {exc}") from None
             request = Request.from_json(data)
-            await self._handler(request, send)
+            if request.follow:
+                await _until_hangup(stream, self._handler(request, send))
+            else:
+                await self._handler(request, send)
         except RequestError as exc:
             await send(error(str(exc)))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -188,6 +192,24 @@ class ControlServer:
         except Exception as exc:  # a bug in one request must not reach the daemon
             self._log.exception("control: request failed")
             await send(error(f"internal error: {exc!r}"))
+
+
+async def _until_hangup(stream: trio.SocketStream, streaming: Awaitable[None]) -> None:
+    """Run a streaming reply until it ends or the client hangs up.
+
+    A follower of a quiet service would otherwise notice a gone client only at
+    its next line, holding a connection slot until then.
+    """
+
+    async def watch_client(cancel_scope: trio.CancelScope) -> None:
+        while await stream.receive_some(4096):
+            pass  # a streaming client has nothing more to say; ignore chatter
+        cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_client, nursery.cancel_scope)
+        await streaming
+        nursery.cancel_scope.cancel()
 
 
 async def _receive_line(stream: trio.SocketStream, limit: int) -> bytes | None:
@@ -240,7 +262,6 @@ def stream_request(path: str, request: Request, timeout: float | None = 30.0) ->
         sock.settimeout(timeout)
         try:
             sock.connect(path)
-            sock.sendall(encode(request.to_json()))
         except FileNotFoundError:
             raise ControlClientError(
                 f"no k4sinit control socket at {path} (is the daemon running?)"
@@ -249,6 +270,10 @@ def stream_request(path: str, request: Request, timeout: float | None = 30.0) ->
             raise ControlClientError(
                 f"cannot reach k4sinit at {path}: {exc.strerror or exc}"
             ) from None
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            # A refusal (wrong uid, too many clients) may come before we have
+            # sent anything and close the socket: read it below, don't hide it.
+            sock.sendall(encode(request.to_json()))
         with sock.makefile("rb") as replies:
             try:
                 for raw in replies:

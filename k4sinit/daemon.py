@@ -7,8 +7,10 @@ by SIGTERM, SIGINT or ``k4sinit stop --all``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import resource
 import signal
 from typing import Any
 
@@ -18,7 +20,7 @@ from . import control
 from .control import Request, RequestError, Send, error, ok
 from .process import DEFAULT_PATH
 from .reaper import ExitStatus, Reaper, become_subreaper
-from .runner import RunnerContext
+from .runner import RunnerContext, ServiceRunner
 from .spec import Config
 from .supervisor import Supervisor, UnknownService
 
@@ -28,6 +30,31 @@ SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def default_env() -> dict[str, str]:
     """What every service starts with (its own ``env`` goes on top)."""
     return {"PATH": os.environ.get("PATH") or DEFAULT_PATH, "HOME": os.environ.get("HOME", "/")}
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE as far as allowed; returns the new soft limit.
+
+    Two pipes per service and containerd's appetite exhaust the usual 1024
+    (bench/startup.py: 1000 services hit EMFILE at ~500); services inherit the
+    limit, and containerd and kubelet expect a high one (their systemd units
+    set LimitNOFILE=infinity). Root raises the hard limit to ``fs.nr_open``;
+    anyone else raises the soft limit to the hard one.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if os.geteuid() == 0:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                ceiling = int(f.read())
+        except (OSError, ValueError):
+            ceiling = hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, ceiling))
+            return ceiling
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
 
 
 class Daemon:
@@ -63,6 +90,7 @@ class Daemon:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Supervise until asked to stop, then stop everything in reverse order."""
+        raise_fd_limit()
         if os.getpid() != 1 and not become_subreaper():
             self.log.warning("could not become a child subreaper; orphans go to our init")
         async with trio.open_nursery() as nursery:
@@ -96,23 +124,21 @@ class Daemon:
     async def handle(self, request: Request, send: Send) -> None:
         """Answer one control request (see control.py for the protocol)."""
         sup = self.supervisor
+        name = request.name or ""  # Request.from_json made sure the named ops have one
         try:
             if request.op == "status":
-                if request.name is None:
-                    await send(ok({"services": sup.snapshot()}))
-                else:
-                    await send(ok(sup[request.name].detail()))
+                await send(ok(sup[name].detail() if name else {"services": sup.snapshot()}))
             elif request.op == "logs":
-                await self._logs(request, send)
+                await self._logs(sup[name], request, send)
             elif request.op == "start":
-                started = sup.start(request.name or "")
-                await send(ok({"started": started, **sup[request.name or ""].snapshot()}))
+                started = sup.start(name)
+                await send(ok({"started": started, **sup[name].snapshot()}))
             elif request.op == "stop":
-                await sup.stop(request.name or "")
-                await send(ok(sup[request.name or ""].snapshot()))
+                await sup.stop(name)
+                await send(ok(sup[name].snapshot()))
             elif request.op == "restart":
-                await sup.restart(request.name or "")
-                await send(ok(sup[request.name or ""].snapshot()))
+                await sup.restart(name)
+                await send(ok(sup[name].snapshot()))
             elif request.op == "stop_all":
                 self._stop_requested_by_client = True
                 self.request_shutdown("stop --all")
@@ -124,8 +150,7 @@ class Daemon:
         except RuntimeError as exc:
             await send(error(str(exc)))
 
-    async def _logs(self, request: Request, send: Send) -> None:
-        runner = self.supervisor[request.name or ""]
+    async def _logs(self, runner: ServiceRunner, request: Request, send: Send) -> None:
         # Subscribe before taking the backlog so no line falls between the two.
         follow = runner.follow_logs() if request.follow else None
         backlog = list(runner.logs)[-request.lines :] if request.lines else []

@@ -12,6 +12,7 @@ them in :class:`trio.lowlevel.FdStream` (see :mod:`k4sinit.output`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -29,8 +30,15 @@ DRAIN_SECONDS = 1.0
 DEFAULT_PATH = "/bbin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+# Spawn failures that say nothing about the program and may pass.
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
+
+
 class SpawnError(Exception):
-    """The process could not be started (binary missing, not executable, bad cwd)."""
+    """The program cannot be started (binary missing, not executable, bad cwd).
+
+    Transient failures (out of fds, memory or pids) raise plain OSError instead.
+    """
 
 
 @dataclass
@@ -86,6 +94,8 @@ def spawn(
     except OSError as exc:
         for fd in (out_r, err_r):
             os.close(fd)
+        if exc.errno in TRANSIENT_ERRNOS:
+            raise  # out of fds, memory or processes: worth a retry, not a verdict
         reason = exc.strerror or str(exc)
         where = f" (in {cwd})" if cwd and isinstance(exc, FileNotFoundError) else ""
         raise SpawnError(f"{program}: {reason}{where}") from exc

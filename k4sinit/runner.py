@@ -98,6 +98,7 @@ class ServiceRunner:
     def _set(
         self, state: State | None = None, reason: str | None = None, *, ready: bool | None = None
     ) -> None:
+        """Change state, readiness and/or reason: record, log, and wake waiters."""
         new_state = self.state if state is None else state
         new_ready = self.ready if ready is None else ready
         new_reason = self.reason if reason is None else reason
@@ -227,7 +228,7 @@ class ServiceRunner:
             raise
         except OSError as exc:  # fork itself failed (EAGAIN, ENOMEM): worth a retry
             self.pid = None
-            return None, f"fork failed: {exc.strerror}", False
+            return None, f"spawn failed: {exc.strerror}", False
         child = spawned.child
         self.pid = child.pid
         self._kill_reason = None
@@ -257,9 +258,10 @@ class ServiceRunner:
         return status, self._kill_reason or status.describe(), self._stable_run
 
     def _note_stability(self) -> None:
-        if self._ready_since is not None:
-            if trio.current_time() - self._ready_since >= self.spec.backoff.reset_after:
-                self._stable_run = True
+        """Remember that this run counted as stable (ready for ``reset_after``)."""
+        since = self._ready_since
+        if since is not None and trio.current_time() - since >= self.spec.backoff.reset_after:
+            self._stable_run = True
 
     async def _terminate(self, child: Child) -> ExitStatus:
         """Terminate with the grace period; bounded even if SIGKILL cannot land."""

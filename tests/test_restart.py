@@ -17,7 +17,15 @@ KILLED = ExitStatus(signal=9)
 
 def test_backoff_sequence_without_jitter_is_zero_then_exponential_then_capped() -> None:
     backoff = Backoff(initial=1.0, max=10.0, multiplier=2.0, jitter=0.0)
-    assert [backoff_delay(backoff, n, 0.5) for n in range(1, 8)] == [0.0, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert [backoff_delay(backoff, n, 0.5) for n in range(1, 8)] == [
+        0.0,
+        1.0,
+        2.0,
+        4.0,
+        8.0,
+        10.0,
+        10.0,
+    ]
 
 
 def test_jitter_spreads_within_bounds_and_never_past_max() -> None:

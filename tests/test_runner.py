@@ -66,7 +66,7 @@ async def until(runner: ServiceRunner, predicate: Callable[[ServiceRunner], bool
 async def eventually(predicate: Callable[[], bool]) -> None:
     """Poll a condition that no state change announces (output lines, files)."""
     with trio.fail_after(300):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 (nothing announces these)
             await trio.sleep(0.05)
 
 
@@ -340,7 +340,8 @@ async def test_stop_all_goes_in_reverse_dependency_order(
     start = trio.current_time()
     await sup.stop_all()
     stopped = {
-        name: round(times(sup[name], State.STOPPED)[-1] - start, 9) for name in ("a", "b", "c", "lone")
+        name: round(times(sup[name], State.STOPPED)[-1] - start, 9)
+        for name in ("a", "b", "c", "lone")
     }
     # c ignores SIGTERM: killed at 2 s; only then b, then a. lone does not wait for anyone.
     assert stopped == {"c": 2, "b": 2, "a": 2, "lone": 0}

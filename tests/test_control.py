@@ -1,0 +1,271 @@
+"""The control socket against a real daemon, spoken to with raw sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import DaemonProcess, child_cmd, services_config, wait_until
+
+CONFIG = services_config({"a": {"command": child_cmd()}})
+STATUS = b'{"op": "status"}\n'
+
+
+def connect(path: Path, timeout: float = 10) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(str(path))
+    return sock
+
+
+def read_replies(sock: socket.socket) -> list[dict[str, Any]]:
+    """Every JSON line until the server closes (a reset after the replies counts as close)."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def exchange(path: Path, payload: bytes, timeout: float = 10) -> list[dict[str, Any]]:
+    """Send ``payload`` on a new connection; return every reply line until close."""
+    with connect(path, timeout) as sock:
+        # The server may stop reading early; its answer is still queued for us.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(payload)
+        return read_replies(sock)
+
+
+class Served:
+    """A daemon with one running service ``a``, and that service's first pid."""
+
+    def __init__(self, daemon: DaemonProcess) -> None:
+        self.daemon = daemon
+        self.socket = daemon.socket
+        self.pid = daemon.wait_for(lambda s: s["a"]["state"] == "running")["a"]["pid"]
+
+    def assert_undisturbed(self) -> None:
+        """The daemon still answers ``status`` and ``a`` never restarted."""
+        [reply] = exchange(self.socket, STATUS)
+        assert reply["ok"] is True, reply
+        [a] = reply["result"]["services"]
+        assert (a["state"], a["pid"], a["restarts"]) == ("running", self.pid, 0)
+
+
+@pytest.fixture
+def daemon(start_daemon: Any) -> Served:
+    return Served(start_daemon(CONFIG))
+
+
+def test_socket_is_owner_only(daemon: Served) -> None:
+    mode = os.stat(daemon.socket).st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o600
+    assert daemon.socket.parent.is_dir()
+
+
+def test_status_request_gets_one_ok_line(daemon: Served) -> None:
+    [reply] = exchange(daemon.socket, STATUS)
+    assert reply["ok"] is True
+    assert [s["name"] for s in reply["result"]["services"]] == ["a"]
+
+
+def test_random_bytes_get_one_error_line_and_close(daemon: Served) -> None:
+    rng = random.Random(1)
+    garbage = bytes(rng.choice(range(256)) for _ in range(2048)).replace(b"\n", b"")
+    replies = exchange(daemon.socket, b"\xff" + garbage + b"\n")
+    assert len(replies) == 1
+    assert replies[0]["ok"] is False
+    assert replies[0]["error"].startswith("malformed request")
+    daemon.assert_undisturbed()
+
+
+def test_oversized_request_is_refused_and_daemon_survives(daemon: Served) -> None:
+    replies = exchange(daemon.socket, b"x" * (1024 * 1024))
+    assert replies == [{"ok": False, "error": "request too large (over 65536 bytes)"}]
+    daemon.assert_undisturbed()
+
+
+@pytest.mark.slow
+def test_silent_client_is_timed_out_while_others_are_served(daemon: Served) -> None:
+    with connect(daemon.socket, timeout=30) as silent:
+        for _ in range(3):
+            [reply] = exchange(daemon.socket, STATUS, timeout=5)
+            assert reply["ok"] is True
+        replies = read_replies(silent)  # the server's own timeout closes it
+    assert replies == [{"ok": False, "error": "no request within 10s"}]
+    daemon.assert_undisturbed()
+
+
+def test_fifty_simultaneous_clients_all_get_answers(daemon: Served) -> None:
+    clients = [connect(daemon.socket) for _ in range(50)]
+    try:
+        for sock in clients:
+            sock.sendall(STATUS)
+        replies = [read_replies(sock) for sock in clients]
+    finally:
+        for sock in clients:
+            sock.close()
+    assert all(len(r) == 1 and r[0]["ok"] is True for r in replies), replies
+    daemon.assert_undisturbed()
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        ([1, 2], "request must be a JSON object, got list"),
+        (
+            {"op": "frobnicate"},
+            "unknown op 'frobnicate'; expected one of status, logs, start, stop, restart, stop_all",
+        ),
+        ({"op": "stop"}, "op 'stop' needs a service 'name'"),
+        ({"op": "stop", "name": 7}, "'name' must be a string"),
+        ({"op": "logs", "name": "a", "lines": -1}, "'lines' must be an integer from 0 to 100000"),
+        ({"op": "logs", "name": "a", "follow": "yes"}, "'follow' must be true or false"),
+        ({"op": "restart", "name": "nope"}, "unknown service 'nope'"),
+    ],
+    ids=[
+        "not-object",
+        "unknown-op",
+        "stop-no-name",
+        "name-not-str",
+        "lines-neg",
+        "follow-str",
+        "unknown-name",
+    ],
+)
+def test_invalid_request_gets_a_precise_error(daemon: Served, request_: Any, message: str) -> None:
+    replies = exchange(daemon.socket, json.dumps(request_).encode() + b"\n")
+    assert replies == [{"ok": False, "error": message}]
+    daemon.assert_undisturbed()
+
+
+def test_dead_followers_of_a_silent_service_do_not_exhaust_connections(
+    daemon: Served,
+) -> None:
+    follow = b'{"op": "logs", "name": "a", "lines": 0, "follow": true}\n'
+    for _ in range(70):
+        with connect(daemon.socket) as sock:
+            sock.sendall(follow)
+            with sock.makefile("rb") as replies:
+                assert json.loads(replies.readline()) == {"ok": True, "result": []}
+    replies = exchange(daemon.socket, STATUS)
+    assert len(replies) == 1 and replies[0]["ok"] is True, replies
+    daemon.assert_undisturbed()
+
+
+# --- peer credentials -------------------------------------------------------------
+
+K4SINIT = (sys.executable, "-m", "k4sinit")
+AS_NOBODY = ("--reuid=65534", "--regid=65534", "--clear-groups")
+CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect(sys.argv[1])
+try:
+    s.sendall(b'{"op": "status"}\\n')
+except BrokenPipeError:
+    pass  # refused before our request was read; the answer is queued all the same
+data = b""
+try:
+    while chunk := s.recv(65536):
+        data += chunk
+except ConnectionResetError:
+    pass  # the server closed without reading our request: what it sent came first
+print(data.decode(), end="")
+"""
+
+
+# The real client, whose request is sent only once the daemon's answer has arrived:
+# what happens whenever the daemon refuses the peer before the client got to send.
+LATE_CLIENT = """
+import socket, sys
+from k4sinit import control
+
+real_connect = socket.socket.connect
+
+def connect_and_wait_for_the_answer(self, address):
+    real_connect(self, address)
+    self.recv(1, socket.MSG_PEEK)
+
+socket.socket.connect = connect_and_wait_for_the_answer
+try:
+    control.request(sys.argv[1], control.Request("status"))
+except control.ControlClientError as exc:
+    print(exc)
+"""
+
+
+@pytest.fixture
+def open_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    """A daemon whose socket uid 65534 may connect to, so that SO_PEERCRED is what refuses."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to run a client as another uid")
+    # A socket directory that uid 65534 may traverse (pytest's tmp dirs are 0700).
+    socket_dir = Path(tempfile.mkdtemp(prefix="k4sinit-peer-"))
+    config = tmp_path / "k4sinit.yaml"
+    config.write_text(CONFIG)
+    daemon = None
+    try:
+        socket_dir.chmod(0o711)
+        daemon = DaemonProcess(config, socket_dir / "control.sock", tmp_path / "k4sinit.log")
+        daemon.wait_socket()
+        daemon.socket.chmod(0o666)
+        yield daemon
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def run_as_nobody(script: str, socket_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", *AS_NOBODY, sys.executable, "-I", "-c", script, str(socket_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_peer_of_another_uid_is_refused(open_daemon: DaemonProcess) -> None:
+    daemon = open_daemon
+    out = run_as_nobody(CLIENT, daemon.socket)
+    assert out.returncode == 0, out.stderr
+    assert [json.loads(line) for line in out.stdout.splitlines()] == [
+        {"ok": False, "error": "permission denied for uid 65534"}
+    ]
+    # root is still served
+    [reply] = exchange(daemon.socket, STATUS)
+    assert reply["ok"] is True
+    refused = wait_until(
+        lambda: [e for e in daemon.log_events() if e.get("event") == "control: refused peer"],
+        what="the refusal in the log",
+    )
+    assert refused[0]["uid"] == 65534
+
+
+def test_client_refused_before_sending_shows_the_daemons_reason(
+    open_daemon: DaemonProcess,
+) -> None:
+    out = run_as_nobody(LATE_CLIENT, open_daemon.socket)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "permission denied for uid 65534\n"
