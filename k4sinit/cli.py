@@ -224,22 +224,22 @@ def format_detail(s: dict[str, Any]) -> str:
     spec = s["spec"]
     lines = [
         f"{s['name']}: {s['state']}, {'ready' if s['ready'] else 'not ready'}, for {format_duration(s['since'])}",
-        f"  reason:      {s['reason']}",
-        f"  pid:         {s['pid'] or '-'}",
-        f"  restarts:    {s['restarts']}   last exit: {format_exit(s['last_exit'])}",
+        f"  reason:           {s['reason']}",
+        f"  pid:              {s['pid'] or '-'}",
+        f"  restarts:         {s['restarts']}   last exit: {format_exit(s['last_exit'])}",
     ]
     if s.get("next_restart_in") is not None:
         lines.append(f"  next restart in {s['next_restart_in']:.1f}s")
     lines += [
-        f"  command:     {' '.join(spec['command'])}",
-        f"  restart:     {spec['restart_policy']}; stop with {spec['stop_signal']}, "
+        f"  command:          {' '.join(spec['command'])}",
+        f"  restart:          {spec['restart_policy']}; stop with {spec['stop_signal']}, "
         f"grace {spec['termination_grace_period']:g}s",
     ]
     if s["depends_on"]:
         deps = ", ".join(f"{name} ({cond})" for name, cond in s["depends_on"].items())
-        lines.append(f"  depends on:  {deps}")
+        lines.append(f"  depends on:       {deps}")
     for kind, text in spec["probes"].items():
-        lines.append(f"  {kind + ' probe:':<13}{text}")
+        lines.append(f"  {kind + ' probe:':<18}{text}")
     lines.append("  events:")
     for event in s["events"][-10:]:
         stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
