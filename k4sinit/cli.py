@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -66,11 +67,34 @@ def build_parser() -> argparse.ArgumentParser:
     stop = client("stop", "stop a service, or everything with --all")
     stop.add_argument("name", nargs="?")
     stop.add_argument("--all", action="store_true", help="stop every service and end the daemon")
+
+    for name in ("reboot", "poweroff", "halt"):
+        client(name, f"stop every service in reverse order, then {name} the node (PID 1 only)")
+
+    init = client("init", "be PID 1: boot the node, supervise, shut down (also: k4sinit as /init)")
+    init.add_argument(
+        "--config",
+        help="config file (default: k4sinit.config= on the kernel command line, else /etc/k4sinit/config.yaml)",
+    )
+    init.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
+
+    dev = client("dev", "run k4sinit init as PID 1 of new namespaces (a container) on this machine")
+    dev.add_argument("--config", required=True, help="YAML config file")
+    dev.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv and os.getpid() == 1:
+        argv = ["init"]  # the kernel runs /init with no arguments
     args = build_parser().parse_args(argv)
+    if args.command == "init":
+        return cmd_init(args)
+    if args.command == "dev":
+        from .devenv import run_dev
+
+        return run_dev(args.config, control.socket_path(args.socket), args.log_format)
     if args.command == "check":
         return cmd_check(args.config)
     if args.command == "run":
@@ -99,6 +123,18 @@ def cmd_check(path: str) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """``k4sinit init``: only as PID 1 (of the node or of a pid namespace)."""
+    if os.getpid() != 1:
+        print(
+            "k4sinit init: must run as PID 1 (use 'k4sinit run' or 'k4sinit dev')", file=sys.stderr
+        )
+        return 2
+    from .boot import InitOptions, init_main
+
+    init_main(InitOptions(config=args.config, socket=args.socket, log_format=args.log_format))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
@@ -108,13 +144,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     from . import log
-    from .daemon import Daemon
+    from .daemon import Daemon, setup_cgroups
 
     writer = log.configure(args.log_format, debug=args.debug)
     logger = log.get_logger()
 
     async def serve() -> None:
-        await Daemon(config, control.socket_path(args.socket), logger).run()
+        cgroups = setup_cgroups(logger)
+        await Daemon(config, control.socket_path(args.socket), logger, cgroups=cgroups).run()
 
     try:
         trio.run(serve)
@@ -146,6 +183,10 @@ def run_client(args: argparse.Namespace) -> int:
         for batch in control.stream_request(path, req, timeout=None if args.follow else 30.0):
             for entry in batch:
                 print(f"{entry['stream']}[{entry['pid']}]: {entry['line']}", flush=args.follow)
+        return 0
+    if args.command in control.POWER_OPS:
+        result = control.request(path, control.Request(args.command), timeout=None)
+        print(f"{args.command}: {len(result['services'])} services stopped")
         return 0
     if args.command == "stop" and args.all:
         result = control.request(path, control.Request("stop_all"), timeout=None)
@@ -240,6 +281,8 @@ def format_detail(s: dict[str, Any]) -> str:
         lines.append(f"  depends on:       {deps}")
     for kind, text in spec["probes"].items():
         lines.append(f"  {kind + ' probe:':<18}{text}")
+    if s.get("cgroup"):
+        lines.append(f"  {'cgroup:':<18}{format_cgroup(s['cgroup'])}")
     lines.append("  events:")
     for event in s["events"][-10:]:
         stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
@@ -249,6 +292,26 @@ def format_detail(s: dict[str, Any]) -> str:
     for entry in s["logs"]:
         lines.append(f"    {entry['stream']}[{entry['pid']}]: {entry['line']}")
     return "\n".join(lines)
+
+
+def format_cgroup(cg: dict[str, Any]) -> str:
+    """``/sys/fs/cgroup/services/etcd: memory 41.2Mi (peak 52.0Mi) of 256Mi, cpu 3.21s, 12 pids``."""
+
+    def mib(n: int | None) -> str:
+        return "-" if n is None else f"{n / 2**20:.1f}Mi"
+
+    limits = cg["limits"]
+    memory = f"memory {mib(cg['memory_bytes'])}"
+    if cg.get("memory_peak_bytes") is not None:
+        memory += f" (peak {mib(cg['memory_peak_bytes'])})"
+    if limits.get("memory"):
+        memory += f" of {mib(limits['memory'])}"
+    cpu = "-" if cg["cpu_seconds"] is None else f"{cg['cpu_seconds']:.2f}s"
+    if limits.get("cpu_millis"):
+        cpu += f" (limit {limits['cpu_millis']}m)"
+    pids = f"{cg['pids']} pids" + (f" of {limits['pids']}" if limits.get("pids") else "")
+    ooms = f", {cg['oom_kills']} OOM kills" if cg.get("oom_kills") else ""
+    return f"{cg['path']}: {memory}, cpu {cpu}, {pids}{ooms}"
 
 
 def _shorten(text: str, width: int) -> str:

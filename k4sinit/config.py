@@ -39,12 +39,16 @@ from k4sinit.spec import (
     Condition,
     Config,
     ExecAction,
+    Fallback,
     FileAction,
     HTTPGetAction,
     Probe,
     ProbeAction,
+    Resources,
     RestartPolicy,
     ServiceSpec,
+    SwitchRoot,
+    SystemSpec,
     TCPSocketAction,
     TLSConfig,
     UnixSocketAction,
@@ -149,10 +153,10 @@ def load_config_text(text: str, source: str) -> Config:
     if root is not None:
         doc.lines[()] = root.start_mark.line + 1
         data = doc.plain(root, ())
-    services = _read_config(doc, data)
+    services, system = _read_config(doc, data)
     if doc.errors:
         raise ConfigErrors(source, sorted(doc.errors, key=lambda e: e.line or 0))
-    return Config(source=source, services=services)
+    return Config(source=source, services=services, system=system)
 
 
 def _single(source: str, line: int | None, message: str) -> ConfigErrors:
@@ -456,18 +460,76 @@ class _Reader:
 # --- the config ------------------------------------------------------------------
 
 
-def _read_config(doc: _Document, data: Any) -> dict[str, ServiceSpec]:
+def _read_config(doc: _Document, data: Any) -> tuple[dict[str, ServiceSpec], SystemSpec]:
     """The top level: one reader per section (``network``, ``node``, ... join here)."""
     if data is None:
         doc.error((), "the config is empty", "it needs a 'services' mapping")
-        return {}
+        return {}, SystemSpec()
     if not isinstance(data, dict):
         doc.error((), f"expected a mapping at the top level, got {_kind(data)}")
-        return {}
+        return {}, SystemSpec()
     top = _Reader(doc, (), data)
     services = _read_services(top)
+    system = _read_system(top)
     top.finish()
-    return services
+    return services, system
+
+
+_HOSTNAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_MODULE = re.compile(r"[A-Za-z0-9_-]+")
+_SYSCTL = re.compile(r"[a-z0-9_*-]+([./][a-z0-9_*-]+)+", re.IGNORECASE)
+
+
+def _read_system(top: _Reader) -> SystemSpec:
+    """``hostname``, ``modules``, ``sysctls`` and ``boot``: what PID 1 sets up."""
+    hostname = top.string("hostname")
+    if hostname is not None and (len(hostname) > 64 or not _HOSTNAME.fullmatch(hostname)):
+        top.error(
+            f"invalid hostname {hostname!r}",
+            "lowercase letters, digits, '-' and '.'",
+            key="hostname",
+        )
+        hostname = None
+    modules = top.strings("modules")
+    for i, module in enumerate(modules or ()):
+        if not _MODULE.fullmatch(module):
+            top.doc.error(
+                ("modules", i),
+                f"invalid module name {module!r}",
+                "a name like br_netfilter, without .ko",
+            )
+    sysctls: list[tuple[str, str]] = []
+    section = top.mapping(
+        "sysctls", hint="write it as key: value pairs, e.g. net.ipv4.ip_forward: 1"
+    )
+    for key in section.data if section else ():
+        assert section is not None
+        section.known.append(key)
+        value = section.data[key]
+        if not _SYSCTL.fullmatch(key):
+            section.error(f"invalid sysctl name {key!r}", "like net.ipv4.ip_forward", key=key)
+        elif isinstance(value, bool) or not isinstance(value, str | int | float):
+            section.error(f"expected a string or number, got {_kind(value)}", key=key)
+        else:
+            sysctls.append((key, str(value)))
+    boot = top.mapping("boot")
+    fields: dict[str, Any] = {}
+    if boot is not None:
+        fallback = boot.choice("fallback", [f.value for f in Fallback])
+        delay = boot.number("fallbackDelaySeconds")
+        switch = boot.choice("switchRoot", [s.value for s in SwitchRoot])
+        shell = boot.strings("shell", non_empty=True)
+        boot.finish()
+        fields = _given(
+            fallback=None if fallback is None else Fallback(fallback),
+            fallback_delay=delay,
+            switch_root=None if switch is None else SwitchRoot(switch),
+            shell=shell,
+        )
+    return SystemSpec(
+        **_given(hostname=hostname, modules=modules, sysctls=tuple(sysctls) or None),
+        **fields,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,6 +588,7 @@ def _read_service(r: _Reader, name: str) -> _Service:
     backoff = _read_backoff(r)
     stop_signal = _read_signal(r)
     grace = r.number("terminationGracePeriodSeconds")
+    resources = _read_resources(r)
     r.finish()
     spec = None
     if command is not None:
@@ -542,11 +605,60 @@ def _read_service(r: _Reader, name: str) -> _Service:
             backoff=backoff,
             stop_signal=stop_signal,
             termination_grace_period=grace,
+            resources=resources,
         )
         spec = ServiceSpec(name=name, command=command, **fields)
     if "restartPolicy" not in r.data:
         restart_policy = RestartPolicy.ALWAYS  # the spec's default
     return _Service(spec, restart_policy, tuple(dependencies))
+
+
+_QUANTITY = re.compile(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T|m)?")
+_MEMORY_UNITS = {
+    None: 1,
+    "k": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "T": 1000**4,
+    "Ki": 1024,
+    "Mi": 1024**2,
+    "Gi": 1024**3,
+    "Ti": 1024**4,
+}
+
+
+def _read_resources(r: _Reader) -> Resources | None:
+    """``resources: {limits: {memory, cpu, pids}}`` with Kubernetes quantities."""
+    resources = r.mapping("resources")
+    if resources is None:
+        return None
+    limits = resources.mapping("limits", hint="write it as limits: {memory: 256Mi, cpu: 500m}")
+    resources.finish()
+    if limits is None:
+        return None
+    memory = _quantity(limits, "memory", _MEMORY_UNITS, "bytes, or 256Mi / 1Gi / 500M")
+    cpu = _quantity(limits, "cpu", {None: 1000, "m": 1}, "cores (0.5, 2) or millicores (500m)")
+    pids = limits.integer("pids", 1)
+    limits.finish()
+    return Resources(memory=memory, cpu_millis=cpu, pids=pids)
+
+
+def _quantity(r: _Reader, key: str, units: dict[str | None, int], hint: str) -> int | None:
+    """A Kubernetes quantity as an integer in the smallest unit of ``units``."""
+    r.known.append(key)
+    value = r.data.get(key)
+    if value is None:
+        return None
+    text = str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+    match = _QUANTITY.fullmatch(text) if isinstance(text, str) else None
+    if match is None or match.group(2) not in units:
+        r.error(f"invalid quantity {value!r}", hint, key=key)
+        return None
+    amount = round(float(match.group(1)) * units[match.group(2)])
+    if amount < 1:
+        r.error(f"must be positive, got {value!r}", hint, key=key)
+        return None
+    return amount
 
 
 def _read_env(r: _Reader) -> tuple[tuple[str, str], ...] | None:

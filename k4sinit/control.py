@@ -31,7 +31,8 @@ MAX_REQUEST = 64 * 1024
 REQUEST_TIMEOUT = 10.0
 MAX_CONNECTIONS = 64
 
-OPS = ("status", "logs", "start", "stop", "restart", "stop_all")
+OPS = ("status", "logs", "start", "stop", "restart", "stop_all", "reboot", "poweroff", "halt")
+POWER_OPS = ("reboot", "poweroff", "halt")
 NAMED_OPS = ("logs", "start", "stop", "restart")
 
 

@@ -12,19 +12,31 @@ import os
 import random
 import resource
 import signal
+from collections.abc import Mapping
 from typing import Any
 
 import trio
 
 from . import control
-from .control import Request, RequestError, Send, error, ok
+from .cgroups import CgroupTree, CgroupUnavailable
+from .control import POWER_OPS, Request, RequestError, Send, error, ok
 from .process import DEFAULT_PATH
 from .reaper import ExitStatus, Reaper, become_subreaper
 from .runner import RunnerContext, ServiceRunner
 from .spec import Config
 from .supervisor import Supervisor, UnknownService
 
-SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# What each signal asks for: "stop" ends `k4sinit run`; PID 1 follows busybox
+# init (SIGTERM reboot, SIGUSR1 halt, SIGUSR2 power-off; SIGINT is ctrl-alt-del,
+# which reboots) and treats SIGPWR (a UPS, a container manager) as power-off.
+RUN_SIGNALS: dict[int, str] = {signal.SIGTERM: "stop", signal.SIGINT: "stop"}
+INIT_SIGNALS: dict[int, str] = {
+    signal.SIGTERM: "reboot",
+    signal.SIGINT: "reboot",
+    signal.SIGUSR1: "halt",
+    signal.SIGUSR2: "poweroff",
+    signal.SIGPWR: "poweroff",
+}
 
 
 def default_env() -> dict[str, str]:
@@ -57,6 +69,18 @@ def raise_fd_limit() -> int:
     return soft
 
 
+def setup_cgroups(log: Any) -> CgroupTree | None:
+    """k4sinit's cgroup subtree, or None (logged) where cgroup2 is not usable here."""
+    try:
+        tree = CgroupTree.discover()
+        tree.setup()
+    except (CgroupUnavailable, OSError) as exc:
+        log.warning("running without cgroups", reason=str(exc))
+        return None
+    log.info("cgroups ready", base=str(tree.base.path), controllers=sorted(tree.controllers))
+    return tree
+
+
 class Daemon:
     """One supervisor with its control socket; see the module docstring."""
 
@@ -66,13 +90,23 @@ class Daemon:
         socket_path: str,
         log: Any,
         *,
+        cgroups: CgroupTree | None = None,
+        signals: Mapping[int, str] = RUN_SIGNALS,
+        power: bool = False,
         rng: random.Random | None = None,
     ) -> None:
+        """``signals`` maps each handled signal to its action; ``power`` allows
+        reboot/poweroff/halt requests (PID 1 only)."""
         self.log = log
+        self._signals = dict(signals)
+        self._power = power
+        self.action = "stop"  # what the shutdown asked for; read after run()
+        self.cgroups = cgroups
         self.reaper = Reaper(on_orphan=self._orphan_reaped)
         ctx = RunnerContext(
             reaper=self.reaper,
             base_env=default_env(),
+            cgroups=cgroups,
             log=log,
             rng=rng or random.Random(),
         )
@@ -83,9 +117,11 @@ class Daemon:
         self._stop_reply_sent = trio.Event()
         self._stop_requested_by_client = False
 
-    def request_shutdown(self, reason: str) -> None:
+    def request_shutdown(self, reason: str, action: str = "stop") -> None:
+        """Begin the orderly stop; ``action`` (stop, reboot, poweroff, halt) is kept for the caller."""
         if not self._shutdown.is_set():
-            self.log.info("shutdown requested", reason=reason)
+            self.log.info("shutdown requested", reason=reason, action=action)
+            self.action = action
             self._shutdown.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -104,6 +140,10 @@ class Daemon:
             task_status.started()
             await self._shutdown.wait()
             await self.supervisor.stop_all()
+            if self.cgroups is not None and not await self.cgroups.kill_everything():
+                self.log.error(
+                    "processes survived the final kill", cgroup=str(self.cgroups.base.path)
+                )
             self._stopped.set()
             if self._stop_requested_by_client:
                 with trio.move_on_after(2):
@@ -112,9 +152,9 @@ class Daemon:
             nursery.cancel_scope.cancel()
 
     async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
+        with trio.open_signal_receiver(*self._signals) as signals:
             async for signum in signals:
-                self.request_shutdown(signal.Signals(signum).name)
+                self.request_shutdown(signal.Signals(signum).name, self._signals[signum])
 
     def _orphan_reaped(self, pid: int, status: ExitStatus) -> None:
         self.log.info("reaped orphan", pid=pid, status=status.describe())
@@ -139,9 +179,12 @@ class Daemon:
             elif request.op == "restart":
                 await sup.restart(name)
                 await send(ok(sup[name].snapshot()))
-            elif request.op == "stop_all":
+            elif request.op in POWER_OPS and not self._power:
+                raise RequestError(f"{request.op}: k4sinit is not PID 1 here; use 'stop --all'")
+            elif request.op in ("stop_all", *POWER_OPS):
                 self._stop_requested_by_client = True
-                self.request_shutdown("stop --all")
+                action = "stop" if request.op == "stop_all" else request.op
+                self.request_shutdown(f"k4sinit {request.op.replace('_all', ' --all')}", action)
                 await self._stopped.wait()
                 await send(ok({"services": sup.snapshot()}))
                 self._stop_reply_sent.set()

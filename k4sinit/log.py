@@ -88,11 +88,17 @@ class NonBlockingWriter:
 
 
 def configure(
-    fmt: str = "auto", *, stream: TextIO | None = None, debug: bool = False
+    fmt: str = "auto",
+    *,
+    stream: TextIO | None = None,
+    debug: bool = False,
+    colors: bool | None = None,
 ) -> NonBlockingWriter:
     """Set up structlog for the daemon; returns the writer (close it on exit).
 
     ``fmt`` is ``"console"``, ``"json"`` or ``"auto"`` (console on a TTY).
+    ``colors`` defaults to "on a TTY" (PID 1 turns them off: a serial console
+    log is read as text).
     """
     target = stream or sys.stdout
     if fmt == "auto":
@@ -101,7 +107,9 @@ def configure(
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=_isatty(target))
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=_isatty(target) if colors is None else colors
+        )
     writer = NonBlockingWriter(target)
     structlog.configure(
         processors=[

@@ -25,6 +25,9 @@ import trio
 from .reaper import Child, ExitStatus, Reaper
 
 # Sane defaults for services: the kernel hands PID 1 almost no environment.
+# Joins the cgroup whose cgroup.procs is $0, then becomes the program ("$@").
+JOIN_CGROUP = 'echo 0 > "$0" && exec "$@"'
+SHELL = "/bin/sh"
 # How long output may still be read after a process has exited.
 DRAIN_SECONDS = 1.0
 DEFAULT_PATH = "/bbin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -64,12 +67,17 @@ def spawn(
     env: Mapping[str, str],
     cwd: str | None = None,
     executable: str | None = None,
+    cgroup_procs: str | None = None,
 ) -> Spawned:
     """Start ``argv`` in a new process group with stdin on /dev/null.
 
     ``executable`` is the file to run; ``argv[0]`` is what the process sees as
-    its name (busybox-style dispatch). Raises :class:`SpawnError` with a
-    readable reason; on success the child is already registered with ``reaper``.
+    its name (busybox-style dispatch). With ``cgroup_procs`` (a cgroup's
+    ``cgroup.procs`` file) the process joins that cgroup before it executes:
+    it runs through ``/bin/sh``, which moves itself there and then execs the
+    program (argv[0] becomes the program's path). Raises :class:`SpawnError`
+    with a readable reason; on success the child is already registered with
+    ``reaper``.
     """
     path = env.get("PATH", DEFAULT_PATH)
     program = executable or argv[0]
@@ -77,6 +85,9 @@ def spawn(
     if resolved is None:
         where = "" if "/" in program else f" in {path}"
         raise SpawnError(f"{program}: binary not found{where}")
+    if cgroup_procs is not None:
+        argv = [SHELL, "-c", JOIN_CGROUP, cgroup_procs, resolved, *argv[1:]]
+        resolved = SHELL
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:

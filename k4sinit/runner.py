@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import trio
 
 from . import probes, process
+from .cgroups import CgroupTree
 from .output import pump_lines
 from .reaper import Child, ExitStatus, Reaper
 from .restart import RestartTracker
@@ -42,6 +43,7 @@ class RunnerContext:
 
     reaper: Reaper
     base_env: Mapping[str, str]
+    cgroups: CgroupTree | None  # None where there is no writable cgroup2
     log: Any  # a structlog BoundLogger
     rng: random.Random
 
@@ -71,6 +73,7 @@ class ServiceRunner:
         self._ctx = ctx
         self._log = ctx.log.bind(service=spec.name)
         self._prober = probes.Prober(self._run_exec)
+        self._cgroup = ctx.cgroups.service(spec.name) if ctx.cgroups is not None else None
         self._restarts = RestartTracker(spec.restart_policy, spec.backoff, ctx.rng)
         self.dependencies: list[tuple[Dependency, Condition]] = []
         # The fixed record; changed only through _set (pid/exit also by the life task).
@@ -219,9 +222,19 @@ class ServiceRunner:
         program cannot be started at all.
         """
         env = {**self._ctx.base_env, **dict(self.spec.env)}
+        cgroup = self._cgroup
+        if cgroup is not None:
+            await cgroup.kill_and_wait()  # nothing of an earlier run may linger
+            for warning in cgroup.apply(self.spec.resources):
+                self._log.warning(warning)
+            oom_kills = cgroup.oom_kills()
         try:
             spawned = process.spawn(
-                self._ctx.reaper, self.spec.argv, env=env, cwd=self.spec.working_dir
+                self._ctx.reaper,
+                self.spec.argv,
+                env=env,
+                cwd=self.spec.working_dir,
+                cgroup_procs=cgroup.procs_file if cgroup else None,
             )
         except process.SpawnError:
             self.pid = None
@@ -253,9 +266,14 @@ class ServiceRunner:
                     if child.running:
                         self._set(State.STOPPING, "stopping", ready=False)
                     status = self.last_exit = await self._terminate(child)
+                    if cgroup is not None and not await cgroup.kill_and_wait():
+                        self._log.error("cgroup not empty after kill", cgroup=str(cgroup.path))
                     capture.deadline = trio.current_time() + process.DRAIN_SECONDS
         self._note_stability()
-        return status, self._kill_reason or status.describe(), self._stable_run
+        why = self._kill_reason or status.describe()
+        if cgroup is not None and cgroup.oom_kills() > oom_kills:
+            why += f" (out of memory: limit {_bytes(self.spec.resources.memory)})"
+        return status, why, self._stable_run
 
     def _note_stability(self) -> None:
         """Remember that this run counted as stable (ready for ``reset_after``)."""
@@ -382,6 +400,20 @@ class ServiceRunner:
             "depends_on": {d.name: c.value for d, c in self.dependencies},
         }
 
+    def _cgroup_detail(self) -> dict[str, Any] | None:
+        if self._cgroup is None:
+            return None
+        limits = self.spec.resources
+        return {
+            "path": str(self._cgroup.path),
+            "limits": {
+                "memory": limits.memory,
+                "cpu_millis": limits.cpu_millis,
+                "pids": limits.pids,
+            },
+            **self._cgroup.stats().to_json(),
+        }
+
     def detail(self) -> dict[str, Any]:
         """:meth:`snapshot` plus spec summary, recent events and log lines."""
         spec = self.spec
@@ -403,9 +435,19 @@ class ServiceRunner:
                     if p is not None
                 },
             },
+            "cgroup": self._cgroup_detail(),
             "events": [e.to_json() for e in self.events],
             "logs": [entry.to_json() for entry in list(self.logs)[-20:]],
         }
+
+
+def _bytes(count: int | None) -> str:
+    if count is None:
+        return "none"
+    for unit, size in (("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
+        if count >= size and count % size == 0:
+            return f"{count // size}{unit}"
+    return str(count)
 
 
 def _describe_probe(probe: Probe) -> str:

@@ -132,6 +132,19 @@ class Backoff:
 
 
 @dataclass(frozen=True, slots=True)
+class Resources:
+    """``resources.limits``, as cgroup2 enforces them (None: no limit).
+
+    ``memory`` in bytes (memory.max), ``cpu`` in millicores (cpu.max),
+    ``pids`` a count (pids.max). Names and units mirror Kubernetes.
+    """
+
+    memory: int | None = None
+    cpu_millis: int | None = None
+    pids: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceSpec:
     """Everything k4sinit needs to run, probe, restart and stop one service."""
 
@@ -148,11 +161,41 @@ class ServiceSpec:
     backoff: Backoff = field(default_factory=Backoff)
     stop_signal: signal.Signals = signal.SIGTERM
     termination_grace_period: float = 10.0
+    resources: Resources = field(default_factory=Resources)
 
     @property
     def argv(self) -> tuple[str, ...]:
         """The full command line: ``command`` followed by ``args``."""
         return self.command + self.args
+
+
+class Fallback(enum.Enum):
+    """What PID 1 does when booting fails (it never exits: that panics the kernel)."""
+
+    SHELL = "shell"  # an emergency shell on the console; boot is retried when it exits
+    RETRY = "retry"  # wait ``delay`` seconds, then run the boot stages again
+    REBOOT = "reboot"  # count down ``delay`` seconds on the console, then reboot
+
+
+class SwitchRoot(enum.Enum):
+    """Whether PID 1 copies an initramfs root into a tmpfs and switches into it."""
+
+    AUTO = "auto"  # when booted from an initramfs (runc cannot pivot_root out of one)
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+@dataclass(frozen=True, slots=True)
+class SystemSpec:
+    """The node itself, set up by PID 1 before any service starts."""
+
+    hostname: str | None = None
+    modules: tuple[str, ...] = ()
+    sysctls: tuple[tuple[str, str], ...] = ()
+    fallback: Fallback = Fallback.SHELL
+    fallback_delay: float = 10.0
+    switch_root: SwitchRoot = SwitchRoot.AUTO
+    shell: tuple[str, ...] = ("/bin/sh",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,3 +204,4 @@ class Config:
 
     source: str
     services: dict[str, ServiceSpec]
+    system: SystemSpec = field(default_factory=SystemSpec)

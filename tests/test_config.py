@@ -14,11 +14,14 @@ from k4sinit.spec import (
     Condition,
     Config,
     ExecAction,
+    Fallback,
     FileAction,
     HTTPGetAction,
     Probe,
+    Resources,
     RestartPolicy,
     ServiceSpec,
+    SwitchRoot,
     TCPSocketAction,
     TLSConfig,
     UnixSocketAction,
@@ -332,7 +335,7 @@ def test_unknown_top_level_key_suggests() -> None:
     errors = errors_of("services: {}\nservces: {}\nzzz: 1\n")
     assert where(errors) == [(2, None, "servces"), (3, None, "zzz")]
     assert errors[0].hint == "did you mean 'services'?"
-    assert errors[1].hint == "known keys: services"
+    assert errors[1].hint == "known keys: services, hostname, modules, sysctls, boot"
 
 
 @pytest.mark.parametrize(
@@ -648,3 +651,58 @@ def test_custom_yaml_tags_are_errors() -> None:
         (2, "a", None, "unsupported YAML tag !thing"),
         (3, "b", "command[0]", "expected a string, got bytes"),
     ]
+
+
+def test_system_section_and_resources_are_read_with_kubernetes_units() -> None:
+    config = load_config_text(
+        """\
+hostname: node-1.lab
+modules: [overlay, br_netfilter]
+sysctls: {net.ipv4.ip_forward: 1, kernel.panic: "10"}
+boot: {fallback: reboot, fallbackDelaySeconds: 5, switchRoot: never, shell: [/bin/busybox, sh]}
+services:
+  a:
+    command: [sleep, "1"]
+    resources: {limits: {memory: 64Mi, cpu: 500m, pids: 20}}
+  b:
+    command: [sleep, "1"]
+    resources: {limits: {memory: "1G", cpu: 2}}
+""",
+        "node.yaml",
+    )
+    system = config.system
+    assert system.hostname == "node-1.lab"
+    assert system.modules == ("overlay", "br_netfilter")
+    assert system.sysctls == (("net.ipv4.ip_forward", "1"), ("kernel.panic", "10"))
+    assert (system.fallback, system.fallback_delay, system.switch_root) == (
+        Fallback.REBOOT,
+        5.0,
+        SwitchRoot.NEVER,
+    )
+    assert system.shell == ("/bin/busybox", "sh")
+    assert config.services["a"].resources == Resources(memory=64 << 20, cpu_millis=500, pids=20)
+    assert config.services["b"].resources == Resources(memory=10**9, cpu_millis=2000)
+
+
+def test_system_section_errors_name_the_field() -> None:
+    errors = errors_of(
+        """\
+hostname: Node_1
+modules: [bad.ko]
+sysctls: {nodots: 1}
+boot: {fallback: shel}
+services:
+  a:
+    command: [sleep, "1"]
+    resources: {limits: {memory: lots, gpu: 1}}
+"""
+    )
+    assert [(e.line, e.field) for e in errors] == [
+        (1, "hostname"),
+        (2, "modules[0]"),
+        (3, "sysctls.nodots"),
+        (4, "boot.fallback"),
+        (8, "resources.limits.memory"),
+        (8, "resources.limits.gpu"),
+    ]
+    assert errors[3].hint == "did you mean 'shell'?"

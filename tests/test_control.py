@@ -134,7 +134,7 @@ def test_fifty_simultaneous_clients_all_get_answers(daemon: Served) -> None:
         ([1, 2], "request must be a JSON object, got list"),
         (
             {"op": "frobnicate"},
-            "unknown op 'frobnicate'; expected one of status, logs, start, stop, restart, stop_all",
+            "unknown op 'frobnicate'; expected one of status, logs, start, stop, restart, stop_all, reboot, poweroff, halt",
         ),
         ({"op": "stop"}, "op 'stop' needs a service 'name'"),
         ({"op": "stop", "name": 7}, "'name' must be a string"),
@@ -269,3 +269,12 @@ def test_client_refused_before_sending_shows_the_daemons_reason(
     out = run_as_nobody(LATE_CLIENT, open_daemon.socket)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "permission denied for uid 65534\n"
+
+
+def test_power_requests_are_refused_when_not_pid_1(start_daemon: Any) -> None:
+    d = start_daemon(services_config({"a": {"command": ["sleep", "1000"]}}))
+    for op in ("reboot", "poweroff", "halt"):
+        out = d.cli(op)
+        assert out.returncode == 1
+        assert f"{op}: k4sinit is not PID 1 here; use 'stop --all'" in out.stderr
+    assert d.status()["a"]["state"] == "running"

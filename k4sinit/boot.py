@@ -1,0 +1,307 @@
+"""PID 1: the boot stages, then the supervisor, then a clean end. Never exits.
+
+::
+
+    init_main()
+      loop forever:
+        boot():   mounts -> kernel cmdline -> config -> [switch into a tmpfs
+                  root, re-exec] -> modules -> sysctls -> hostname -> machine-id
+                  -> loopback -> cgroups -> supervise (trio) until a shutdown
+                  is asked for
+        shutdown: services stopped in reverse order (by the daemon), then
+                  everything left SIGTERMed, SIGKILLed, sync, unmount, reboot(2)
+        any error on the way: log it, then the fallback (emergency shell,
+                  retry, or reboot after a countdown), and boot again
+
+PID 1 exiting panics the kernel, so :func:`init_main` catches everything: this
+is the one catch-all handler in k4sinit (STYLE.md rule 8).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import cmdline, control, log, power, system
+from .config import ConfigErrors, load_config
+from .spec import Config, Fallback, SwitchRoot, SystemSpec
+
+PATH = "/bbin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SWITCHED_ENV = "K4SINIT_SWITCHED"  # set across the re-exec after a switch root
+NEW_ROOT = "/newroot"
+MOVED_MOUNTS = ("/dev", "/proc", "/sys", "/run", "/tmp")
+MIN_RETRY_DELAY = 5.0  # between boot attempts, so a fallback can never spin
+
+
+@dataclass
+class InitOptions:
+    """What the command line of ``k4sinit init`` gave (None: from the kernel or default)."""
+
+    config: str | None = None
+    socket: str | None = None
+    log_format: str = "auto"
+
+
+class BootError(Exception):
+    """A boot stage failed in a way the fallback must handle; the message says how."""
+
+
+def init_main(options: InitOptions) -> NoReturn:
+    """Run as PID 1 forever: boot, supervise, shut down, or fall back. Never returns."""
+    os.environ["PATH"] = PATH
+    os.environ.setdefault("HOME", "/")
+    os.umask(0o022)
+    container = system.in_container()
+    # /proc first: the kernel command line says whether to log debug events.
+    early = system.mount_filesystems(container=container)
+    kernel = cmdline.read()
+    writer = log.configure(options.log_format, colors=False, debug=kernel.debug)
+    logger = log.get_logger()
+    logger.info(
+        "k4sinit starting",
+        pid=os.getpid(),
+        container=container,
+        monotonic=round(time.monotonic(), 3),
+    )
+    for line in early:
+        logger.info("stage 1: " + line)
+    for warning in kernel.warnings:
+        logger.warning(warning)
+    system_spec = SystemSpec()
+    while True:
+        try:
+            action, system_spec = boot(options, kernel, logger, writer)
+            logger.info("services stopped; ending", action=action.name.lower())
+            writer.wait_idle(2)
+            finish(action, logger, writer)
+        except BaseException as exc:
+            report_failure(exc, logger)
+            writer.wait_idle(2)
+            fallback(system_spec, logger, writer)
+
+
+def boot(
+    options: InitOptions, kernel: cmdline.KernelOptions, logger: Any, writer: log.NonBlockingWriter
+) -> tuple[power.Action, SystemSpec]:
+    """The stages, then supervision; returns the shutdown action and the system spec.
+
+    Raises on any stage failure (ConfigErrors for a broken config).
+    """
+    started = time.monotonic()
+    container = system.in_container()
+    for line in system.mount_filesystems(container=container):  # again: a retry after a fix
+        logger.info("stage 1: " + line)
+    path = options.config or kernel.config or cmdline.DEFAULT_CONFIG
+    config = load_config(path)
+    spec = config.system
+    if should_switch_root(spec, kernel.switch_root, container=container):
+        logger.info("switching into a tmpfs root", reason="booted from an initramfs")
+        writer.wait_idle(2)
+        switch_root_and_reexec()  # does not return
+    prepare_system(config, kernel, container=container, logger=logger)
+    logger.info("system ready", seconds=round(time.monotonic() - started, 3))
+    action = supervise(config, options, logger)
+    return action, spec
+
+
+def prepare_system(
+    config: Config, kernel: cmdline.KernelOptions, *, container: bool, logger: Any
+) -> None:
+    """Modules, sysctls, hostname, machine-id, loopback: each problem is logged, none fatal."""
+    spec = config.system
+    if spec.modules and container:
+        logger.info(
+            "stage 1: kernel modules are the host's in a container; not loading",
+            modules=list(spec.modules),
+        )
+    elif spec.modules:
+        for problem in system.load_modules(spec.modules):
+            logger.warning("stage 1: " + problem)
+    for problem in system.apply_sysctls(spec.sysctls, container=container):
+        logger.warning("stage 1: " + problem)
+    hostname = kernel.hostname or spec.hostname
+    if hostname:
+        try:
+            system.set_hostname(hostname)
+        except OSError as exc:
+            logger.warning("stage 1: hostname not set", error=str(exc))
+    try:
+        logger.info("stage 1: machine id", machine_id=system.ensure_machine_id())
+    except OSError as exc:
+        logger.warning("stage 1: no machine id", error=str(exc))
+    try:
+        bring_up_loopback()
+    except Exception as exc:
+        logger.warning("stage 1: loopback not up", error=repr(exc))
+    if not container:
+        power.disable_ctrl_alt_del()
+
+
+def bring_up_loopback() -> None:
+    """Loopback first, always: probes and the roles talk over 127.0.0.1."""
+    from pyroute2 import IPRoute  # imported here: ~100 ms, and only PID 1 needs it
+
+    with IPRoute() as ipr:
+        (index,) = ipr.link_lookup(ifname="lo")
+        ipr.link("set", index=index, state="up")
+
+
+def supervise(config: Config, options: InitOptions, logger: Any) -> power.Action:
+    """Run the daemon (in trio) until a shutdown is asked for; returns how to end."""
+    import trio
+
+    from .daemon import INIT_SIGNALS, Daemon, setup_cgroups
+
+    socket_path = control.socket_path(options.socket)
+
+    async def run() -> str:
+        cgroups = setup_cgroups(logger)
+        daemon = Daemon(
+            config, socket_path, logger, cgroups=cgroups, signals=INIT_SIGNALS, power=True
+        )
+        await daemon.run()
+        return daemon.action
+
+    action = trio.run(run)
+    return power.Action.REBOOT if action in ("stop", "reboot") else power.Action[action.upper()]
+
+
+def finish(action: power.Action, logger: Any, writer: log.NonBlockingWriter) -> None:
+    """The end of the node: kill what is left, flush logs, sync, unmount, reboot(2)."""
+    power.kill_everything(lambda line: logger.warning(line))
+    logger.info("syncing and unmounting", action=action.name.lower())
+    writer.wait_idle(2)
+    power.unmount_all(lambda line: logger.warning(line))
+    power.reboot(action)  # returns only if the kernel refused
+    raise BootError(f"reboot({action.name.lower()}) refused by the kernel")
+
+
+def report_failure(exc: BaseException, logger: Any) -> None:
+    """Show what went wrong on the console, readably (a config's errors, not a traceback)."""
+    if isinstance(exc, ConfigErrors):
+        logger.error("boot failed: the config is invalid", errors=len(exc.errors))
+        for line in str(exc).splitlines():
+            logger.error("  " + line)
+    elif isinstance(exc, BootError | OSError):
+        logger.error("boot failed", error=str(exc))
+    else:
+        logger.error("boot failed: unexpected error", error=repr(exc))
+        for line in traceback.format_exception(exc):
+            for part in line.rstrip().splitlines():
+                logger.error("  " + part)
+
+
+def fallback(spec: SystemSpec, logger: Any, writer: log.NonBlockingWriter) -> None:
+    """The config's choice after a failed boot; returns when the boot should be retried."""
+    delay = max(spec.fallback_delay, MIN_RETRY_DELAY)
+    if spec.fallback is Fallback.REBOOT:
+        for left in range(int(delay), 0, -1):
+            logger.error(f"rebooting in {left}s")
+            writer.wait_idle(1)
+            _sleep_reaping(1)
+        with contextlib.suppress(BaseException):
+            finish(power.Action.REBOOT, logger, writer)
+    elif spec.fallback is Fallback.SHELL:
+        logger.error(
+            "starting an emergency shell; exit it to boot again", shell=" ".join(spec.shell)
+        )
+        writer.wait_idle(2)
+        code = run_console_shell(spec.shell)
+        logger.info("emergency shell ended", status=code)
+    logger.info(f"retrying the boot in {delay:g}s")
+    writer.wait_idle(1)
+    _sleep_reaping(delay)
+
+
+def run_console_shell(argv: tuple[str, ...]) -> int | None:
+    """Run a shell on our console (stdin/stdout/stderr) and reap until it exits.
+
+    Outside trio no other waiter exists, so waitpid(-1) also reaps orphans.
+    Returns its wait status, or None if it could not start.
+    """
+    try:
+        pid = os.fork()
+    except OSError:
+        return None
+    if pid == 0:  # the child: become a session leader on the console, then exec
+        try:
+            os.setsid()
+            os.execvpe(
+                argv[0],
+                list(argv),
+                {"PATH": PATH, "HOME": "/", "TERM": os.environ.get("TERM", "linux")},
+            )
+        finally:
+            os._exit(127)
+    while True:
+        try:
+            done, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return None
+        except InterruptedError:
+            continue
+        if done == pid:
+            return status
+
+
+def _sleep_reaping(seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        time.sleep(min(left, 0.2))
+
+
+# --- the switch into a tmpfs root ----------------------------------------------------
+
+
+def should_switch_root(spec: SystemSpec, kernel_choice: str | None, *, container: bool) -> bool:
+    """Switch when booted from an initramfs (runc cannot pivot_root out of one), unless told not to."""
+    if container or os.environ.get(SWITCHED_ENV):
+        return False
+    choice = SwitchRoot(kernel_choice) if kernel_choice else spec.switch_root
+    if choice is SwitchRoot.NEVER:
+        return False
+    return choice is SwitchRoot.ALWAYS or system.mounted().get("/") in ("rootfs", "ramfs")
+
+
+def switch_root_and_reexec() -> NoReturn:
+    """Copy / into a tmpfs, move the API mounts over, make it /, free the old, re-exec."""
+    os.makedirs(NEW_ROOT, exist_ok=True)
+    system.mount("tmpfs", NEW_ROOT, "tmpfs", 0, "mode=0755")
+    skip = {NEW_ROOT.lstrip("/"), *(m.lstrip("/") for m in MOVED_MOUNTS)}
+    for entry in os.listdir("/"):
+        if entry in skip:
+            continue
+        source, target = Path("/") / entry, Path(NEW_ROOT) / entry
+        if source.is_dir() and not source.is_symlink():
+            shutil.copytree(source, target, symlinks=True)
+        else:
+            shutil.copy2(source, target, follow_symlinks=False)
+    current = system.mounted()
+    for mount_point in MOVED_MOUNTS:
+        os.makedirs(NEW_ROOT + mount_point, exist_ok=True)
+        if mount_point in current:
+            system.mount(mount_point, NEW_ROOT + mount_point, "", system.MS_MOVE)
+    for entry in os.listdir("/"):  # free the initramfs' memory: it cannot be unmounted
+        if entry not in skip:
+            path = Path("/") / entry
+            with contextlib.suppress(OSError):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+    os.chdir(NEW_ROOT)
+    system.mount(".", "/", "", system.MS_MOVE)
+    os.chroot(".")
+    os.chdir("/")
+    os.environ[SWITCHED_ENV] = "1"
+    os.execv(sys.executable, sys.orig_argv)

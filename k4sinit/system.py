@@ -1,0 +1,301 @@
+"""Stage 1 of the boot: mounts, kernel modules, sysctls, hostname, machine-id.
+
+Every step is idempotent (what is already mounted or set is left alone), so
+the same code runs as PID 1 of a node, again after a switch into a tmpfs root,
+and as PID 1 of a container. Each step returns what it did or why it did not,
+as lines for the boot log; a step that fails does not stop the others.
+
+In a container (``container`` set in the environment, as container managers
+do), k4sinit does not touch what belongs to the host: no tmpfs over /run and
+/tmp (the manager provides them and the host reaches the control socket
+there), no kernel modules, only the sysctls that are per network namespace,
+and /etc/machine-id only if it is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Sane defaults for a Kubernetes node; the config's sysctls go on top.
+DEFAULT_SYSCTLS: tuple[tuple[str, str], ...] = (
+    ("net.ipv4.ip_forward", "1"),  # pods reach beyond the node
+    ("net.ipv6.conf.all.forwarding", "1"),
+    ("net.bridge.bridge-nf-call-iptables", "1"),  # kube-proxy sees bridged pod traffic
+    ("net.bridge.bridge-nf-call-ip6tables", "1"),
+    ("kernel.panic", "10"),  # a panicked diskless node reboots instead of hanging
+    ("kernel.panic_on_oops", "1"),
+    ("vm.overcommit_memory", "1"),  # kubelet's defaults (protectKernelDefaults)
+    ("vm.panic_on_oom", "0"),
+    ("fs.inotify.max_user_instances", "8192"),  # one per watching pod container
+    ("fs.inotify.max_user_watches", "524288"),
+)
+
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
+MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC = 0x20, 0x1000, 0x2000, 0x4000
+MS_RDONLY = 0x1
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One filesystem stage 1 wants at ``target``."""
+
+    fstype: str
+    target: str
+    options: str = ""
+    flags: int = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    mode: int = 0o755
+    optional: bool = False  # the kernel may lack it (bpf, securityfs)
+    in_container: bool = True  # a container manager provides it otherwise
+
+
+MOUNTS: tuple[Mount, ...] = (
+    Mount("proc", "/proc"),
+    Mount("sysfs", "/sys"),
+    Mount("devtmpfs", "/dev", "mode=0755", MS_NOSUID, in_container=False),
+    Mount("devpts", "/dev/pts", "gid=5,mode=0620,ptmxmode=0666", MS_NOSUID | MS_NOEXEC),
+    Mount("tmpfs", "/dev/shm", "mode=1777", MS_NOSUID | MS_NODEV),
+    Mount("tmpfs", "/run", "mode=0755", MS_NOSUID | MS_NODEV, in_container=False),
+    Mount("tmpfs", "/tmp", "mode=1777", MS_NOSUID | MS_NODEV, in_container=False),
+    Mount("cgroup2", "/sys/fs/cgroup", "nsdelegate,memory_recursiveprot"),
+    Mount("bpf", "/sys/fs/bpf", "mode=0700", optional=True),
+    Mount("securityfs", "/sys/kernel/security", optional=True),
+)
+
+
+def in_container() -> bool:
+    """True when a container manager started us (systemd's ``container=`` convention)."""
+    return bool(os.environ.get("container"))  # noqa: SIM112 (the convention is lowercase)
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
+    """mount(2); raises OSError."""
+    if (
+        _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode() or None)
+        != 0
+    ):
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fstype} on {target}: {os.strerror(err)}")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    if _libc.umount2(target.encode(), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+def mounted(mountinfo: str = "/proc/self/mountinfo") -> dict[str, str]:
+    """Visible mount point -> filesystem type.
+
+    A mount over a mount point covers the earlier mount there (its parent, at
+    the same path) and everything mounted under it: a fresh /sys hides the
+    host's /sys/fs/cgroup. Covered entries of mountinfo are left out.
+    """
+    try:
+        with open(mountinfo) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}  # /proc not mounted yet
+    mounts: dict[int, tuple[int, str, str]] = {}  # id -> (parent id, path, fstype)
+    for line in lines:
+        fields = line.split()
+        path = fields[4].replace("\\040", " ")
+        mounts[int(fields[0])] = (int(fields[1]), path, fields[fields.index("-") + 1])
+    covered = {
+        parent for parent, path, _ in mounts.values() if mounts.get(parent, (0, None))[1] == path
+    }
+
+    def reachable(mount_id: int) -> bool:
+        for _ in range(len(mounts)):  # bounded walk up to the root
+            parent, path, _ = mounts[mount_id]
+            if parent not in mounts:
+                return True
+            if mounts[parent][1] != path and parent in covered:
+                return False  # under a covered mount
+            mount_id = parent
+        return False
+
+    return {
+        path: fstype
+        for mount_id, (_, path, fstype) in mounts.items()
+        if mount_id not in covered and reachable(mount_id)
+    }
+
+
+def mount_filesystems(*, container: bool) -> list[str]:
+    """Mount what stage 1 needs and is missing; returns one line per action or problem.
+
+    /sys is mounted afresh when it shows another network namespace's links (a
+    container in its own network namespace inherits the host's sysfs), and
+    cgroup2 is then mounted in the fresh one.
+    """
+    done: list[str] = []
+    for spec in MOUNTS:
+        if container and not spec.in_container:
+            continue
+        current = mounted()
+        if spec.target in current and not (spec.target == "/sys" and _sysfs_of_another_netns()):
+            continue
+        if spec.target == "/sys/fs/cgroup" and current.get("/sys/fs/cgroup") not in (
+            None,
+            "cgroup2",
+        ):
+            continue  # a v1 layout someone else made; cgroups.discover will say so
+        try:
+            os.makedirs(spec.target, mode=spec.mode, exist_ok=True)
+            try:
+                mount(spec.fstype, spec.target, spec.fstype, spec.flags, spec.options)
+            except OSError as exc:
+                if spec.fstype != "cgroup2" or exc.errno != errno.EINVAL:
+                    raise
+                mount("cgroup2", spec.target, "cgroup2", spec.flags)  # an older kernel: no options
+            done.append(f"mounted {spec.fstype} on {spec.target}")
+        except OSError as exc:
+            if not spec.optional:
+                done.append(f"could not mount {spec.fstype} on {spec.target}: {exc.strerror}")
+    return done
+
+
+def _sysfs_of_another_netns() -> bool:
+    """/sys/class/net lists other links than our network namespace has (/proc/net/dev)."""
+    try:
+        with open("/proc/self/net/dev") as f:
+            ours = {line.split(":")[0].strip() for line in f.readlines()[2:]}
+        theirs = set(os.listdir("/sys/class/net"))
+    except OSError:
+        return False
+    return ours != theirs
+
+
+def load_modules(names: Sequence[str], release: str | None = None) -> list[str]:
+    """Load kernel modules (and their dependencies from modules.dep) in order.
+
+    Uses finit_module(2) on the uncompressed ``.ko`` files Debian ships; a
+    module already loaded (or built in) is fine. Returns one line per problem.
+    """
+    release = release or os.uname().release
+    base = Path("/lib/modules") / release
+    deps = _modules_dep(base / "modules.dep")
+    problems: list[str] = []
+    loaded = _loaded_modules()
+    for name in names:
+        key = name.replace("-", "_")
+        if key in loaded or (Path("/sys/module") / key).exists():
+            continue
+        chain = _dependency_chain(key, deps)
+        if not chain:
+            problems.append(f"module {name}: not found in {base}")
+            continue
+        for path in chain:
+            module = Path(path).name.split(".")[0].replace("-", "_")
+            if module in loaded:
+                continue
+            error = _finit_module(base / path)
+            if error is not None:
+                problems.append(f"module {module}: {error}")
+                break
+            loaded.add(module)
+    return problems
+
+
+def _modules_dep(path: Path) -> dict[str, list[str]]:
+    """Module name -> [its file, then its dependencies' files] from modules.dep."""
+    deps: dict[str, list[str]] = {}
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            target, _, rest = line.partition(":")
+            name = Path(target).name.split(".")[0].replace("-", "_")
+            deps[name] = [target, *rest.split()]
+    return deps
+
+
+def _dependency_chain(name: str, deps: dict[str, list[str]]) -> list[str]:
+    """Files to load for ``name``, dependencies first (modules.dep lists them deepest last)."""
+    if name not in deps:
+        return []
+    own, *needed = deps[name]
+    return [*reversed(needed), own]
+
+
+def _loaded_modules() -> set[str]:
+    with contextlib.suppress(OSError), open("/proc/modules") as f:
+        return {line.split()[0] for line in f}
+    return set()
+
+
+def _finit_module(path: Path) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    try:
+        nr_finit_module = 313  # x86_64
+        if _libc.syscall(nr_finit_module, fd, b"", 0) != 0:
+            err = ctypes.get_errno()
+            if err != errno.EEXIST:
+                return os.strerror(err)
+    finally:
+        os.close(fd)
+    return None
+
+
+def apply_sysctls(sysctls: Sequence[tuple[str, str]], *, container: bool) -> list[str]:
+    """Write sysctls (config over defaults); returns one line per problem.
+
+    A sysctl whose file does not exist yet (br_netfilter not loaded) is
+    reported, not fatal. In a container only ``net.*`` ones are written: the
+    others are the host's.
+    """
+    merged = dict(DEFAULT_SYSCTLS)
+    merged.update(sysctls)
+    problems = []
+    for key, value in merged.items():
+        if container and not key.startswith("net."):
+            continue
+        path = Path("/proc/sys") / key.replace(".", "/")
+        try:
+            path.write_text(value)
+        except OSError as exc:
+            if key in dict(sysctls) or exc.errno != errno.ENOENT:
+                problems.append(f"sysctl {key}={value}: {exc.strerror}")
+    return problems
+
+
+def set_hostname(name: str) -> None:
+    """Set the kernel hostname and write /etc/hostname (kubelet and people read it)."""
+    if _libc.sethostname(name.encode(), len(name)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"sethostname: {os.strerror(err)}")
+    with contextlib.suppress(OSError):
+        Path("/etc/hostname").write_text(name + "\n")
+
+
+def ensure_machine_id(path: str = "/etc/machine-id", persisted: str | None = None) -> str:
+    """A stable machine id (kubelet needs one): kept if present, else created.
+
+    ``persisted`` is a file that survives reboots (a diskless node's identity
+    comes from its image or a persistent path); it is copied in when present.
+    """
+    target = Path(path)
+    with contextlib.suppress(OSError):
+        existing = target.read_text().strip()
+        if len(existing) == 32:
+            return existing
+    machine_id = None
+    if persisted:
+        with contextlib.suppress(OSError):
+            machine_id = Path(persisted).read_text().strip() or None
+    machine_id = machine_id or secrets.token_hex(16)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(machine_id + "\n")
+    return machine_id
