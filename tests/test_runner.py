@@ -45,7 +45,7 @@ async def supervise(nursery: trio.Nursery) -> AsyncIterator[Callable[[str], Any]
 
     async def start(text: str) -> Supervisor:
         config = load_config_text(textwrap.dedent(text), "test.yaml")
-        ctx = RunnerContext(reaper, default_env(), structlog.get_logger(), random.Random(0))
+        ctx = RunnerContext(reaper, default_env(), None, structlog.get_logger(), random.Random(0))
         sup = Supervisor(config, ctx)
         await nursery.start(sup.run)
         started.append(sup)
