@@ -83,6 +83,13 @@ def run_dev(config: str, socket: str, log_format: str = "auto") -> int:
     else:
         print("k4sinit dev: no cgroup2 on this host; services run without cgroups", file=sys.stderr)
     proc = subprocess.Popen(argv)
+
+    def forward(signum: int, _frame: object) -> None:
+        init = container_init(proc.pid)
+        if init is not None:
+            os.kill(init, signum)  # SIGTERM to PID 1: an orderly stop, then the namespace ends
+
+    signal.signal(signal.SIGTERM, forward)
     try:
         while True:
             try:
@@ -105,6 +112,15 @@ def run_dev(config: str, socket: str, log_format: str = "auto") -> int:
         if code in (128 + signal.SIGHUP, 128 + signal.SIGINT, -signal.SIGHUP, -signal.SIGINT)
         else code
     )
+
+
+def container_init(unshare_pid: int) -> int | None:
+    """The host pid of the container's PID 1: the child unshare forked."""
+    try:
+        children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
 
 
 def cleanup(cgroup: Cgroup) -> None:

@@ -1,0 +1,291 @@
+"""k4sinit as PID 1 of a container (``k4sinit dev``): stage 1, cgroups, shutdown, fallback.
+
+Each test boots a real container on this machine: new pid, mount, uts, ipc,
+net and cgroup namespaces, k4sinit's own mounts, a cgroup of its own under the
+host's cgroup2 hierarchy. Processes are found through that host cgroup (host
+pids); the daemon is asked over its control socket, as an operator would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from k4sinit.devenv import container_init, host_cgroup2_mount
+
+from .conftest import child_cmd, pid_alive, wait_until
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or host_cgroup2_mount() is None,
+    reason="a container needs root and a cgroup2 hierarchy on the host",
+)
+
+
+class Container:
+    """A ``k4sinit dev`` run: its log, its socket, its host cgroup."""
+
+    def __init__(self, tmp_path: Path, config: str) -> None:
+        self.config = tmp_path / "node.yaml"
+        self.config.write_text(config)
+        self.socket = tmp_path / "control.sock"
+        self.log_path = tmp_path / "dev.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "k4sinit",
+                "dev",
+                "--config",
+                str(self.config),
+                "--socket",
+                str(self.socket),
+                "--log-format",
+                "json",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        mount = host_cgroup2_mount()
+        assert mount is not None
+        self.cgroup = mount / f"k4sinit-dev-{self.proc.pid}"
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "k4sinit", args[0], "--socket", str(self.socket), *args[1:]]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        out = self.cli("status", "--json")
+        return {s["name"]: s for s in json.loads(out.stdout)["services"]}
+
+    def wait_ready(self, timeout: float = 60) -> dict[str, dict[str, Any]]:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"container ended early:\n{self.log_text()}")
+            with contextlib.suppress(json.JSONDecodeError, KeyError):
+                return all(s["ready"] for s in self.status().values())
+            return False
+
+        wait_until(
+            ready, timeout=timeout, what=f"all services ready; log:\n{self.log_text()[-3000:]}"
+        )
+        return self.status()
+
+    @property
+    def init_pid(self) -> int:
+        """The host pid of the container's PID 1 (dev -> unshare -> init)."""
+        unshare = container_init(self.proc.pid)
+        pid = container_init(unshare) if unshare else None
+        assert pid is not None, "no container init"
+        return pid
+
+    def host_pids(self, *parts: str) -> list[int]:
+        text = (self.cgroup.joinpath(*parts) / "cgroup.procs").read_text()
+        return [int(p) for p in text.split()]
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                out.append(json.loads(line))
+        return out
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        """SIGTERM to dev (forwarded to PID 1); SIGKILL (ends the namespace) if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        with contextlib.suppress(OSError):
+            for directory in sorted(
+                self.cgroup.rglob("*"), key=lambda p: len(p.parts), reverse=True
+            ):
+                if directory.is_dir():
+                    directory.rmdir()
+            self.cgroup.rmdir()
+        self._log.close()
+
+
+@pytest.fixture
+def boot(tmp_path: Path) -> Iterator[Any]:
+    started: list[Container] = []
+
+    def start(config: str) -> Container:
+        container = Container(tmp_path, config)
+        started.append(container)
+        return container
+
+    yield start
+    for container in started:
+        container.stop()
+
+
+NODE = """
+hostname: devnode
+sysctls: {net.ipv4.ip_forward: 1}
+services:
+  web:
+    command: [python3, -m, http.server, "18082", --bind, 127.0.0.1]
+    readinessProbe: {httpGet: {port: 18082}, periodSeconds: 0.2}
+  forker:
+    command: %s
+    dependsOn: {web: Ready}
+"""
+
+
+def test_stage_one_mounts_cgroups_hostname_and_sysctls(boot: Any, tmp_path: Path) -> None:
+    grandchild = tmp_path / "grandchild"
+    node = boot(NODE % json.dumps(child_cmd("--grandchild", str(grandchild))))
+    node.wait_ready()
+    init = node.init_pid
+    mounts = {
+        line.split()[4]: line.split(" - ")[1].split()[0]
+        for line in Path(f"/proc/{init}/mountinfo").read_text().splitlines()
+    }
+    assert mounts["/sys/fs/cgroup"] == "cgroup2"
+    assert mounts["/proc"] == "proc" and mounts["/sys"] == "sysfs"
+    # k4sinit sits in its own leaf; each service in its own cgroup, grandchild included.
+    unified = [
+        line
+        for line in Path(f"/proc/{init}/cgroup").read_text().splitlines()
+        if line.startswith("0::")
+    ]
+    assert unified == [f"0::/{node.cgroup.name}/init"]  # as the host sees it
+    assert node.host_pids("init") == [init]
+    assert len(node.host_pids("services", "web")) == 1
+    wait_until(grandchild.exists, what="the grandchild's pid file")
+    forker_pids = node.host_pids("services", "forker")
+    assert len(forker_pids) == 2  # the service and its double-forked grandchild
+    # The uts and net namespaces got the config's hostname and sysctls.
+    nsenter = ["nsenter", "-t", str(init), "-u", "-n"]
+    assert (
+        subprocess.run([*nsenter, "hostname"], capture_output=True, text=True).stdout.strip()
+        == "devnode"
+    )
+    forward = subprocess.run(
+        [*nsenter, "cat", "/proc/sys/net/ipv4/ip_forward"], capture_output=True, text=True
+    )
+    assert forward.stdout.strip() == "1"
+    detail = node.cli("status", "forker").stdout
+    assert "cgroup:           /sys/fs/cgroup/services/forker:" in detail
+    assert "2 pids" in detail
+
+
+def test_stopping_a_service_empties_its_cgroup_grandchild_included(
+    boot: Any, tmp_path: Path
+) -> None:
+    grandchild = tmp_path / "grandchild"
+    node = boot(NODE % json.dumps(child_cmd("--grandchild", str(grandchild))))
+    node.wait_ready()
+    wait_until(grandchild.exists, what="the grandchild's pid file")
+    pids = node.host_pids("services", "forker")
+    assert node.cli("stop", "forker").returncode == 0
+    assert node.host_pids("services", "forker") == []
+    wait_until(lambda: not any(pid_alive(p) for p in pids), what="the forker's processes to die")
+    assert node.status()["web"]["state"] == "running"
+
+
+def test_sigterm_to_pid_1_stops_in_reverse_order_and_ends_the_namespace(boot: Any) -> None:
+    node = boot(NODE % json.dumps(["sleep", "1000"]))
+    node.wait_ready()
+    service_pids = node.host_pids("services", "web") + node.host_pids("services", "forker")
+    os.kill(node.init_pid, signal.SIGTERM)
+    assert node.wait_exit() == 0
+    stopped = [
+        e["service"]
+        for e in node.events()
+        if e.get("event") == "state" and e.get("state") == "stopped"
+    ]
+    assert stopped == ["forker", "web"]
+    assert any(
+        e.get("event") == "shutdown requested" and e.get("action") == "reboot"
+        for e in node.events()
+    )
+    assert not any(pid_alive(p) for p in service_pids)
+    assert not node.cgroup.exists()
+
+
+def test_poweroff_over_the_socket_ends_the_container(boot: Any) -> None:
+    node = boot(NODE % json.dumps(["sleep", "1000"]))
+    node.wait_ready()
+    out = node.cli("poweroff")
+    assert out.returncode == 0, out.stderr
+    assert "poweroff: 2 services stopped" in out.stdout
+    assert node.wait_exit() == 0
+    assert any(
+        e.get("event") == "syncing and unmounting" and e.get("action") == "poweroff"
+        for e in node.events()
+    )
+
+
+def test_orphans_are_reaped_by_pid_1(boot: Any) -> None:
+    node = boot(
+        """
+services:
+  orphans:
+    command: {}
+    restartPolicy: Never
+""".format(json.dumps(child_cmd("--orphans", "500", "--sleep", "0")))
+    )
+    wait_until(
+        lambda: sum(1 for e in node.events() if e.get("event") == "reaped orphan") == 500,
+        timeout=60,
+        what="500 reaped orphans",
+    )
+    zombies = [
+        pid
+        for pid in map(
+            int, Path(f"/proc/{node.init_pid}/task/{node.init_pid}/children").read_text().split()
+        )
+        if "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
+    ]
+    assert zombies == []
+    assert node.status()["orphans"]["state"] == "completed"
+
+
+def test_a_broken_config_shows_its_errors_falls_back_and_boots_once_fixed(boot: Any) -> None:
+    node = boot(
+        """
+services:
+  api:
+    command: [sleep, "1000"]
+    dependsOn: {containrd: Ready}
+  containerd:
+    comand: [sleep, "1000"]
+"""
+    )
+    wait_until(lambda: "retrying the boot" in node.log_text(), timeout=60, what="the fallback")
+    errors = [e["event"] for e in node.events() if e.get("level") == "error"]
+    assert "boot failed: the config is invalid" in errors
+    assert any(
+        "node.yaml:5: service 'api', field dependsOn.containrd: unknown service 'containrd'" in e
+        and "did you mean 'containerd'?" in e
+        for e in errors
+    )
+    assert any("unknown key 'comand', did you mean 'command'?" in e for e in errors)
+    assert "Traceback" not in node.log_text()
+    assert node.proc.poll() is None  # PID 1 is still there
+    # An operator fixes the file; the next attempt boots.
+    node.config.write_text("services:\n  api:\n    command: [sleep, '1000']\n")
+    wait_until(lambda: node.socket.exists(), timeout=60, what="the retried boot")
+    node.wait_ready()
+    assert node.status()["api"]["state"] == "running"
