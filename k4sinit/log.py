@@ -43,6 +43,7 @@ class NonBlockingWriter:
         with self._cond:
             if self._queued + len(text) > self._max_bytes:
                 self.dropped += 1
+                self._cond.notify()  # the drop is reported even if nothing follows
                 return len(text)
             self._queue.append(text)
             self._queued += len(text)
@@ -67,8 +68,8 @@ class NonBlockingWriter:
     def _drain(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._closed)
-                if not self._queue and self._closed:
+                self._cond.wait_for(lambda: self._queue or self.dropped or self._closed)
+                if not self._queue and not self.dropped and self._closed:
                     return
                 batch = list(self._queue)
                 self._queue.clear()

@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ MOUNTS: tuple[Mount, ...] = (
     Mount("tmpfs", "/dev/shm", "mode=1777", MS_NOSUID | MS_NODEV),
     Mount("tmpfs", "/run", "mode=0755", MS_NOSUID | MS_NODEV, in_container=False),
     Mount("tmpfs", "/tmp", "mode=1777", MS_NOSUID | MS_NODEV, in_container=False),
+    # In a container that shares the host's cgroup namespace these options would
+    # change the host's hierarchy: mount_filesystems drops them there.
     Mount("cgroup2", "/sys/fs/cgroup", "nsdelegate,memory_recursiveprot"),
     Mount("bpf", "/sys/fs/bpf", "mode=0700", optional=True),
     Mount("securityfs", "/sys/kernel/security", optional=True),
@@ -109,16 +112,19 @@ def mounted(mountinfo: str = "/proc/self/mountinfo") -> dict[str, str]:
     mounts: dict[int, tuple[int, str, str]] = {}  # id -> (parent id, path, fstype)
     for line in lines:
         fields = line.split()
-        path = fields[4].replace("\\040", " ")
+        path = _unescape(fields[4])
         mounts[int(fields[0])] = (int(fields[1]), path, fields[fields.index("-") + 1])
+    # A namespace's root mount lists itself as its parent (proc(5)): not a cover.
     covered = {
-        parent for parent, path, _ in mounts.values() if mounts.get(parent, (0, None))[1] == path
+        parent
+        for mount_id, (parent, path, _) in mounts.items()
+        if parent != mount_id and mounts.get(parent, (0, None))[1] == path
     }
 
     def reachable(mount_id: int) -> bool:
         for _ in range(len(mounts)):  # bounded walk up to the root
             parent, path, _ = mounts[mount_id]
-            if parent not in mounts:
+            if parent not in mounts or parent == mount_id:
                 return True
             if mounts[parent][1] != path and parent in covered:
                 return False  # under a covered mount
@@ -153,8 +159,9 @@ def mount_filesystems(*, container: bool) -> list[str]:
             continue  # a v1 layout someone else made; cgroups.discover will say so
         try:
             os.makedirs(spec.target, mode=spec.mode, exist_ok=True)
+            options = "" if container and spec.fstype == "cgroup2" else spec.options
             try:
-                mount(spec.fstype, spec.target, spec.fstype, spec.flags, spec.options)
+                mount(spec.fstype, spec.target, spec.fstype, spec.flags, options)
             except OSError as exc:
                 if spec.fstype != "cgroup2" or exc.errno != errno.EINVAL:
                     raise
@@ -166,12 +173,20 @@ def mount_filesystems(*, container: bool) -> list[str]:
     return done
 
 
+def _unescape(field: str) -> str:
+    """mountinfo's octal escapes (space, tab, newline, backslash)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def _sysfs_of_another_netns() -> bool:
-    """/sys/class/net lists other links than our network namespace has (/proc/net/dev)."""
+    """/sys/class/net lists other links than our network namespace has (/proc/net/dev).
+
+    Links are symlinks there; plain files (bonding_masters) are not links.
+    """
     try:
         with open("/proc/self/net/dev") as f:
             ours = {line.split(":")[0].strip() for line in f.readlines()[2:]}
-        theirs = set(os.listdir("/sys/class/net"))
+        theirs = {e.name for e in os.scandir("/sys/class/net") if e.is_symlink()}
     except OSError:
         return False
     return ours != theirs
@@ -239,14 +254,19 @@ def _finit_module(path: Path) -> str | None:
     except OSError as exc:
         return f"{path}: {exc.strerror}"
     try:
-        nr_finit_module = 313  # x86_64
-        if _libc.syscall(nr_finit_module, fd, b"", 0) != 0:
+        number = _FINIT_MODULE.get(os.uname().machine)
+        if number is None:
+            return f"finit_module: unknown syscall number on {os.uname().machine}"
+        if _libc.syscall(number, fd, b"", 0) != 0:
             err = ctypes.get_errno()
             if err != errno.EEXIST:
                 return os.strerror(err)
     finally:
         os.close(fd)
     return None
+
+
+_FINIT_MODULE = {"x86_64": 313, "aarch64": 273, "riscv64": 273}
 
 
 def apply_sysctls(sysctls: Sequence[tuple[str, str]], *, container: bool) -> list[str]:
@@ -262,13 +282,17 @@ def apply_sysctls(sysctls: Sequence[tuple[str, str]], *, container: bool) -> lis
     for key, value in merged.items():
         if container and not key.startswith("net."):
             continue
-        path = Path("/proc/sys") / key.replace(".", "/")
+        # Dots separate levels unless the key uses slashes (eth0.100 is one level).
+        path = Path("/proc/sys") / (key if "/" in key else key.replace(".", "/"))
         try:
             path.write_text(value)
         except OSError as exc:
             if key in dict(sysctls) or exc.errno != errno.ENOENT:
                 problems.append(f"sysctl {key}={value}: {exc.strerror}")
     return problems
+
+
+_MACHINE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def set_hostname(name: str) -> None:
@@ -289,12 +313,13 @@ def ensure_machine_id(path: str = "/etc/machine-id", persisted: str | None = Non
     target = Path(path)
     with contextlib.suppress(OSError):
         existing = target.read_text().strip()
-        if len(existing) == 32:
+        if _MACHINE_ID.fullmatch(existing):
             return existing
     machine_id = None
     if persisted:
         with contextlib.suppress(OSError):
-            machine_id = Path(persisted).read_text().strip() or None
+            kept = Path(persisted).read_text().strip()
+            machine_id = kept if _MACHINE_ID.fullmatch(kept) else None
     machine_id = machine_id or secrets.token_hex(16)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(machine_id + "\n")
