@@ -1,0 +1,177 @@
+"""The node image booted in qemu: the real ``/init`` (k4sinit as PID 1) from power-on
+to a clean power-off.
+
+One image is built and booted once per module (TCG: ~20 s); the tests then read
+that boot's console. The services: ``hello`` prints a line and sleeps; ``probe``
+(after hello is Ready) runs ``k4sinit status`` and prints what PID 1 set up;
+``poweroff`` (after both) runs ``k4sinit poweroff``, which must end qemu with exit
+code 0 after the kernel's power-off message. Needs root, qemu, Debian's kernel and
+busybox-static: installed by ``scripts/vm-deps`` when missing, else skipped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "rootfs"))
+import build  # noqa: E402 (rootfs/ is a directory of scripts, not a package)
+import vm  # noqa: E402
+
+pytestmark = pytest.mark.vm
+
+CONFIG = """\
+hostname: k4s-vm-test
+modules: [virtio_net, br_netfilter, overlay, veth]
+services:
+  hello:
+    command: [sh, -c, 'echo hello from the vm; exec sleep 1000']
+  probe:
+    command: [sh, -c]
+    args:
+      - |
+        k4sinit status
+        echo "probe: hostname=$(hostname)"
+        grep " / / " /proc/self/mountinfo | sed "s/^/probe: root mount: /"
+        for m in virtio_net br_netfilter overlay veth; do
+          grep -q "^$m " /proc/modules && echo "probe: module $m loaded"
+        done
+        true
+    dependsOn: [hello]
+    restartPolicy: Never
+  poweroff:
+    command: [k4sinit, poweroff]
+    dependsOn: {hello: Ready, probe: Completed}
+    restartPolicy: Never
+"""
+
+BOOT_TIMEOUT = 240  # TCG on 2 busy cores: ~20 s when quiet, minutes when loaded
+
+
+def _missing_tools() -> list[str]:
+    kernel = list(Path("/boot").glob("vmlinuz-*"))
+    missing = [t for t in ("qemu-system-x86_64", "cpio") if shutil.which(t) is None]
+    missing += [p for p in (build.PYTHON, build.BUSYBOX) if not Path(p).exists()]
+    return missing + ([] if kernel else ["/boot/vmlinuz-*"])
+
+
+@pytest.fixture(scope="module")
+def vm_tools() -> None:
+    """qemu, a Debian kernel, busybox-static, python3.11: install them, or skip."""
+    if not _missing_tools():
+        return
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root to install {', '.join(_missing_tools())} (scripts/vm-deps)")
+    proc = subprocess.run(
+        [str(ROOT / "scripts/vm-deps")], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0 or _missing_tools():
+        pytest.skip(
+            f"cannot install {', '.join(_missing_tools())} with scripts/vm-deps: "
+            f"{(proc.stdout + proc.stderr).strip()[-500:]}"
+        )
+
+
+@pytest.fixture(scope="module")
+def image(vm_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("vm-image")
+    config = out / "config.yaml"
+    config.write_text(CONFIG)
+    image = build.build(config, out, quiet=True)
+    shutil.rmtree(out / "rootfs")  # the staged tree (~75 MB); the image is all we need
+    return image
+
+
+@pytest.fixture(scope="module")
+def booted(image: Path) -> Iterator[vm.VM]:
+    """The VM after it powered off (or failed to): qemu is killed by pid on teardown."""
+    machine = vm.VM(image, log_path=image.with_name("console.log"))
+    with machine:
+        try:
+            machine.wait_for(re.escape(vm.POWER_OFF), BOOT_TIMEOUT)
+            machine.wait(60)
+        except vm.VMError as exc:
+            pytest.fail(f"the VM did not power off (console in {machine.log_path}): {exc}")
+        yield machine
+
+
+def read_cpio(path: Path) -> dict[str, tuple[int, bytes]]:
+    """A gzipped newc cpio as ``{path: (mode, data)}``, parsed independently of build.py."""
+    raw = gzip.decompress(path.read_bytes())
+    entries: dict[str, tuple[int, bytes]] = {}
+    pos = 0
+    while True:
+        assert raw[pos : pos + 6] == b"070701", f"bad cpio magic at {pos}"
+        fields = [int(raw[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        name_end = pos + 110 + namesize
+        name = raw[pos + 110 : name_end - 1].decode()
+        data_start = name_end + (-name_end % 4)
+        data = raw[data_start : data_start + size]
+        pos = data_start + size + (-(data_start + size) % 4)
+        if name == "TRAILER!!!":
+            return entries
+        entries[name] = (mode, data)
+
+
+def test_image_holds_the_runtime_and_the_config(image: Path) -> None:
+    files = read_cpio(image)
+    init_mode, init = files["init"]
+    assert init_mode & 0o111 and init.startswith(b"#!/usr/bin/python3.11 ")
+    assert b"k4sinit.cli" in init
+    assert files["usr/bin/k4sinit"] == files["init"]
+    assert files["etc/k4sinit/config.yaml"][1] == CONFIG.encode()
+    for path in (
+        "usr/bin/python3.11",
+        "lib64/ld-linux-x86-64.so.2",
+        "bin/busybox",
+        "usr/lib/k4sinit/site-packages/k4sinit/__pycache__/boot.cpython-311.pyc",
+        "usr/lib/k4sinit/site-packages/trio/__pycache__/__init__.cpython-311.pyc",
+        "usr/lib/python3.11/lib-dynload/_sqlite3.cpython-311-x86_64-linux-gnu.so",
+    ):
+        assert path in files, path
+    assert files["bin/sh"][1] == b"busybox"
+    for empty in ("proc", "sys", "dev", "run", "tmp", "bbin"):
+        assert empty in files
+    assert not any("/test/" in p or p.startswith("usr/lib/python3.11/tkinter") for p in files)
+    (modules_dep,) = (d for p, (_, d) in files.items() if p.endswith("/modules.dep"))
+    assert re.search(rb"virtio_net\.ko: .*net_failover\.ko", modules_dep)
+    assert re.search(rb"br_netfilter\.ko: .*bridge\.ko", modules_dep)
+
+
+def test_kernel_runs_k4sinit_as_pid_1(booted: vm.VM) -> None:
+    assert re.search(r"k4sinit starting.*container=False.*pid=1\b", booted.console)
+    assert "Failed to execute /init" not in booted.console
+
+
+def test_services_reach_ready_and_their_output_is_on_the_console(booted: vm.VM) -> None:
+    console = booted.console
+    assert re.search(r"hello from the vm.*service=hello", console)
+    assert re.search(r"ready=True .*service=hello state=running", console)
+    assert re.search(r"service=probe state=completed", console)
+
+
+def test_status_and_system_setup_inside_the_vm(booted: vm.VM) -> None:
+    console = booted.console
+    assert re.search(r"hello\s+running\s+yes\s+\d+", console), "k4sinit status table"
+    assert "probe: hostname=k4s-vm-test" in console
+    for module in ("virtio_net", "br_netfilter", "overlay", "veth"):
+        assert f"probe: module {module} loaded" in console
+
+
+def test_k4sinit_poweroff_ends_qemu_cleanly(booted: vm.VM) -> None:
+    console = booted.console
+    assert booted.exit_code == 0
+    assert booted.powered_off and not booted.panicked
+    requested = console.index("shutdown requested")
+    assert re.search(r"reason=.?k4sinit poweroff", console[requested:].splitlines()[0])
+    assert requested < console.index("all services stopped") < console.index(vm.POWER_OFF)
