@@ -173,8 +173,3 @@ def state_events(daemon: DaemonProcess, service: str | None = None) -> list[dict
         for e in daemon.log_events()
         if e.get("event") == "state" and (service is None or e.get("service") == service)
     ]
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # Until pyproject.toml's markers list it (tests/test_vm.py boots qemu).
-    config.addinivalue_line("markers", "vm: boots a qemu VM")
