@@ -48,10 +48,53 @@ services:
         true
     dependsOn: [hello]
     restartPolicy: Never
+  pidcap:
+    command: [python3.11, -c]
+    args:
+      - |
+        import os, time
+        forked = 0
+        for _ in range(30):
+            try:
+                if os.fork() == 0:
+                    time.sleep(1000)
+                    os._exit(0)
+                forked += 1
+            except OSError as exc:
+                print("pidcap: fork failed:", exc.strerror)
+                break
+        current = open("/sys/fs/cgroup/services/pidcap/pids.current").read().strip()
+        print(f"pidcap: forked {forked}, {current} pids", flush=True)
+        time.sleep(1000)
+    resources: {limits: {pids: 10}}
+  hog:
+    command: [sh, -c, 'echo hog allocating; dd if=/dev/zero of=/dev/null bs=256M count=1']
+    resources: {limits: {memory: 32Mi}}
+    restartBackoff: {initialSeconds: 0.5, crashLoopLimit: 2}
+  limits:
+    command: [sh, -c]
+    args:
+      - |
+        for i in $(seq 60); do
+          k4sinit status hog --json | grep -q '"state": "failed"' && break
+          sleep 1
+        done
+        k4sinit status hog
+        k4sinit status pidcap
+        true
+    dependsOn: {pidcap: Started}
+    restartPolicy: Never
   poweroff:
     command: [k4sinit, poweroff]
-    dependsOn: {hello: Ready, probe: Completed}
+    dependsOn: {hello: Ready, probe: Completed, limits: Completed}
     restartPolicy: Never
+"""
+
+BROKEN = """\
+services:
+  api:
+    command: [sleep, "1000"]
+    dependsOn: {containrd: Ready}
 """
 
 BOOT_TIMEOUT = 240  # TCG on 2 busy cores: ~20 s when quiet, minutes when loaded
@@ -86,7 +129,9 @@ def image(vm_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("vm-image")
     config = out / "config.yaml"
     config.write_text(CONFIG)
-    image = build.build(config, out, quiet=True)
+    image = build.build(
+        config, out, extra_files={"/etc/k4sinit/broken.yaml": BROKEN.encode()}, quiet=True
+    )
     shutil.rmtree(out / "rootfs")  # the staged tree (~75 MB); the image is all we need
     return image
 
@@ -175,3 +220,46 @@ def test_k4sinit_poweroff_ends_qemu_cleanly(booted: vm.VM) -> None:
     requested = console.index("shutdown requested")
     assert re.search(r"reason=.?k4sinit poweroff", console[requested:].splitlines()[0])
     assert requested < console.index("all services stopped") < console.index(vm.POWER_OFF)
+
+
+def test_cgroup_limits_are_enforced(booted: vm.VM) -> None:
+    console = booted.console
+    # pids.max 10: the loop cannot fork 30 sleeps; the cgroup holds at most 10.
+    assert "pidcap: fork failed: Resource temporarily unavailable" in console
+    (forked, count) = re.findall(r"pidcap: forked (\d+), (\d+) pids", console)[0]
+    assert (int(forked), int(count)) == (9, 10)
+    assert re.search(r"cgroup:\s+/sys/fs/cgroup/services/pidcap: .*\d+ pids of 10", console)
+    # memory.max 32Mi: dd's 256M buffer is OOM-killed, restarted by policy, then failed.
+    assert re.search(
+        r"reason='killed by SIGKILL \(out of memory: limit 32Mi\); restarting in", console
+    )
+    assert re.search(
+        r"hog: failed.*\n[^\n]*reason:\s+crash loop: 2 quick exits in a row, last killed by SIGKILL \(out of memory: limit 32Mi\)",
+        console,
+    )
+    assert re.search(
+        r"cgroup:\s+/sys/fs/cgroup/services/hog: .* of 32\.0Mi.*[1-9]\d* OOM kills", console
+    )
+
+
+def test_a_broken_config_reaches_the_fallback_with_readable_errors(image: Path) -> None:
+    """Boot the same image with k4sinit.config= pointing at a broken file."""
+    machine = vm.VM(
+        image,
+        log_path=image.with_name("console-broken.log"),
+        append="k4sinit.config=/etc/k4sinit/broken.yaml",
+    )
+    with machine:
+        try:
+            machine.wait_for(r"starting an emergency shell", BOOT_TIMEOUT)
+        except vm.VMError as exc:
+            pytest.fail(f"no fallback (console in {machine.log_path}): {exc}")
+        console = machine.console
+    assert "boot failed: the config is invalid" in console
+    assert re.search(
+        r"/etc/k4sinit/broken\.yaml:4: service 'api', field dependsOn\.containrd: "
+        r"unknown service 'containrd' in dependsOn",
+        console,
+    )
+    assert "Traceback" not in console
+    assert "Kernel panic" not in console
