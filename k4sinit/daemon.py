@@ -186,8 +186,11 @@ class Daemon:
                 action = "stop" if request.op == "stop_all" else request.op
                 self.request_shutdown(f"k4sinit {request.op.replace('_all', ' --all')}", action)
                 await self._stopped.wait()
-                await send(ok({"services": sup.snapshot()}))
-                self._stop_reply_sent.set()
+                try:
+                    await send(ok({"services": sup.snapshot()}))
+                finally:
+                    # Also when the asker was itself a service, stopped meanwhile.
+                    self._stop_reply_sent.set()
         except UnknownService as exc:
             raise RequestError(str(exc)) from None
         except RuntimeError as exc:
