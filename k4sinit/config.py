@@ -428,6 +428,10 @@ class _Reader:
         for i in wrong:
             message = f"expected a string, got {_kind(items[i])}"
             self.doc.error((*self.path, key, i), message, "quote it to make it a string")
+        for i, item in enumerate(items):
+            if isinstance(item, str) and "\0" in item:
+                wrong.append(i)
+                self.doc.error((*self.path, key, i), "a NUL byte cannot be passed to a program")
         if non_empty and not items:
             self.error("must not be empty", key=key)
             return None

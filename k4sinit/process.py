@@ -81,6 +81,8 @@ def spawn(
     """
     path = env.get("PATH", DEFAULT_PATH)
     program = executable or argv[0]
+    if any("\0" in part for part in (*argv, *env, *env.values(), cwd or "")):
+        raise SpawnError(f"{program!r}: a NUL byte in the command line or environment")
     resolved = find_executable(program, path)
     if resolved is None:
         where = "" if "/" in program else f" in {path}"
@@ -102,6 +104,10 @@ def spawn(
             process_group=0,
             close_fds=True,
         )
+    except ValueError as exc:  # an embedded NUL byte in argv or env
+        for fd in (out_r, err_r):
+            os.close(fd)
+        raise SpawnError(f"{program}: {exc}") from exc
     except OSError as exc:
         for fd in (out_r, err_r):
             os.close(fd)

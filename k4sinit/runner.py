@@ -200,6 +200,11 @@ class ServiceRunner:
                     await trio.sleep(decision.delay)
                     self.next_restart = None
                     self.restarts += 1
+        except Exception as exc:
+            # A bug in one service's life must not take the supervisor (PID 1's
+            # whole node) down with it: that service ends failed, visibly.
+            self._log.exception("service life failed")
+            self._set(State.FAILED, f"internal error: {exc!r}", ready=False)
         finally:
             self.next_restart = None
             done.set()
@@ -225,7 +230,11 @@ class ServiceRunner:
         cgroup = self._cgroup
         if cgroup is not None:
             await cgroup.kill_and_wait()  # nothing of an earlier run may linger
-            for warning in cgroup.apply(self.spec.resources):
+            try:
+                warnings = cgroup.apply(self.spec.resources)
+            except OSError as exc:
+                raise process.SpawnError(f"cgroup {cgroup.path}: {exc.strerror or exc}") from exc
+            for warning in warnings:
                 self._log.warning(warning)
             oom_kills = cgroup.oom_kills()
         try:

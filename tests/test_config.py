@@ -706,3 +706,9 @@ services:
         (8, "resources.limits.gpu"),
     ]
     assert errors[3].hint == "did you mean 'shell'?"
+
+
+def test_a_nul_byte_in_an_argument_is_an_error() -> None:
+    error = only_error('services:\n  a:\n    command: ["sleep", "1\\0"]\n')
+    assert (error.line, error.field) == (3, "command[1]")
+    assert "NUL byte" in error.message

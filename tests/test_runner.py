@@ -399,3 +399,22 @@ def _all_events(sup: Supervisor) -> list[tuple[str, str]]:
         (e.clock, e.time, name, e.state.value) for name, r in sup.runners.items() for e in r.events
     )
     return [(name, state) for _, _, name, state in merged]
+
+
+async def test_a_service_that_cannot_be_spawned_fails_alone(
+    clock: trio.testing.MockClock, supervise: Any, tmp_path: Path
+) -> None:
+    sup = await supervise(
+        f"""
+        services:
+          bad:
+            command: ["sleep", "1000"]
+            workingDir: {tmp_path}/missing
+          good:
+            command: ["sleep", "1000"]
+        """
+    )
+    await until(sup["bad"], lambda r: r.state is State.FAILED)
+    assert sup["bad"].reason.startswith("cannot start: sleep:")
+    assert f"{tmp_path}/missing" in sup["bad"].reason
+    await until(sup["good"], lambda r: r.state is State.RUNNING)
