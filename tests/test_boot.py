@@ -244,12 +244,12 @@ services:
   orphans:
     command: {}
     restartPolicy: Never
-""".format(json.dumps(child_cmd("--orphans", "500", "--sleep", "0")))
+""".format(json.dumps(child_cmd("--orphans", "1000", "--sleep", "0")))
     )
     wait_until(
-        lambda: sum(1 for e in node.events() if e.get("event") == "reaped orphan") == 500,
+        lambda: sum(1 for e in node.events() if e.get("event") == "reaped orphan") == 1000,
         timeout=60,
-        what="500 reaped orphans",
+        what="1000 reaped orphans",
     )
     zombies = [
         pid
