@@ -14,7 +14,12 @@ Run it with the project's venv (``.venv/bin/python rootfs/build.py --help``) or 
 * the requested kernel modules of Debian's kernel, with their dependencies and a
   ``depmod``-made ``modules.dep`` for just those;
 * ``/etc/k4sinit/config.yaml`` (the config given), ``/etc/passwd``, ``/etc/group``,
-  ``/etc/hosts``, and empty mount points.
+  ``/etc/hosts``, and empty mount points;
+* extra binaries at their host paths with their ldd closures (default: Debian's
+  containerd, its runc v2 shim, ctr and runc), and with containerd
+  ``/etc/containerd/config.toml``;
+* ``/var/lib/k4sinit/images/hello.tar``: a tiny docker-archive image for
+  ``ctr images import`` (busybox-static that echoes a line; see ``oci.py``).
 
 The tree is staged in ``OUT/rootfs`` (kept, for inspection), checked by importing
 k4sinit and its dependencies in it under ``chroot``, and packed to
@@ -43,6 +48,9 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import oci  # rootfs/ is a directory of scripts, not a package
+
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_NAME = "k4sinit.cpio.gz"
 
@@ -70,6 +78,57 @@ DEFAULT_MODULES = (
     "br_netfilter",
     "veth",
 )
+
+#: Host binaries copied to the same paths, with their shared libraries (Debian's
+#: containerd 1.6 and runc 1.1 are dynamically linked: ``scripts/vm-deps`` installs them).
+DEFAULT_BINARIES = (
+    "/usr/bin/containerd",
+    "/usr/bin/containerd-shim-runc-v2",
+    "/usr/bin/ctr",
+    "/usr/sbin/runc",
+)
+
+#: Written to /etc/containerd/config.toml when containerd is among the binaries.
+#: No CRI plugin (nothing talks CRI yet; it is the slowest plugin to start), and no
+#: snapshotters that cannot work here (aufs, btrfs, zfs, devmapper): overlayfs
+#: (the default; it works on the tmpfs root) and native remain.
+#:
+#: The CRI section records the runc options the node wants once the CRI plugin is
+#: enabled. It is inert now: only the CRI plugin reads it; ``ctr`` sends no
+#: ShimCgroup (containerd 1.6 has no other place for it), so a ``ctr``-started
+#: shim stays in containerd's cgroup (``/services/containerd``) and its container
+#: goes to ``/<namespace>/<id>``. Note that ``/shims`` as k4sinit makes it has
+#: controllers enabled for its children, so the kernel refuses a process in it
+#: (EBUSY, seen in the VM): the shim would fail to join until k4sinit makes it
+#: joinable (no controllers in its ``subtree_control``) or a leaf below it
+#: exists for shims.
+CONTAINERD_CONFIG_PATH = "/etc/containerd/config.toml"
+CONTAINERD_CONFIG = """\
+# containerd 1.6 for k4sinit (written by rootfs/build.py)
+version = 2
+root = "/var/lib/containerd"
+state = "/run/containerd"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "/run/containerd/containerd.sock"
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  default_runtime_name = "runc"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  SystemdCgroup = false
+  ShimCgroup = "/shims"
+"""
 
 #: Distributions copied besides k4sinit's own requirements (and theirs):
 #: cryptography is for the cluster PKI.
@@ -150,6 +209,8 @@ def build(
     modules: Sequence[str] = DEFAULT_MODULES,
     extra_files: ExtraFiles | None = None,
     *,
+    binaries: Sequence[str] = DEFAULT_BINARIES,
+    hello_image: bool = True,
     kernel_version: str | None = None,
     compress: bool = True,
     force: bool = False,
@@ -161,6 +222,12 @@ def build(
     ``bytes`` (mode 0755 if it starts with ``#!``, else 0644) or a host path to copy
     (its mode kept). They are written last, so they may replace anything, ``/init``
     included. ``compress=False`` writes a plain ``k4sinit.cpio``.
+
+    ``binaries`` are host executables copied to the same paths in the image (a
+    symlink's target's content), with every shared library they load; when
+    ``/usr/bin/containerd`` is one of them, ``/etc/containerd/config.toml`` is
+    :data:`CONTAINERD_CONFIG`. ``hello_image`` adds the ``k4sinit.local/hello:1``
+    docker archive at ``/var/lib/k4sinit/images/hello.tar`` (see ``oci.py``).
 
     Raises :class:`BuildError` when an input is missing (run ``scripts/vm-deps``) or
     the import check in the built tree fails. Skips the work when a previous build
@@ -176,9 +243,9 @@ def build(
     image = out / (IMAGE_NAME if compress else IMAGE_NAME.removesuffix(".gz"))
     key_file = image.with_name(image.name + ".key")
 
-    _require_inputs(kver)
+    _require_inputs(kver, binaries)
     dists = distributions()
-    key = _input_key(config, modules, extra, kver, dists)
+    key = _input_key(config, modules, extra, kver, dists, binaries, hello_image)
     if not force and image.exists() and key_file.exists():
         previous = json.loads(key_file.read_text())
         if previous.get("key") == key:
@@ -197,8 +264,14 @@ def build(
     _copy_file(Path(PYTHON), tree / PYTHON[1:])
     copied_stdlib = _copy_stdlib(tree)
     _copy_site_packages(tree, dists)
-    _copy_ldd_closure(tree, [PYTHON, *copied_stdlib, *_shared_objects(tree / SITE[1:])])
+    for binary in binaries:
+        _copy_file(Path(binary).resolve(), tree / binary.lstrip("/"))
+    _copy_ldd_closure(tree, [PYTHON, *copied_stdlib, *_shared_objects(tree / SITE[1:]), *binaries])
     _install_busybox(tree)
+    if "/usr/bin/containerd" in binaries:
+        _write(tree, CONTAINERD_CONFIG_PATH, CONTAINERD_CONFIG, 0o644)
+    if hello_image:
+        _write(tree, oci.HELLO_PATH, oci.hello_archive(BUSYBOX), 0o644)
     for path in ("/init", "/usr/bin/k4sinit"):
         _write(tree, path, LAUNCHER, 0o755)
     _write(tree, "/etc/k4sinit/config.yaml", config.read_bytes(), 0o644)
@@ -252,8 +325,12 @@ def _version_key(v: str) -> list[int | str]:
     return [int(p) if p.isdigit() else p for p in re.split(r"[.-]", v)]
 
 
-def _require_inputs(kver: str) -> None:
-    missing = [p for p in (PYTHON, BUSYBOX, str(STDLIB / "os.py")) if not Path(p).exists()]
+def _require_inputs(kver: str, binaries: Sequence[str] = ()) -> None:
+    relative = [b for b in binaries if not b.startswith("/")]
+    if relative:
+        raise BuildError(f"binaries must be absolute paths: {', '.join(relative)}")
+    required = (PYTHON, BUSYBOX, str(STDLIB / "os.py"), *binaries)
+    missing = [p for p in required if not Path(p).exists()]
     if missing:
         raise BuildError(f"missing {', '.join(missing)}: run scripts/vm-deps (as root)")
     if not Path("/lib/modules", kver, "modules.dep").exists():
@@ -300,6 +377,8 @@ def _input_key(
     extra: dict[str, str | bytes | os.PathLike[str]],
     kver: str,
     dists: list[importlib.metadata.Distribution],
+    binaries: Sequence[str] = (),
+    hello_image: bool = False,
 ) -> str:
     h = hashlib.sha256()
 
@@ -311,8 +390,11 @@ def _input_key(
         add(str(path), st.st_size, st.st_mtime_ns)
 
     add(Path(__file__).read_bytes(), config.read_bytes(), list(modules), kver)
+    add(Path(oci.__file__).read_bytes(), list(binaries), hello_image)
     for path in (PYTHON, BUSYBOX, f"/lib/modules/{kver}/modules.dep"):
         add_file(Path(path))
+    for path in (*binaries, *ldd_closure(binaries)):  # a package upgrade changes these
+        add_file(Path(path).resolve())
     add([(d.metadata["Name"], d.version) for d in dists])
     for src in _k4sinit_sources():
         add_file(src)
@@ -411,11 +493,10 @@ def _shared_objects(root: Path) -> list[str]:
 _LDD_LINE = re.compile(r"^\s*(?:\S+ => )?(/\S+) \(0x[0-9a-f]+\)$")
 
 
-def _copy_ldd_closure(tree: Path, binaries: Iterable[str]) -> None:
-    """Copy every shared library the binaries load, at the path ldd resolves it to
-    (``/lib/x86_64-linux-gnu/...``, ``/lib64/ld-linux-x86-64.so.2``), as plain files:
-    real directories, not Debian's merged-/usr symlinks, so the image can be laid
-    over another initramfs without replacing its /lib."""
+def ldd_closure(binaries: Iterable[str], tree: Path | None = None) -> list[str]:
+    """The shared libraries (host paths, as ldd resolves them) the binaries load,
+    sorted; libraries already under ``tree`` are left out. Raises
+    :class:`BuildError` for one ldd cannot find."""
     libs: set[str] = set()
     for binary in binaries:
         proc = subprocess.run(["ldd", binary], capture_output=True, text=True, check=False)
@@ -425,9 +506,17 @@ def _copy_ldd_closure(tree: Path, binaries: Iterable[str]) -> None:
             if "not found" in line:
                 raise BuildError(f"ldd {binary}: {line.strip()}")
             m = _LDD_LINE.match(line)
-            if m and not m.group(1).startswith(str(tree)):
+            if m and not (tree and m.group(1).startswith(str(tree))):
                 libs.add(m.group(1))
-    for lib in sorted(libs):
+    return sorted(libs)
+
+
+def _copy_ldd_closure(tree: Path, binaries: Iterable[str]) -> None:
+    """Copy every shared library the binaries load, at the path ldd resolves it to
+    (``/lib/x86_64-linux-gnu/...``, ``/lib64/ld-linux-x86-64.so.2``), as plain files:
+    real directories, not Debian's merged-/usr symlinks, so the image can be laid
+    over another initramfs without replacing its /lib."""
+    for lib in ldd_closure(binaries, tree):
         _copy_file(Path(lib).resolve(), tree / lib[1:])
 
 
@@ -655,6 +744,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="IMAGE_PATH=HOST_PATH",
         help="add a host file to the image (repeatable)",
     )
+    parser.add_argument(
+        "--binaries",
+        default=",".join(DEFAULT_BINARIES),
+        help="comma-separated host binaries to add with their shared libraries "
+        "(empty: none); default: %(default)s",
+    )
+    parser.add_argument(
+        "--no-hello-image",
+        action="store_true",
+        help=f"leave out the test container image {oci.HELLO_PATH}",
+    )
     parser.add_argument("--kernel-version", help="default: the newest in /boot")
     parser.add_argument("--no-compress", action="store_true", help="write a plain .cpio")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
@@ -671,6 +771,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out,
             modules=[m for m in args.modules.split(",") if m],
             extra_files=extra,
+            binaries=[b for b in args.binaries.split(",") if b],
+            hello_image=not args.no_hello_image,
             kernel_version=args.kernel_version,
             compress=not args.no_compress,
             force=args.force,

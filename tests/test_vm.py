@@ -1,22 +1,29 @@
 """The node image booted in qemu: the real ``/init`` (k4sinit as PID 1) from power-on
 to a clean power-off.
 
-One image is built and booted once per module (TCG: ~20 s); the tests then read
+One image is built and booted once per module (TCG: ~35 s); the tests then read
 that boot's console. The services: ``hello`` prints a line and sleeps; ``probe``
 (after hello is Ready) runs ``k4sinit status`` and prints what PID 1 set up;
-``poweroff`` (after both) runs ``k4sinit poweroff``, which must end qemu with exit
-code 0 after the kernel's power-off message. Needs root, qemu, Debian's kernel and
-busybox-static: installed by ``scripts/vm-deps`` when missing, else skipped.
+``containerd`` (Debian's, ready when its socket accepts) and ``ctr-run`` (after
+containerd is Ready: imports the image's ``hello.tar`` and runs it with
+``ctr run --rm``, whose output is the service's); ``poweroff`` (after all of them)
+runs ``k4sinit poweroff``, which must end qemu with exit code 0 after the kernel's
+power-off message. Needs root, qemu, Debian's kernel, busybox-static, containerd
+and runc: installed by ``scripts/vm-deps`` when missing, else skipped.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +32,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "rootfs"))
 import build  # noqa: E402 (rootfs/ is a directory of scripts, not a package)
+import oci  # noqa: E402
 import vm  # noqa: E402
 
 pytestmark = pytest.mark.vm
@@ -84,9 +92,21 @@ services:
         true
     dependsOn: {pidcap: Started}
     restartPolicy: Never
+  containerd:
+    command: [containerd, --config, /etc/containerd/config.toml]
+    readinessProbe:
+      unixSocket: {path: /run/containerd/containerd.sock}
+  ctr-run:
+    command: [sh, -c]
+    args:
+      - >-
+        ctr -n k8s.io images import /var/lib/k4sinit/images/hello.tar &&
+        ctr -n k8s.io run --rm k4sinit.local/hello:1 hello
+    dependsOn: {containerd: Ready}
+    restartPolicy: Never
   poweroff:
     command: [k4sinit, poweroff]
-    dependsOn: {hello: Ready, probe: Completed, limits: Completed}
+    dependsOn: {hello: Ready, probe: Completed, limits: Completed, ctr-run: Completed}
     restartPolicy: Never
 """
 
@@ -97,19 +117,21 @@ services:
     dependsOn: {containrd: Ready}
 """
 
-BOOT_TIMEOUT = 240  # TCG on 2 busy cores: ~20 s when quiet, minutes when loaded
+BOOT_TIMEOUT = 300  # TCG on 2 busy cores: ~35 s when quiet, minutes when loaded
 
 
 def _missing_tools() -> list[str]:
     kernel = list(Path("/boot").glob("vmlinuz-*"))
     missing = [t for t in ("qemu-system-x86_64", "cpio") if shutil.which(t) is None]
-    missing += [p for p in (build.PYTHON, build.BUSYBOX) if not Path(p).exists()]
+    required = (build.PYTHON, build.BUSYBOX, *build.DEFAULT_BINARIES)
+    missing += [p for p in required if not Path(p).exists()]
     return missing + ([] if kernel else ["/boot/vmlinuz-*"])
 
 
 @pytest.fixture(scope="module")
 def vm_tools() -> None:
-    """qemu, a Debian kernel, busybox-static, python3.11: install them, or skip."""
+    """qemu, a Debian kernel, busybox-static, python3.11, containerd, runc: install
+    them, or skip."""
     if not _missing_tools():
         return
     if os.geteuid() != 0:
@@ -132,7 +154,7 @@ def image(vm_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     image = build.build(
         config, out, extra_files={"/etc/k4sinit/broken.yaml": BROKEN.encode()}, quiet=True
     )
-    shutil.rmtree(out / "rootfs")  # the staged tree (~75 MB); the image is all we need
+    shutil.rmtree(out / "rootfs")  # the staged tree (~170 MB); the image is all we need
     return image
 
 
@@ -185,6 +207,13 @@ def test_image_holds_the_runtime_and_the_config(image: Path) -> None:
     ):
         assert path in files, path
     assert files["bin/sh"][1] == b"busybox"
+    for binary in build.DEFAULT_BINARIES:
+        mode, data = files[binary.lstrip("/")]
+        assert mode & 0o111 and data == Path(binary).resolve().read_bytes(), binary
+    assert "lib/x86_64-linux-gnu/libseccomp.so.2" in files  # runc's
+    containerd_config = files["etc/containerd/config.toml"][1].decode()
+    assert 'disabled_plugins = [\n  "io.containerd.grpc.v1.cri",' in containerd_config
+    assert files["var/lib/k4sinit/images/hello.tar"][1] == oci.hello_archive()
     for empty in ("proc", "sys", "dev", "run", "tmp", "bbin"):
         assert empty in files
     assert not any("/test/" in p or p.startswith("usr/lib/python3.11/tkinter") for p in files)
@@ -240,6 +269,43 @@ def test_cgroup_limits_are_enforced(booted: vm.VM) -> None:
     assert re.search(
         r"cgroup:\s+/sys/fs/cgroup/services/hog: .* of 32\.0Mi.*[1-9]\d* OOM kills", console
     )
+
+
+def test_hello_archive_is_a_docker_archive_of_busybox() -> None:
+    archive = oci.hello_archive()
+    assert archive == oci.hello_archive(), "reproducible"
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        (manifest,) = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        assert manifest["RepoTags"] == ["k4sinit.local/hello:1"]
+        config = json.load(tar.extractfile(manifest["Config"]))  # type: ignore[arg-type]
+        (layer_name,) = manifest["Layers"]
+        layer = tar.extractfile(layer_name).read()  # type: ignore[union-attr]
+    assert config["config"]["Cmd"] == ["/bin/sh", "-c", "echo hello from a container"]
+    assert (config["os"], config["architecture"]) == ("linux", "amd64")
+    assert config["rootfs"]["diff_ids"] == [f"sha256:{hashlib.sha256(layer).hexdigest()}"]
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert members["bin/busybox"].size == Path(build.BUSYBOX).stat().st_size
+    assert members["bin/sh"].issym() and members["bin/sh"].linkname == "busybox"
+    assert members["bin/echo"].issym() and members["bin/echo"].linkname == "busybox"
+
+
+def test_a_container_started_by_ctr_under_the_supervised_containerd_prints(
+    booted: vm.VM,
+) -> None:
+    console = booted.console
+    # the switch into a tmpfs root happened: runc cannot pivot_root out of rootfs
+    (root_mount,) = re.findall(r"probe: root mount: .*", console)
+    assert " - tmpfs " in root_mount and "rootfs" not in root_mount, root_mount
+    assert re.search(r"ready=True reason=ready service=containerd state=running", console)
+    # the container's stdout reaches the console through ctr, as ctr-run's output
+    assert re.search(
+        r"\] hello from a container\s+pid=\d+ service=ctr-run stream=stdout$", console, re.M
+    )
+    assert re.search(r"reason='exit code 0' service=ctr-run state=completed", console)
+    assert "unpacking k4sinit.local/hello:1" in console
+    lines = console.splitlines()
+    assert not [line for line in lines if "service=containerd" in line and "level=error" in line]
 
 
 def test_a_broken_config_reaches_the_fallback_with_readable_errors(image: Path) -> None:
