@@ -6,7 +6,7 @@ of a cgroup namespace; a delegated cgroup under ``k4sinit run``)::
     <base>/                  controllers enabled for the subtree
       init/                  k4sinit itself (cgroup2 allows processes only in leaves)
       services/<name>/       one per service; resources.limits applied here
-      shims/                 reserved for containerd's shims, so containerd can
+      shims/                 (a leaf) reserved for containerd's shims, so containerd can
                              restart without killing pods; a node stop kills it too
 
 A service's process is placed in its cgroup before it executes (process.spawn
@@ -256,7 +256,8 @@ class CgroupTree:
         self.services.create()
         self.shims.create()
         self.services.enable_controllers()
-        self.shims.enable_controllers()
+        # No controllers below shims/: a cgroup with subtree_control set cannot
+        # hold processes itself, and containerd's runc shims join shims/ directly.
         for stale in sorted(p for p in self.services.path.iterdir() if p.is_dir()):
             leftover = Cgroup(stale)
             leftover.kill()

@@ -50,6 +50,7 @@ services:
         k4sinit status
         echo "probe: hostname=$(hostname)"
         grep " / / " /proc/self/mountinfo | sed "s/^/probe: root mount: /"
+        sh -c 'echo $$ > /sys/fs/cgroup/shims/cgroup.procs' && echo "probe: shims takes a process"
         for m in virtio_net br_netfilter overlay veth; do
           grep -q "^$m " /proc/modules && echo "probe: module $m loaded"
         done
@@ -249,6 +250,11 @@ def test_k4sinit_poweroff_ends_qemu_cleanly(booted: vm.VM) -> None:
     requested = console.index("shutdown requested")
     assert re.search(r"reason=.?k4sinit poweroff", console[requested:].splitlines()[0])
     assert requested < console.index("all services stopped") < console.index(vm.POWER_OFF)
+
+
+def test_the_shim_cgroup_can_hold_containerds_shims(booted: vm.VM) -> None:
+    # cgroup2 refuses processes in a cgroup whose subtree_control is set.
+    assert "probe: shims takes a process" in booted.console
 
 
 def test_cgroup_limits_are_enforced(booted: vm.VM) -> None:
