@@ -21,6 +21,7 @@ every value keeps its line and duplicate keys are caught.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -34,6 +35,21 @@ from typing import Any, TypeGuard, TypeVar
 import yaml
 
 from k4sinit.graph import find_cycles_in
+from k4sinit.netspec import (
+    DEFAULT_V4,
+    DEFAULT_V6,
+    DNS,
+    Interface,
+    InterfaceKind,
+    IPAddress,
+    IPInterface,
+    IPNetwork,
+    NetworkSource,
+    NetworkSpec,
+    Route,
+    interface_name_problem,
+    normalize_mac,
+)
 from k4sinit.spec import (
     Backoff,
     Condition,
@@ -153,10 +169,10 @@ def load_config_text(text: str, source: str) -> Config:
     if root is not None:
         doc.lines[()] = root.start_mark.line + 1
         data = doc.plain(root, ())
-    services, system = _read_config(doc, data)
+    services, system, network = _read_config(doc, data)
     if doc.errors:
         raise ConfigErrors(source, sorted(doc.errors, key=lambda e: e.line or 0))
-    return Config(source=source, services=services, system=system)
+    return Config(source=source, services=services, system=system, network=network)
 
 
 def _single(source: str, line: int | None, message: str) -> ConfigErrors:
@@ -464,19 +480,22 @@ class _Reader:
 # --- the config ------------------------------------------------------------------
 
 
-def _read_config(doc: _Document, data: Any) -> tuple[dict[str, ServiceSpec], SystemSpec]:
-    """The top level: one reader per section (``network``, ``node``, ... join here)."""
+def _read_config(
+    doc: _Document, data: Any
+) -> tuple[dict[str, ServiceSpec], SystemSpec, NetworkSpec]:
+    """The top level: one reader per section (``node``, ... join here)."""
     if data is None:
         doc.error((), "the config is empty", "it needs a 'services' mapping")
-        return {}, SystemSpec()
+        return {}, SystemSpec(), NetworkSpec()
     if not isinstance(data, dict):
         doc.error((), f"expected a mapping at the top level, got {_kind(data)}")
-        return {}, SystemSpec()
+        return {}, SystemSpec(), NetworkSpec()
     top = _Reader(doc, (), data)
     services = _read_services(top)
     system = _read_system(top)
+    network = _read_network(top)
     top.finish()
-    return services, system
+    return services, system, network
 
 
 _HOSTNAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -533,6 +552,357 @@ def _read_system(top: _Reader) -> SystemSpec:
     return SystemSpec(
         **_given(hostname=hostname, modules=modules, sysctls=tuple(sysctls) or None),
         **fields,
+    )
+
+
+# --- network ---------------------------------------------------------------------
+
+_MAX_NAMESERVERS = 3  # glibc's and musl's MAXNS: the resolver never asks a fourth
+_LABEL = r"[a-z0-9_]([-a-z0-9_]{0,61}[a-z0-9_])?"
+_DOMAIN = re.compile(rf"(?=.{{1,253}}\.?$){_LABEL}(\.{_LABEL})*\.?", re.IGNORECASE)
+_TO_HINT = "a network like 192.168.50.0/24, or default"
+
+
+def _read_network(top: _Reader) -> NetworkSpec:
+    """``network``: interfaces by name or MAC, their addresses and routes, and DNS.
+
+    A ``network`` section, even an empty one, takes the place of the kernel's
+    ``ip=``. :mod:`k4sinit.netspec` says what each field means.
+    """
+    r = top.mapping("network", hint="write it as network: {interfaces: [...], dns: {...}}")
+    if r is None:
+        return NetworkSpec()
+    entries = []
+    for item in r.items("interfaces", "an interface (a mapping with name or mac)"):
+        interface = _read_interface(item)
+        if interface is not None:
+            entries.append((interface, item))
+    _check_interfaces(entries)
+    dns = _read_dns(r)
+    wait = r.take("waitForCarrier", "a boolean", _is_bool)
+    r.finish()
+    return NetworkSpec(
+        interfaces=tuple(interface for interface, _ in entries),
+        **_given(dns=dns, wait_for_carrier=wait),
+        source=NetworkSource.CONFIG,
+    )
+
+
+def _is_bool(value: object) -> TypeGuard[bool]:
+    return isinstance(value, bool)
+
+
+def _read_interface(r: _Reader) -> Interface | None:
+    """One ``interfaces`` item; None (after recording why) if it is not valid."""
+    name = _interface_name(r, "name")
+    mac = _read_mac(r)
+    kind_name = r.choice("kind", [k.value for k in InterfaceKind])
+    kind = InterfaceKind.PHYSICAL if kind_name is None else InterfaceKind(kind_name)
+    up = r.take("up", "a boolean", _is_bool)
+    mtu = r.integer("mtu", 68, maximum=65535)
+    dhcp = r.take("dhcp", "a boolean", _is_bool)
+    addresses, addresses_ok = _read_addresses(r)
+    routes = _read_routes(r)
+    ports = _read_names(r, "ports")
+    vlan_id = r.integer("id", 1, maximum=4094)
+    link = _interface_name(r, "link")
+    r.finish()
+    read: dict[str, object] = {
+        "name": name,
+        "mac": mac,
+        "kind": kind_name,
+        "up": up,
+        "mtu": mtu,
+        "dhcp": dhcp,
+        "addresses": addresses if addresses_ok else None,
+        "routes": routes,
+        "ports": ports,
+        "id": vlan_id,
+        "link": link,
+    }
+    ok = all(value is not None for key, value in read.items() if key in r.data)  # None: wrong
+
+    problems: list[tuple[str, str | None, str | None]] = []  # message, hint, key
+    if "name" in r.data and "mac" in r.data:
+        why = "mac selects a physical interface whose name is not stable"
+        problems.append(("give name or mac, not both", why, None))
+    elif kind is not InterfaceKind.PHYSICAL and "name" not in r.data:
+        problems.append((f"a {kind} needs a name", f"k4sinit creates the {kind} by name", None))
+    elif "name" not in r.data and "mac" not in r.data:
+        fix = "add name: eth0, or mac: 52:54:00:12:34:56"
+        problems.append(("an interface needs a name or a mac", fix, None))
+    if "ports" in r.data and kind is not InterfaceKind.BRIDGE:
+        problems.append(("ports are for a bridge", "add kind: bridge", "ports"))
+    for vlan_key in ("id", "link"):
+        if vlan_key in r.data and kind is not InterfaceKind.VLAN:
+            problems.append((f"{vlan_key!r} is for a vlan", "add kind: vlan", vlan_key))
+        elif vlan_key not in r.data and kind is InterfaceKind.VLAN:
+            problems.append((f"a vlan needs {vlan_key!r}", "like link: eth0 and id: 100", None))
+    if link is not None and link == name:
+        problems.append(("a vlan cannot be its own link", None, "link"))
+    if name is not None and name in (ports or ()):
+        problems.append((f"the bridge {name!r} cannot be its own port", None, "ports"))
+    if mtu is not None and mtu < 1280 and any(a.version == 6 for a in addresses):
+        problems.append((f"IPv6 needs an MTU of at least 1280, got {mtu}", None, "mtu"))
+    for message, hint, key in problems:
+        r.error(message, hint, key=key)
+    if routes and addresses_ok and dhcp is not True:
+        _check_gateways(addresses, routes)
+    if problems or not ok:
+        return None
+    return Interface(
+        name=name,
+        mac=mac,
+        kind=kind,
+        addresses=addresses,
+        routes=tuple(route for route, _ in routes or ()),
+        bridge_ports=ports or (),
+        vlan_id=vlan_id,
+        vlan_link=link,
+        **_given(up=up, mtu=mtu, dhcp=dhcp),
+    )
+
+
+def _interface_name(r: _Reader, key: str) -> str | None:
+    name = r.string(key)
+    problem = None if name is None else interface_name_problem(name)
+    if problem is not None:
+        r.error(f"invalid interface name {name!r}: it {problem}", key=key)
+        return None
+    return name
+
+
+def _read_mac(r: _Reader) -> str | None:
+    value = r.take("mac", "a MAC address like 52:54:00:12:34:56", _is_mac_like)
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else _sexagesimal(value)
+    mac = None if text is None else normalize_mac(text)
+    if mac is None and isinstance(value, int):
+        message = f"invalid MAC address (YAML read it as the number {value})"
+        r.error(message, 'quote it, like mac: "52:54:00:12:34:56"', key="mac")
+    elif mac is None:
+        r.error(f"invalid MAC address {value!r}", "like 52:54:00:12:34:56", key="mac")
+    return mac
+
+
+def _is_mac_like(value: object) -> TypeGuard[str | int]:
+    return isinstance(value, str) or _is_int(value)
+
+
+def _sexagesimal(value: int) -> str | None:
+    """The text of an unquoted MAC that YAML 1.1 read as a base-60 integer.
+
+    ``52:54:00:12:34:56`` has only digits and every group after the first is
+    below 60, so YAML 1.1 reads it as a number; its six two-digit groups come
+    back from that number exactly. Anything else gives None.
+    """
+    groups = []
+    for _ in range(5):
+        value, group = divmod(value, 60)
+        groups.append(group)
+    if not 10 <= value <= 99:  # the first group: two digits, YAML allows no leading 0
+        return None
+    return ":".join(f"{g:02d}" for g in (value, *reversed(groups)))
+
+
+def _read_addresses(r: _Reader) -> tuple[tuple[IPInterface, ...], bool]:
+    """``addresses``: the valid ones, and whether all were (after errors about the rest)."""
+    items = r.take("addresses", "a list of addresses like 10.0.0.5/24", _is_list)
+    addresses: list[IPInterface] = []
+    for i, item in enumerate(items or ()):
+        path = (*r.path, "addresses", i)
+        address = _address_with_prefix(r.doc, path, item)
+        if address is not None and address in addresses:
+            r.doc.error(path, f"{address} is listed twice")
+        elif address is not None:
+            addresses.append(address)
+    ok = "addresses" not in r.data or (items is not None and len(addresses) == len(items))
+    return tuple(addresses), ok
+
+
+def _address_with_prefix(doc: _Document, path: _Path, item: object) -> IPInterface | None:
+    if not isinstance(item, str):
+        doc.error(path, f"expected an address like 10.0.0.5/24, got {_kind(item)}")
+        return None
+    try:
+        address = ipaddress.ip_interface(item)
+    except ValueError:
+        hint = "write it as address/prefix, like 10.0.0.5/24 or fd00::5/64"
+        doc.error(path, f"invalid address {item!r}", hint)
+        return None
+    if "/" not in item:
+        hint = f"like {item}/{24 if address.version == 4 else 64}"
+        doc.error(path, f"{item!r} has no prefix length", hint)
+        return None
+    if address.ip.is_unspecified or address.ip.is_multicast:
+        doc.error(path, f"{item!r} is not a host address")
+        return None
+    return address
+
+
+def _read_routes(r: _Reader) -> list[tuple[Route, _Reader]] | None:
+    """``routes``, each with its reader (for errors found later); None if any is wrong."""
+    raw = r.data.get("routes")
+    readers = r.items("routes", "a route (a mapping with to, via and metric)")
+    routes = [(route, item) for item in readers if (route := _read_route(item)) is not None]
+    ok = raw is None or (isinstance(raw, list) and len(routes) == len(raw))
+    first: dict[tuple[IPNetwork, int | None], int | None] = {}
+    for route, item in routes:
+        key = (route.to, route.metric)
+        if key in first:
+            metric = "" if route.metric is None else f" with metric {route.metric}"
+            message = (
+                f"the route to {route.to}{metric} is listed twice (first at line {first[key]})"
+            )
+            item.error(message, "give one of them another metric")
+            ok = False
+        else:
+            first[key] = r.doc.line(item.path)
+    return routes if ok else None
+
+
+def _read_route(r: _Reader) -> Route | None:
+    to_text = r.take("to", _TO_HINT, _is_str)
+    via_text = r.string("via")
+    metric = r.integer("metric", 0, maximum=2**32 - 1)
+    r.finish()
+    read = {"to": to_text, "via": via_text, "metric": metric}
+    if any(key in r.data and value is None for key, value in read.items()):
+        return None  # already reported
+    via = None
+    if via_text is not None:
+        try:
+            via = ipaddress.ip_address(via_text)
+        except ValueError:
+            hint = "a gateway is one address, without /prefix" if "/" in via_text else None
+            r.error(f"invalid gateway address {via_text!r}", hint, key="via")
+            return None
+    to: IPNetwork = DEFAULT_V4 if via is None or via.version == 4 else DEFAULT_V6
+    if to_text is not None and to_text != "default":
+        try:
+            to = ipaddress.ip_network(to_text)
+        except ValueError:
+            r.error(f"invalid network {to_text!r}", _network_hint(to_text), key="to")
+            return None
+    if via is not None and via.version != to.version:
+        message = f"gateway {via} is IPv{via.version} but {to} is IPv{to.version}"
+        r.error(message, "a route's to and via are of one family", key="via")
+        return None
+    return Route(to=to, via=via, metric=metric)
+
+
+def _network_hint(text: str) -> str:
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return f"write {_TO_HINT}"
+    return f"it has host bits set, did you mean {str(network)!r}?"
+
+
+def _check_gateways(
+    addresses: Sequence[IPInterface], routes: Sequence[tuple[Route, _Reader]]
+) -> None:
+    """Report each IPv4 gateway the kernel would refuse on this interface.
+
+    Without ``onlink`` the kernel takes a gateway only inside a network of the
+    same interface: an address's, or an on-link route's. Not checked with DHCP
+    (the lease brings a network) nor for IPv6 (gateways are mostly link-local,
+    and router advertisements bring prefixes).
+    """
+    on_link = [a.network for a in addresses if a.version == 4]
+    on_link += [route.to for route, _ in routes if route.via is None and route.to.version == 4]
+    for route, item in routes:
+        via = route.via
+        if isinstance(via, ipaddress.IPv4Address) and not any(via in n for n in on_link):
+            message = f"gateway {via} is not in a network of this interface"
+            hint = (
+                "add an address in its network (like 10.0.0.5/24), an on-link route, or dhcp: true"
+            )
+            item.error(message, hint, key="via")
+
+
+def _read_names(r: _Reader, key: str) -> tuple[str, ...] | None:
+    """A list of interface names (None if any is wrong, after errors)."""
+    items = r.take(key, "a list of interface names", _is_list)
+    names: list[str] = []
+    for i, item in enumerate(items or ()):
+        path = (*r.path, key, i)
+        problem = interface_name_problem(item) if isinstance(item, str) else None
+        if not isinstance(item, str):
+            r.doc.error(path, f"expected an interface name, got {_kind(item)}")
+        elif problem is not None:
+            r.doc.error(path, f"invalid interface name {item!r}: it {problem}")
+        elif item in names:
+            r.doc.error(path, f"{item!r} is listed twice")
+        else:
+            names.append(item)
+    return tuple(names) if items is not None and len(names) == len(items) else None
+
+
+def _check_interfaces(entries: Sequence[tuple[Interface, _Reader]]) -> None:
+    """Checks across interfaces: names and MACs once each, a port in one bridge,
+    no bridge as a port, one vlan per id and link."""
+    first: dict[tuple[str, object], int | None] = {}
+    port_of: dict[str, str] = {}
+    bridges = {i.name for i, _ in entries if i.kind is InterfaceKind.BRIDGE}
+    for interface, r in entries:
+        vlan = (interface.vlan_link, interface.vlan_id)
+        for key, value in (("name", interface.name), ("mac", interface.mac), ("id", vlan)):
+            if value is None or value == (None, None):
+                continue
+            if (key, value) in first:
+                what = f"vlan {vlan[1]} on {vlan[0]!r}" if key == "id" else repr(value)
+                message = f"{what} is configured twice (first at line {first[key, value]})"
+                r.error(message, key=key)
+            else:
+                first[key, value] = r.doc.line((*r.path, key))
+        for i, port in enumerate(interface.bridge_ports):
+            path = (*r.path, "ports", i)
+            if port in bridges:
+                r.doc.error(path, f"the bridge {port!r} cannot be a port of another bridge")
+            elif port in port_of:
+                r.doc.error(path, f"{port!r} is already a port of {port_of[port]!r}")
+            else:
+                port_of[port] = interface.label
+
+
+def _read_dns(parent: _Reader) -> DNS | None:
+    r = parent.mapping("dns", hint="write it as dns: {nameservers: [...], search: [...]}")
+    if r is None:
+        return None
+    items = r.take("nameservers", "a list of IP addresses", _is_list) or []
+    nameservers: list[IPAddress] = []
+    for i, item in enumerate(items):
+        path = (*r.path, "nameservers", i)
+        if not isinstance(item, str):
+            r.doc.error(path, f"expected an IP address, got {_kind(item)}")
+            continue
+        try:
+            address = ipaddress.ip_address(item)
+        except ValueError:
+            hint = "a nameserver is one address, without /prefix" if "/" in item else None
+            r.doc.error(path, f"invalid nameserver address {item!r}", hint)
+            continue
+        if address in nameservers:
+            r.doc.error(path, f"{address} is listed twice")
+        else:
+            nameservers.append(address)
+    if len(items) > _MAX_NAMESERVERS:
+        message = f"at most {_MAX_NAMESERVERS} nameservers, got {len(items)}"
+        r.error(message, "the resolver asks only the first 3", key="nameservers")
+    search = r.take("search", "a list of domains", _is_list) or []
+    for i, domain in enumerate(search):
+        path = (*r.path, "search", i)
+        if not isinstance(domain, str):
+            r.doc.error(path, f"expected a domain, got {_kind(domain)}")
+        elif not _DOMAIN.fullmatch(domain):
+            r.doc.error(path, f"invalid search domain {domain!r}", "like cluster.local")
+        elif domain in search[:i]:
+            r.doc.error(path, f"{domain!r} is listed twice")
+    r.finish()
+    return DNS(
+        nameservers=tuple(nameservers), search=tuple(d for d in search if isinstance(d, str))
     )
 
 

@@ -21,6 +21,8 @@ import enum
 import signal
 from dataclasses import dataclass, field
 
+from k4sinit.netspec import NetworkSpec
+
 
 class RestartPolicy(enum.Enum):
     """When a service that exited is started again."""
@@ -205,3 +207,4 @@ class Config:
     source: str
     services: dict[str, ServiceSpec]
     system: SystemSpec = field(default_factory=SystemSpec)
+    network: NetworkSpec = field(default_factory=NetworkSpec)
