@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 
 from . import cmdline, control, log, power, system
 from .config import ConfigErrors, load_config
+from .netspec import NetworkSpec, choose_network
 from .spec import Config, Fallback, SwitchRoot, SystemSpec
 
 PATH = "/bbin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -106,14 +107,33 @@ def boot(
         logger.info("switching into a tmpfs root", reason="booted from an initramfs")
         writer.wait_idle(2)
         switch_root_and_reexec()  # does not return
-    prepare_system(config, kernel, container=container, logger=logger)
+    network = node_network(config, kernel, logger)
+    prepare_system(config, kernel, network, container=container, logger=logger)
     logger.info("system ready", seconds=round(time.monotonic() - started, 3))
-    action = supervise(config, options, logger)
+    named = bool(kernel.hostname or spec.hostname or network.hostname)
+    action = supervise(config, network, options, logger, container=container, named=named)
     return action, spec
 
 
+def node_network(config: Config, kernel: cmdline.KernelOptions, logger: Any) -> NetworkSpec:
+    """The config's network section, else the kernel's ``ip=``, else loopback only.
+
+    A malformed ``ip=`` is a warning (the node boots without it), not a fatal error.
+    """
+    try:
+        return choose_network(config.network, kernel.ip)
+    except ValueError as exc:
+        logger.warning("kernel ip= option ignored", error=str(exc))
+        return config.network
+
+
 def prepare_system(
-    config: Config, kernel: cmdline.KernelOptions, *, container: bool, logger: Any
+    config: Config,
+    kernel: cmdline.KernelOptions,
+    network: NetworkSpec,
+    *,
+    container: bool,
+    logger: Any,
 ) -> None:
     """Modules, sysctls, hostname, machine-id, loopback: each problem is logged, none fatal."""
     spec = config.system
@@ -127,7 +147,7 @@ def prepare_system(
             logger.warning("stage 1: " + problem)
     for problem in system.apply_sysctls(spec.sysctls, container=container):
         logger.warning("stage 1: " + problem)
-    hostname = kernel.hostname or spec.hostname
+    hostname = kernel.hostname or spec.hostname or network.hostname
     if hostname:
         try:
             system.set_hostname(hostname)
@@ -154,18 +174,51 @@ def bring_up_loopback() -> None:
         ipr.link("set", index=index, state="up")
 
 
-def supervise(config: Config, options: InitOptions, logger: Any) -> power.Action:
-    """Run the daemon (in trio) until a shutdown is asked for; returns how to end."""
+def supervise(
+    config: Config,
+    network_spec: NetworkSpec,
+    options: InitOptions,
+    logger: Any,
+    *,
+    container: bool,
+    named: bool,
+) -> power.Action:
+    """Run the daemon (in trio) until a shutdown is asked for; returns how to end.
+
+    ``named``: the node has a configured hostname (else DHCP may give one)."""
     import trio
 
     from .daemon import INIT_SIGNALS, Daemon, setup_cgroups
+    from .network import Network
 
     socket_path = control.socket_path(options.socket)
 
+    def dhcp_hostname(name: str) -> None:
+        try:
+            system.set_hostname(name)
+            logger.info("hostname from DHCP", hostname=name)
+        except OSError as exc:
+            logger.warning("hostname from DHCP not set", error=str(exc))
+
     async def run() -> str:
         cgroups = setup_cgroups(logger)
+        # A container's /etc is the host's: it writes no resolv.conf or hosts.
+        files = not container
+        network = Network(
+            network_spec,
+            logger,
+            resolv_conf=Path("/etc/resolv.conf") if files else None,
+            hosts=Path("/etc/hosts") if files else None,
+            on_dhcp_hostname=None if named else dhcp_hostname,
+        )
         daemon = Daemon(
-            config, socket_path, logger, cgroups=cgroups, signals=INIT_SIGNALS, power=True
+            config,
+            socket_path,
+            logger,
+            cgroups=cgroups,
+            network=network,
+            signals=INIT_SIGNALS,
+            power=True,
         )
         await daemon.run()
         return daemon.action

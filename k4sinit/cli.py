@@ -25,6 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import control
@@ -145,13 +146,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from . import log
     from .daemon import Daemon, setup_cgroups
+    from .network import Network
 
     writer = log.configure(args.log_format, debug=args.debug)
     logger = log.get_logger()
 
     async def serve() -> None:
         cgroups = setup_cgroups(logger)
-        await Daemon(config, control.socket_path(args.socket), logger, cgroups=cgroups).run()
+        # The host's network is left alone unless the config has a network section.
+        configured = config.network.configured
+        network = Network(
+            config.network,
+            logger,
+            resolv_conf=Path("/etc/resolv.conf") if configured else None,
+            hosts=Path("/etc/hosts") if configured else None,
+        )
+        await Daemon(
+            config, control.socket_path(args.socket), logger, cgroups=cgroups, network=network
+        ).run()
 
     try:
         trio.run(serve)
@@ -170,6 +182,10 @@ def run_client(args: argparse.Namespace) -> int:
     if args.command == "status":
         req = control.Request("status", name=args.name)
         result = control.request(path, req)
+        if args.name == "network":
+            network = result["network"]
+            print(json.dumps(result, indent=2) if args.json else format_network(network))
+            return 0 if network["ready"] else 1
         if args.name:
             print(json.dumps(result, indent=2) if args.json else format_detail(result))
             return 0 if _healthy(result) else 1
@@ -177,7 +193,9 @@ def run_client(args: argparse.Namespace) -> int:
             print(json.dumps(result, indent=2))
         else:
             print(format_table(result["services"]))
-        return 0 if all(_healthy(s) for s in result["services"]) else 1
+            print(format_network_line(result["network"]))
+        healthy = all(_healthy(s) for s in result["services"]) and result["network"]["ready"]
+        return 0 if healthy else 1
     if args.command == "logs":
         req = control.Request("logs", name=args.name, lines=args.lines, follow=args.follow)
         for batch in control.stream_request(path, req, timeout=None if args.follow else 30.0):
@@ -291,6 +309,35 @@ def format_detail(s: dict[str, Any]) -> str:
     lines.append("  last output:")
     for entry in s["logs"]:
         lines.append(f"    {entry['stream']}[{entry['pid']}]: {entry['line']}")
+    return "\n".join(lines)
+
+
+def format_network_line(network: dict[str, Any]) -> str:
+    """The line under the status table: ``network: ready (eth0 10.0.2.15/24)``."""
+    configured = [
+        f"{name} {' '.join(i['addresses']) or 'no address'}"
+        for name, i in network["interfaces"].items()
+        if i["configured"]
+    ]
+    where = f" ({'; '.join(configured)})" if configured else ""
+    if network["ready"]:
+        return f"network: ready{where}"
+    return f"network: not ready: {network['reason']}{where}"
+
+
+def format_network(network: dict[str, Any]) -> str:
+    """``status network``: readiness, problems, each link with its addresses and routes."""
+    state = "ready" if network["ready"] else f"not ready: {network['reason']}"
+    lines = [f"network: {state} (configured from {network['source']})"]
+    lines += [f"  problem: {problem}" for problem in network["problems"]]
+    for name, i in network["interfaces"].items():
+        carrier = "carrier" if i["carrier"] else "no carrier"
+        role = f" [{i['configured']}]" if i["configured"] and i["configured"] != name else ""
+        lines.append(
+            f"  {name}{role}: {i['state']}, {'up' if i['up'] else 'down'}, {carrier}, mtu {i['mtu']}, {i['mac'] or '-'}"
+        )
+        lines += [f"    address {a}" for a in i["addresses"]]
+        lines += [f"    route {r}" for r in i["routes"]]
     return "\n".join(lines)
 
 

@@ -51,6 +51,7 @@ from k4sinit.netspec import (
     normalize_mac,
 )
 from k4sinit.spec import (
+    BUILTIN_DEPENDENCIES,
     Backoff,
     Condition,
     Config,
@@ -81,7 +82,7 @@ _T = TypeVar("_T")
 _Path = tuple[str | int, ...]  # where a value sits: keys and list indices from the top
 
 _SERVICE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_RESERVED_NAMES = frozenset({"network"})  # a built-in condition in a later version
+_RESERVED_NAMES = BUILTIN_DEPENDENCIES  # service names would shadow the built-ins
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
@@ -1086,10 +1087,16 @@ def _check_dependencies(doc: _Document, services: dict[str, _Service], names: se
     for name, service in services.items():
         for dep in service.dependencies:
             target = services.get(dep.name)
+            if dep.name in BUILTIN_DEPENDENCIES:
+                if dep.condition is Condition.COMPLETED:
+                    message = f"the built-in {dep.name!r} condition never completes"
+                    doc.error(dep.path, message, "use Ready")
+                continue
             if dep.name not in names:
                 others = [n for n in names if n != name]
                 message = f"unknown service {dep.name!r} in dependsOn"
-                doc.error(dep.path, message, _did_you_mean(dep.name, sorted(others)))
+                candidates = sorted(others) + sorted(BUILTIN_DEPENDENCIES)
+                doc.error(dep.path, message, _did_you_mean(dep.name, candidates))
             elif (
                 target is not None
                 and dep.condition is Condition.COMPLETED
@@ -1100,7 +1107,10 @@ def _check_dependencies(doc: _Document, services: dict[str, _Service], names: se
                     " which has restartPolicy Always and so never completes"
                 )
                 doc.error(dep.path, message, "set its restartPolicy to OnFailure or Never")
-    edges = {name: [d.name for d in s.dependencies] for name, s in services.items()}
+    edges = {
+        name: [d.name for d in s.dependencies if d.name not in BUILTIN_DEPENDENCIES]
+        for name, s in services.items()
+    }
     for cycle in find_cycles_in(edges):
         doc.error(("services", cycle[0]), "dependency cycle: " + " -> ".join(cycle))
 

@@ -20,6 +20,8 @@ import trio
 from . import control
 from .cgroups import CgroupTree, CgroupUnavailable
 from .control import POWER_OPS, Request, RequestError, Send, error, ok
+from .netspec import NetworkSpec
+from .network import Network
 from .process import DEFAULT_PATH
 from .reaper import ExitStatus, Reaper, become_subreaper
 from .runner import RunnerContext, ServiceRunner
@@ -91,6 +93,7 @@ class Daemon:
         log: Any,
         *,
         cgroups: CgroupTree | None = None,
+        network: Network | None = None,
         signals: Mapping[int, str] = RUN_SIGNALS,
         power: bool = False,
         rng: random.Random | None = None,
@@ -110,7 +113,10 @@ class Daemon:
             log=log,
             rng=rng or random.Random(),
         )
-        self.supervisor = Supervisor(config, ctx)
+        # Without a network object (tests, tools) the built-in condition is
+        # loopback only: nothing to wait for beyond what the kernel already has.
+        self.network = network or Network(NetworkSpec(), log, resolv_conf=None, hosts=None)
+        self.supervisor = Supervisor(config, ctx, builtins={"network": self.network})
         self.control = control.ControlServer(socket_path, self.handle, log)
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
@@ -133,6 +139,7 @@ class Daemon:
             await nursery.start(self.reaper.run)
             nursery.start_soon(self._watch_signals)
             await nursery.start(self.control.serve)
+            await nursery.start(self.network.run)
             await nursery.start(self.supervisor.run)
             self.log.info(
                 "supervising", services=len(self.supervisor.runners), socket=self.control.path
@@ -166,8 +173,11 @@ class Daemon:
         sup = self.supervisor
         name = request.name or ""  # Request.from_json made sure the named ops have one
         try:
-            if request.op == "status":
-                await send(ok(sup[name].detail() if name else {"services": sup.snapshot()}))
+            if request.op == "status" and name == "network":
+                await send(ok({"network": self.network.snapshot()}))
+            elif request.op == "status":
+                snapshot = {"services": sup.snapshot(), "network": self.network.snapshot()}
+                await send(ok(sup[name].detail() if name else snapshot))
             elif request.op == "logs":
                 await self._logs(sup[name], request, send)
             elif request.op == "start":

@@ -11,7 +11,7 @@ import heapq
 from collections import deque
 from collections.abc import Iterable, Mapping
 
-from k4sinit.spec import ServiceSpec
+from k4sinit.spec import BUILTIN_DEPENDENCIES, ServiceSpec
 
 
 class CycleError(ValueError):
@@ -106,7 +106,9 @@ class DependencyGraph:
 
     def __init__(self, services: Mapping[str, ServiceSpec]) -> None:
         self._deps = {
-            name: tuple(dict.fromkeys(dep for dep, _ in spec.depends_on))
+            name: tuple(
+                dict.fromkeys(dep for dep, _ in spec.depends_on if dep not in BUILTIN_DEPENDENCIES)
+            )
             for name, spec in services.items()
         }
         dependents: dict[str, list[str]] = {name: [] for name in self._deps}

@@ -25,20 +25,28 @@ default routes are in the main table.
 Nothing here raises for a bad interface: each problem is a line naming the
 interface and the reason (``"eth1: no such interface (by name)"``), returned by
 :meth:`Network.apply`, logged, shown in :meth:`Network.snapshot` and retried
-when a link appears. DHCP is not done here: :meth:`Network.dhcp_interfaces`
-says which interfaces want it (their static parts are applied here) and
-:meth:`Network.set_dhcp_dns` takes the servers a lease gives.
+when a link appears.
+
+DHCP: :meth:`Network.run` (the daemon's entry: watch, apply, DHCP) runs one
+:class:`~k4sinit.dhcp.DHCPClient` per DHCP interface once its link exists. A
+lease becomes part of that interface's effective config (its address, a
+default route via the router at metric 1024 unless one is configured, its DNS
+after the configured DNS, its MTU unless one is configured), applied like the
+rest; a DHCP interface is ready only with a lease. A lost lease removes its
+address; the client keeps asking. Cancelling :meth:`Network.run` releases
+the leases.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from ipaddress import ip_address, ip_interface, ip_network
 from pathlib import Path
@@ -49,7 +57,18 @@ from pyroute2 import IPRoute, IPRSocket
 from pyroute2.netlink import rtnl
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .netspec import DNS, Interface, InterfaceKind, IPAddress, IPInterface, IPNetwork, NetworkSpec
+from .dhcp import DHCPClient, Lease
+from .netspec import (
+    DEFAULT_V4,
+    DNS,
+    Interface,
+    InterfaceKind,
+    IPAddress,
+    IPInterface,
+    IPNetwork,
+    NetworkSpec,
+    Route,
+)
 from .spec import Condition
 
 __all__ = ["EVENT_GROUPS", "Network", "render_hosts", "render_resolv_conf"]
@@ -62,6 +81,7 @@ EVENT_GROUPS = (
     | rtnl.RTMGRP_IPV6_ROUTE
 )
 EVENT_HISTORY = 64
+DHCP_ROUTE_METRIC = 1024  # a lease's default route yields to any configured one
 
 _IFF_UP = 0x1
 _IFF_LOOPBACK = 0x8
@@ -427,6 +447,21 @@ def _apply_batch(jobs: Sequence[_Job], loopback: bool) -> _BatchResult:
         return batch.configure(jobs)
 
 
+def _remove_addresses(removals: Sequence[tuple[str, IPInterface]]) -> None:
+    """Worker thread: take lease addresses that are no longer ours off their links."""
+    with IPRoute() as ipr:
+        for name, address in removals:
+            indexes = ipr.link_lookup(ifname=name)
+            if indexes:
+                with contextlib.suppress(NetlinkError):  # already gone
+                    ipr.addr(
+                        "del",
+                        index=indexes[0],
+                        address=str(address.ip),
+                        prefixlen=address.network.prefixlen,
+                    )
+
+
 def _dump() -> tuple[list[Any], list[Any], list[Any]]:
     """Worker thread: links, addresses and routes (both families) as the kernel has them."""
     with IPRoute() as ipr:
@@ -519,8 +554,16 @@ class Network:
         hostname: str | None = None,
         resolv_conf: Path | None = Path("/etc/resolv.conf"),
         hosts: Path | None = Path("/etc/hosts"),
+        lease_dir: Path = Path("/run/k4sinit/dhcp"),
+        on_dhcp_hostname: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_dhcp_hostname`` is called with a lease's host name (PID 1 passes it
+        when neither the config nor the kernel names the node)."""
         self.spec = spec
+        self._lease_dir = lease_dir
+        self._on_dhcp_hostname = on_dhcp_hostname
+        self._leases: dict[int, Lease] = {}  # interface (spec position) -> its lease
+        self._dhcp_reason: dict[int, str] = {}
         self._log = log.bind(service="network")
         self._hostname = hostname or spec.hostname or os.uname().nodename
         self._resolv_conf = resolv_conf
@@ -534,6 +577,7 @@ class Network:
         # Problems from the last application, per interface (spec position) or "lo"/"files".
         self._problems: dict[int | str, list[str]] = {}
         self._dhcp_dns = DNS()
+        self._removals: list[tuple[str, IPInterface]] = []  # lease addresses to take away
         self._pending: set[int] = set()  # interfaces the watcher applies again
         self._applying: set[int] = set()  # ... and those it is applying now
         self._pending_added = trio.Event()
@@ -574,7 +618,97 @@ class Network:
         await self._write_files()
 
     def _job(self, key: int) -> _Job:
-        return _Job(key, self.spec.interfaces[key], self._any_index)
+        return _Job(key, self._effective(key), self._any_index)
+
+    def _effective(self, key: int) -> Interface:
+        """Interface ``key`` as configured, plus what its DHCP lease gives."""
+        iface = self.spec.interfaces[key]
+        lease = self._leases.get(key)
+        if lease is None:
+            return iface
+        routes = iface.routes
+        if lease.router is not None and not any(r.to == DEFAULT_V4 for r in routes):
+            routes += (Route(DEFAULT_V4, lease.router, DHCP_ROUTE_METRIC),)
+        return replace(
+            iface,
+            addresses=(*iface.addresses, lease.address),
+            routes=routes,
+            mtu=iface.mtu or lease.mtu,
+        )
+
+    # --- the daemon's entry: watch, apply, DHCP ---------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Watch, apply, then keep a DHCP client per DHCP interface. ``started()``
+        once the configuration has been applied (not once it is ready: services
+        that need it say so with ``dependsOn: {network: Ready}``). Until cancelled."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.watch)
+            await self.apply()
+            for key, iface in enumerate(self.spec.interfaces):
+                if iface.dhcp:
+                    nursery.start_soon(self._run_dhcp, key, name=f"dhcp {iface.label}")
+            task_status.started()
+
+    async def _run_dhcp(self, key: int) -> None:
+        iface = self.spec.interfaces[key]
+        self._dhcp_reason[key] = "waiting for the link"
+        while (link := self._find(iface)) is None:
+            await self.changed()
+        client = DHCPClient(
+            link.name,
+            on_lease=lambda lease: self._lease_granted(key, lease),
+            on_lost=lambda reason: self._lease_lost(key, reason),
+            on_error=lambda reason: self._dhcp_problem(key, reason),
+            lease_dir=self._lease_dir,
+        )
+        self._dhcp_reason[key] = "asking"
+        self._publish()
+        await client.run()
+
+    def _lease_granted(self, key: int, lease: Lease) -> None:
+        old = self._leases.get(key)
+        self._leases[key] = lease
+        self._dhcp_reason.pop(key, None)
+        self._log.info(
+            "lease",
+            interface=lease.interface,
+            address=str(lease.address),
+            router=str(lease.router),
+            seconds=lease.lease_seconds,
+        )
+        if old is not None and old.address != lease.address:
+            self._removals.append((lease.interface, old.address))
+        self._dns_from_leases()
+        if lease.hostname and self._on_dhcp_hostname is not None:
+            self._on_dhcp_hostname(lease.hostname)
+        self._request({key})
+
+    def _lease_lost(self, key: int, reason: str) -> None:
+        lease = self._leases.pop(key, None)
+        self._dhcp_reason[key] = reason
+        self._log.warning("lease lost", reason=reason)
+        if lease is not None:
+            self._removals.append((lease.interface, lease.address))
+            self._dns_from_leases()
+            self._request({key})
+
+    def _dhcp_problem(self, key: int, reason: str) -> None:
+        self._dhcp_reason[key] = reason
+        self._log.warning("dhcp", reason=reason)
+        self._publish()
+
+    def _dns_from_leases(self) -> None:
+        leases = list(self._leases.values())
+        nameservers = tuple(dict.fromkeys(s for lease in leases for s in lease.dns))
+        search = tuple(
+            dict.fromkeys(
+                d
+                for lease in leases
+                for d in ((lease.domain,) if lease.domain else ()) + lease.search
+            )
+        )
+        self._dhcp_dns = DNS(nameservers, search)
 
     async def _apply(self, jobs: Sequence[_Job], *, loopback: bool) -> list[str]:
         result = await trio.to_thread.run_sync(_apply_batch, jobs, loopback, limiter=self._netlink)
@@ -625,8 +759,9 @@ class Network:
         return problems
 
     def _node_address(self) -> IPAddress | None:
-        """The node's first static address (IPv4 first) for /etc/hosts."""
-        addresses = [a.ip for iface in self.spec.interfaces if iface.up for a in iface.addresses]
+        """The node's first address (static, then leased; IPv4 first) for /etc/hosts."""
+        effective = [self._effective(k) for k in range(len(self.spec.interfaces))]
+        addresses = [a.ip for iface in effective if iface.up for a in iface.addresses]
         addresses.sort(key=lambda a: a.version)
         return addresses[0] if addresses else None
 
@@ -797,7 +932,14 @@ class Network:
             labels = [self.spec.interfaces[k].label for k in sorted(self._applying)]
             self._log.info("applying again", interfaces=labels)
             try:
+                removals, self._removals = self._removals, []
+                if removals:
+                    await trio.to_thread.run_sync(
+                        _remove_addresses, removals, limiter=self._netlink
+                    )
                 await self._apply([self._job(k) for k in sorted(self._applying)], loopback=False)
+                if any(self.spec.interfaces[k].dhcp for k in self._applying):
+                    await self._write_files()
             finally:
                 self._applying = set()
             self._publish()
@@ -837,7 +979,8 @@ class Network:
     def _evaluate(self) -> tuple[bool, str]:
         if not self._known:
             return False, "network state not known yet (not watching)"
-        for iface in self.spec.interfaces:
+        for key in range(len(self.spec.interfaces)):
+            iface = self._effective(key)
             if not iface.up:
                 continue
             link = self._find(iface)
@@ -870,6 +1013,11 @@ class Network:
                         False,
                         f"{label}: route {_describe(route.to, route.via, route.metric)} missing",
                     )
+            if iface.dhcp and key not in self._leases:
+                return (
+                    False,
+                    f"{label}: no DHCP lease ({self._dhcp_reason.get(key, 'not asked yet')})",
+                )
         return True, ""
 
     def _publish(self) -> None:
@@ -879,7 +1027,7 @@ class Network:
         if (ready, reason) != (self.ready, self.reason):
             self.ready, self.reason = ready, reason
             self.events.append(NetworkEvent(time.time(), ready, reason))
-            self._log.info("state", ready=ready, reason=reason)
+            self._log.info("network readiness", ready=ready, reason=reason)
         snapshot = self._build_snapshot()
         if snapshot != self._last_snapshot:
             self._last_snapshot = snapshot

@@ -32,6 +32,10 @@ class RestartPolicy(enum.Enum):
     NEVER = "Never"
 
 
+# Names a service can depend on that are not services: the daemon provides them.
+BUILTIN_DEPENDENCIES = frozenset({"network"})
+
+
 class Condition(enum.Enum):
     """What a dependent waits for in ``dependsOn``."""
 

@@ -12,12 +12,13 @@ depends on it is down, so independent branches stop concurrently.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import trio
 
 from .graph import DependencyGraph
-from .runner import RunnerContext, ServiceRunner
+from .runner import Dependency, RunnerContext, ServiceRunner
 from .spec import Config
 
 
@@ -39,16 +40,21 @@ class Supervisor:
         await sup.stop_all()           # reverse dependency order; run() then returns
     """
 
-    def __init__(self, config: Config, ctx: RunnerContext) -> None:
+    def __init__(
+        self,
+        config: Config,
+        ctx: RunnerContext,
+        builtins: Mapping[str, Dependency] | None = None,
+    ) -> None:
+        """``builtins`` provides the built-in dependencies (``network``) by name."""
         self.config = config
         self.graph = DependencyGraph(config.services)
         self.runners: dict[str, ServiceRunner] = {
             name: ServiceRunner(config.services[name], ctx) for name in self.graph.order()
         }
+        provided: dict[str, Dependency] = {**(builtins or {}), **self.runners}
         for runner in self.runners.values():
-            runner.dependencies = [
-                (self.runners[dep], cond) for dep, cond in runner.spec.depends_on
-            ]
+            runner.dependencies = [(provided[dep], cond) for dep, cond in runner.spec.depends_on]
         self._nursery: trio.Nursery | None = None
         self._stopping = False
         self._all_stopped = trio.Event()

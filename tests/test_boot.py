@@ -8,19 +8,16 @@ pids); the daemon is asked over its control socket, as an operator would.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from k4sinit.devenv import container_init, host_cgroup2_mount
+from k4sinit.devenv import host_cgroup2_mount
 
 from .conftest import child_cmd, pid_alive, wait_until
 
@@ -28,115 +25,6 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or host_cgroup2_mount() is None,
     reason="a container needs root and a cgroup2 hierarchy on the host",
 )
-
-
-class Container:
-    """A ``k4sinit dev`` run: its log, its socket, its host cgroup."""
-
-    def __init__(self, tmp_path: Path, config: str) -> None:
-        self.config = tmp_path / "node.yaml"
-        self.config.write_text(config)
-        self.socket = tmp_path / "control.sock"
-        self.log_path = tmp_path / "dev.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "k4sinit",
-                "dev",
-                "--config",
-                str(self.config),
-                "--socket",
-                str(self.socket),
-                "--log-format",
-                "json",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        mount = host_cgroup2_mount()
-        assert mount is not None
-        self.cgroup = mount / f"k4sinit-dev-{self.proc.pid}"
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "k4sinit", args[0], "--socket", str(self.socket), *args[1:]]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-    def status(self) -> dict[str, dict[str, Any]]:
-        out = self.cli("status", "--json")
-        return {s["name"]: s for s in json.loads(out.stdout)["services"]}
-
-    def wait_ready(self, timeout: float = 60) -> dict[str, dict[str, Any]]:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"container ended early:\n{self.log_text()}")
-            with contextlib.suppress(json.JSONDecodeError, KeyError):
-                return all(s["ready"] for s in self.status().values())
-            return False
-
-        wait_until(
-            ready, timeout=timeout, what=f"all services ready; log:\n{self.log_text()[-3000:]}"
-        )
-        return self.status()
-
-    @property
-    def init_pid(self) -> int:
-        """The host pid of the container's PID 1 (dev -> unshare -> init)."""
-        unshare = container_init(self.proc.pid)
-        pid = container_init(unshare) if unshare else None
-        assert pid is not None, "no container init"
-        return pid
-
-    def host_pids(self, *parts: str) -> list[int]:
-        text = (self.cgroup.joinpath(*parts) / "cgroup.procs").read_text()
-        return [int(p) for p in text.split()]
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                out.append(json.loads(line))
-        return out
-
-    def wait_exit(self, timeout: float = 60) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    def stop(self) -> None:
-        """SIGTERM to dev (forwarded to PID 1); SIGKILL (ends the namespace) if it hangs."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        with contextlib.suppress(OSError):
-            for directory in sorted(
-                self.cgroup.rglob("*"), key=lambda p: len(p.parts), reverse=True
-            ):
-                if directory.is_dir():
-                    directory.rmdir()
-            self.cgroup.rmdir()
-        self._log.close()
-
-
-@pytest.fixture
-def boot(tmp_path: Path) -> Iterator[Any]:
-    started: list[Container] = []
-
-    def start(config: str) -> Container:
-        container = Container(tmp_path, config)
-        started.append(container)
-        return container
-
-    yield start
-    for container in started:
-        container.stop()
 
 
 NODE = """

@@ -134,9 +134,10 @@ def test_status_table_has_header_and_rows_in_dependency_order(start_daemon: Any)
         "REASON",
     ]
     assert "LAST EXIT" in lines[0]
-    names = [line.split()[0] for line in lines[1:]]
+    names = [line.split()[0] for line in lines[1:-1]]
     assert names.index("db") < names.index("web")
     assert sorted(names) == ["db", "tool", "web"]
+    assert lines[-1] == "network: ready"  # no network configured: loopback only
 
 
 def test_status_exits_0_when_everything_is_up_or_completed(start_daemon: Any) -> None:
@@ -178,7 +179,8 @@ def test_status_json_fields_and_types(start_daemon: Any) -> None:
     d.wait_for(lambda s: up(s["a"]) and s["bad"]["state"] == "failed")
     out = d.cli("status", "--json")
     data = json.loads(out.stdout)
-    assert list(data) == ["services"]
+    assert list(data) == ["services", "network"]
+    assert data["network"]["ready"] is True and data["network"]["source"] == "none"
     services = {s["name"]: s for s in data["services"]}
     assert list(services) == ["a", "bad", "blocked"]
     for s in services.values():
