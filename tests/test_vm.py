@@ -39,7 +39,7 @@ pytestmark = pytest.mark.vm
 
 CONFIG = """\
 hostname: k4s-vm-test
-modules: [virtio_net, br_netfilter, overlay, veth]
+modules: [virtio_pci, virtio_net, br_netfilter, overlay, veth]
 services:
   hello:
     command: [sh, -c, 'echo hello from the vm; exec sleep 1000']
@@ -51,11 +51,15 @@ services:
         echo "probe: hostname=$(hostname)"
         grep " / / " /proc/self/mountinfo | sed "s/^/probe: root mount: /"
         sh -c 'echo $$ > /sys/fs/cgroup/shims/cgroup.procs' && echo "probe: shims takes a process"
+        ip -4 -o addr show eth0 | awk '{print "probe: eth0 " $4}'
+        ip -4 route show default | sed "s/^/probe: route /"
+        sed "s/^/probe: resolv.conf: /" /etc/resolv.conf
+        k4sinit status network
         for m in virtio_net br_netfilter overlay veth; do
           grep -q "^$m " /proc/modules && echo "probe: module $m loaded"
         done
         true
-    dependsOn: [hello]
+    dependsOn: [hello, network]
     restartPolicy: Never
   pidcap:
     command: [python3.11, -c]
@@ -111,6 +115,20 @@ services:
     restartPolicy: Never
 """
 
+# Booted with a static ip= on the kernel command line: no network section here.
+NETONLY = """\
+modules: [virtio_pci, virtio_net]
+services:
+  probe:
+    command: [sh, -c, 'ip -4 addr show eth0; ip -4 route show default; cat /etc/resolv.conf; hostname']
+    dependsOn: [network]
+    restartPolicy: Never
+  poweroff:
+    command: [k4sinit, poweroff]
+    dependsOn: {probe: Completed}
+    restartPolicy: Never
+"""
+
 BROKEN = """\
 services:
   api:
@@ -153,7 +171,13 @@ def image(vm_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = out / "config.yaml"
     config.write_text(CONFIG)
     image = build.build(
-        config, out, extra_files={"/etc/k4sinit/broken.yaml": BROKEN.encode()}, quiet=True
+        config,
+        out,
+        extra_files={
+            "/etc/k4sinit/broken.yaml": BROKEN.encode(),
+            "/etc/k4sinit/netonly.yaml": NETONLY.encode(),
+        },
+        quiet=True,
     )
     shutil.rmtree(out / "rootfs")  # the staged tree (~170 MB); the image is all we need
     return image
@@ -162,7 +186,8 @@ def image(vm_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def booted(image: Path) -> Iterator[vm.VM]:
     """The VM after it powered off (or failed to): qemu is killed by pid on teardown."""
-    machine = vm.VM(image, log_path=image.with_name("console.log"))
+    # ip=dhcp: no network section in the config, so the kernel's option rules.
+    machine = vm.VM(image, log_path=image.with_name("console.log"), append="ip=dhcp")
     with machine:
         try:
             machine.wait_for(re.escape(vm.POWER_OFF), BOOT_TIMEOUT)
@@ -335,3 +360,34 @@ def test_a_broken_config_reaches_the_fallback_with_readable_errors(image: Path) 
     )
     assert "Traceback" not in console
     assert "Kernel panic" not in console
+
+
+def test_ip_dhcp_gets_a_lease_from_qemus_user_network(booted: vm.VM) -> None:
+    console = booted.console
+    assert re.search(
+        r"event.*lease.*address=10\.0\.2\.15/24|lease .*address=10\.0\.2\.15/24", console
+    )
+    assert "probe: eth0 10.0.2.15/24" in console
+    # qemu's restricted user network (the VM reaches nothing outside) offers
+    # no router and no DNS; the static ip= boot below checks those.
+    assert "probe: route default" not in console
+    assert re.search(r"network: ready \(eth0 10\.0\.2\.15/24", console)
+
+
+def test_a_static_ip_option_configures_the_node(image: Path) -> None:
+    option = "ip=10.0.2.42::10.0.2.2:255.255.255.0:k4s-static:eth0:off:10.0.2.3"
+    machine = vm.VM(
+        image,
+        log_path=image.with_name("console-static.log"),
+        append=f"k4sinit.config=/etc/k4sinit/netonly.yaml {option}",
+    )
+    with machine:
+        try:
+            machine.wait_for(re.escape(vm.POWER_OFF), BOOT_TIMEOUT)
+        except vm.VMError as exc:
+            pytest.fail(f"the VM did not power off (console in {machine.log_path}): {exc}")
+        console = machine.console
+    assert re.search(r"inet 10\.0\.2\.42/24 .*service=probe", console)
+    assert re.search(r"default via 10\.0\.2\.2 dev eth0.*service=probe", console)
+    assert re.search(r"nameserver 10\.0\.2\.3.*service=probe", console)
+    assert re.search(r"k4s-static.*service=probe", console)
