@@ -7,6 +7,9 @@ Commands and exit codes:
                                    after an orderly stop, 2 on an invalid config,
                                    1 if the daemon could not start
 ``check --config FILE``            0 when valid; 1 and every error otherwise
+``config --config FILE [--profile P]``
+                                   print the config with the node's roles expanded,
+                                   as YAML; 0, or 1 and every error
 ``status [NAME] [--json]``         0 when every service is up and ready (or completed)
 ``logs NAME [-n N] [-f]``          the last N lines, then new ones with ``-f``
 ``start|stop|restart NAME``        operator commands; ``stop --all`` stops everything
@@ -54,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a config and print every error")
     check.add_argument("--config", required=True, help="YAML config file")
 
+    expanded = commands.add_parser(
+        "config", help="print the config with the node's roles expanded (what will run)"
+    )
+    expanded.add_argument("--config", required=True, help="YAML config file")
+    expanded.add_argument(
+        "--profile",
+        choices=("controller", "worker", "single"),
+        help="the node profile, as k4sinit.role= on the kernel command line gives it",
+    )
+
     status = client("status", "show services (one in detail with NAME)")
     status.add_argument("name", nargs="?")
     status.add_argument("--json", action="store_true", help='print {"services": [...]} as JSON')
@@ -98,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_dev(args.config, control.socket_path(args.socket), args.log_format)
     if args.command == "check":
         return cmd_check(args.config)
+    if args.command == "config":
+        return cmd_config(args.config, args.profile)
     if args.command == "run":
         return cmd_run(args)
     try:
@@ -121,6 +136,24 @@ def cmd_check(path: str) -> int:
         print(exc, file=sys.stderr)
         return 1
     print(f"{path}: valid, {len(config.services)} services")
+    return 0
+
+
+def cmd_config(path: str, profile: str | None) -> int:
+    """``k4sinit config``: the expanded config as YAML (see k4sinit.node.describe)."""
+    import yaml
+
+    from . import node
+
+    try:
+        config = load_config(path)
+        settings = node.settings(config, role_from_kernel=profile)
+        expanded = node.expand(config, role_from_kernel=profile)
+    except ConfigErrors as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    described = node.describe(expanded, settings)
+    print(yaml.safe_dump(described, sort_keys=False, default_flow_style=False), end="")
     return 0
 
 

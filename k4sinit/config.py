@@ -50,6 +50,16 @@ from k4sinit.netspec import (
     interface_name_problem,
     normalize_mac,
 )
+from k4sinit.nodespec import (
+    ALL_ROLES,
+    DEFAULT_POD_CIDR,
+    DEFAULT_SERVICE_CIDR,
+    Datastore,
+    NodeSpec,
+    Profile,
+    RoleOverride,
+    profile_roles,
+)
 from k4sinit.spec import (
     BUILTIN_DEPENDENCIES,
     Backoff,
@@ -76,7 +86,13 @@ try:
 except ImportError:  # PyYAML built without libyaml
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
-__all__ = ["ConfigError", "ConfigErrors", "load_config", "load_config_text"]
+__all__ = [
+    "ConfigError",
+    "ConfigErrors",
+    "load_config",
+    "load_config_text",
+    "worker_problems",
+]
 
 _T = TypeVar("_T")
 _Path = tuple[str | int, ...]  # where a value sits: keys and list indices from the top
@@ -170,10 +186,10 @@ def load_config_text(text: str, source: str) -> Config:
     if root is not None:
         doc.lines[()] = root.start_mark.line + 1
         data = doc.plain(root, ())
-    services, system, network = _read_config(doc, data)
+    services, system, network, node = _read_config(doc, data)
     if doc.errors:
         raise ConfigErrors(source, sorted(doc.errors, key=lambda e: e.line or 0))
-    return Config(source=source, services=services, system=system, network=network)
+    return Config(source=source, services=services, system=system, network=network, node=node)
 
 
 def _single(source: str, line: int | None, message: str) -> ConfigErrors:
@@ -483,20 +499,21 @@ class _Reader:
 
 def _read_config(
     doc: _Document, data: Any
-) -> tuple[dict[str, ServiceSpec], SystemSpec, NetworkSpec]:
-    """The top level: one reader per section (``node``, ... join here)."""
+) -> tuple[dict[str, ServiceSpec], SystemSpec, NetworkSpec, NodeSpec | None]:
+    """The top level: one reader per section."""
     if data is None:
-        doc.error((), "the config is empty", "it needs a 'services' mapping")
-        return {}, SystemSpec(), NetworkSpec()
+        doc.error((), "the config is empty", "it needs a 'services' or a 'node' mapping")
+        return {}, SystemSpec(), NetworkSpec(), None
     if not isinstance(data, dict):
         doc.error((), f"expected a mapping at the top level, got {_kind(data)}")
-        return {}, SystemSpec(), NetworkSpec()
+        return {}, SystemSpec(), NetworkSpec(), None
     top = _Reader(doc, (), data)
-    services = _read_services(top)
+    node = _read_node(top)
+    services = _read_services(top, node)
     system = _read_system(top)
     network = _read_network(top)
     top.finish()
-    return services, system, network
+    return services, system, network, node
 
 
 _HOSTNAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -554,6 +571,225 @@ def _read_system(top: _Reader) -> SystemSpec:
         **_given(hostname=hostname, modules=modules, sysctls=tuple(sysctls) or None),
         **fields,
     )
+
+
+# --- node ------------------------------------------------------------------------
+
+_NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_BOOTSTRAP_TOKEN = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")
+_FLAG_NAME = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.]*")
+# The apiserver refuses a service range of more than 2^20 addresses; the
+# controller-manager cuts the pod range into /24 (IPv4) or /64 (IPv6) per node.
+_MAX_SERVICE_HOST_BITS = 20
+_NODE_MASK = {4: 24, 6: 64}
+
+
+def _read_node(top: _Reader) -> NodeSpec | None:
+    """``node``: the Kubernetes roles this node runs; see :mod:`k4sinit.nodespec`.
+
+    Only what can be known from the file is checked here: the kernel's
+    ``k4sinit.role=`` may still change the profile, so k4sinit.node.expand
+    checks the profile's needs (a worker's server and token) again.
+    """
+    r = top.mapping("node", hint="write it as node: {profile: single}")
+    if r is None:
+        return None
+    profile = r.choice("profile", [p.value for p in Profile])
+    name = r.string("name")
+    if name is not None and (len(name) > 253 or not _NODE_NAME.fullmatch(name)):
+        hint = "a Kubernetes node name: lowercase letters, digits, '-' and '.'"
+        r.error(f"invalid node name {name!r}", hint, key="name")
+    data_dir = r.absolute_path("dataDir")
+    pki_dir = r.absolute_path("pkiDir")
+    datastore = r.choice("datastore", [d.value for d in Datastore])
+    service_cidr = _node_network(r, "serviceCIDR", "like 10.96.0.0/12")
+    pod_cidr = _node_network(r, "podCIDR", "like 10.244.0.0/16")
+    domain = r.string("clusterDomain")
+    if domain is not None and (domain.endswith(".") or not _DOMAIN.fullmatch(domain)):
+        r.error(f"invalid cluster domain {domain!r}", "like cluster.local", key="clusterDomain")
+    cluster_dns = _node_address(r, "clusterDNS")
+    advertise = _node_address(r, "advertiseAddress")
+    bin_path = _read_bin_path(r)
+    multicall = r.absolute_path("multicall")
+    server = r.string("server")
+    if server is not None and not server.startswith("https://"):
+        r.error(
+            f"expected an https:// URL, got {server!r}", "like https://10.0.0.1:6443", key="server"
+        )
+    token = r.string("token")
+    if token is not None and not _BOOTSTRAP_TOKEN.fullmatch(token):
+        r.error("invalid bootstrap token", "it has the form abcdef.0123456789abcdef", key="token")
+    bootstrap = r.absolute_path("bootstrapKubeconfig")
+    images_dir = r.absolute_path("imagesDir")
+    pause_image = r.string("pauseImage")
+    cni_bin_dir = r.absolute_path("cniBinDir")
+    cni_conf_dir = r.absolute_path("cniConfDir")
+    roles = _read_roles(r)
+    r.finish()
+
+    services, pods = service_cidr or DEFAULT_SERVICE_CIDR, pod_cidr or DEFAULT_POD_CIDR
+    given = pod_cidr is not None or service_cidr is not None
+    if given and services.version == pods.version and services.overlaps(pods):
+        key = "podCIDR" if pod_cidr is not None else "serviceCIDR"
+        r.error(f"podCIDR {pods} overlaps serviceCIDR {services}", key=key)
+    if (
+        service_cidr is not None
+        and service_cidr.max_prefixlen - service_cidr.prefixlen > _MAX_SERVICE_HOST_BITS
+    ):
+        smallest = service_cidr.max_prefixlen - _MAX_SERVICE_HOST_BITS
+        hint = f"the apiserver takes at most 2^20 addresses, a /{smallest}"
+        r.error(f"serviceCIDR {service_cidr} is too large", hint, key="serviceCIDR")
+    if pod_cidr is not None and pod_cidr.prefixlen > _NODE_MASK[pod_cidr.version]:
+        mask = _NODE_MASK[pod_cidr.version]
+        hint = f"each node gets a /{mask} of it, so it must be a /{mask} or larger"
+        r.error(f"podCIDR {pod_cidr} is too small", hint, key="podCIDR")
+    if cluster_dns is not None and cluster_dns not in services:
+        r.error(f"clusterDNS {cluster_dns} is not in serviceCIDR {services}", key="clusterDNS")
+    spec = NodeSpec(
+        **_given(
+            profile=None if profile is None else Profile(profile),
+            name=name,
+            data_dir=data_dir,
+            pki_dir=pki_dir,
+            datastore=None if datastore is None else Datastore(datastore),
+            service_cidr=service_cidr,
+            pod_cidr=pod_cidr,
+            cluster_domain=domain,
+            cluster_dns=cluster_dns,
+            advertise_address=advertise,
+            bin_path=bin_path,
+            multicall=multicall,
+            server=server,
+            token=token,
+            bootstrap_kubeconfig=bootstrap,
+            images_dir=images_dir,
+            pause_image=pause_image,
+            cni_bin_dir=cni_bin_dir,
+            cni_conf_dir=cni_conf_dir,
+        ),
+        roles=roles,
+        line=top.doc.line(("node",)),
+    )
+    for problem, fix, where in worker_problems(spec):
+        r.error(problem, fix, key=where)
+    return spec
+
+
+def worker_problems(node: NodeSpec) -> list[tuple[str, str | None, str | None]]:
+    """What a worker lacks to join its control plane: (message, hint, key) each.
+
+    A worker joins with ``server`` and a bootstrap ``token``, or with a
+    ``bootstrapKubeconfig`` (which names the server itself). Other profiles
+    need neither (and keep them, in case the kernel makes the node a worker).
+    """
+    if node.profile is not Profile.WORKER:
+        return []
+    join = "a worker joins with server and token, or with bootstrapKubeconfig"
+    if node.bootstrap_kubeconfig is not None:
+        if node.token is not None:
+            return [("give token or bootstrapKubeconfig, not both", join, "token")]
+        return []
+    if node.server is None and node.token is None:
+        return [("profile worker needs a control plane to join", join, None)]
+    if node.server is None:
+        return [("a token needs a server", "add server: https://<controller>:6443", None)]
+    if node.token is None:
+        return [("a server needs a token", "add token: abcdef.0123456789abcdef", None)]
+    return []
+
+
+def _node_network(r: _Reader, key: str, example: str) -> IPNetwork | None:
+    text = r.string(key)
+    if text is None:
+        return None
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        hint = _network_hint(text) if "/" in text else f"write a network {example}"
+        r.error(f"invalid network {text!r}", hint, key=key)
+        return None
+
+
+def _node_address(r: _Reader, key: str) -> IPAddress | None:
+    text = r.string(key)
+    if text is None:
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        hint = "one address, without /prefix" if "/" in text else None
+        r.error(f"invalid IP address {text!r}", hint, key=key)
+        return None
+
+
+def _read_bin_path(r: _Reader) -> tuple[str, ...] | None:
+    dirs = r.strings("binPath", non_empty=True)
+    for i, directory in enumerate(dirs or ()):
+        if not directory.startswith("/") or ":" in directory:
+            hint = "an absolute directory without ':' (it joins PATH)"
+            r.doc.error((*r.path, "binPath", i), f"invalid directory {directory!r}", hint)
+            return None
+    return dirs
+
+
+def _read_roles(parent: _Reader) -> tuple[tuple[str, RoleOverride], ...]:
+    """``roles``: per role, ``disabled``, ``extraArgs``, probes, ``resources``, ``env``."""
+    section = parent.mapping("roles", hint="write it as roles: {kubelet: {extraArgs: {...}}}")
+    if section is None:
+        return ()
+    roles = []
+    for role in section.data:
+        if role not in ALL_ROLES:
+            hint = _did_you_mean(role, ALL_ROLES) or f"the roles are {', '.join(ALL_ROLES)}"
+            section.error(f"unknown role {role!r}", hint, key=role)
+            section.known.append(role)
+            continue
+        r = section.mapping(role)
+        if r is None:
+            continue
+        disabled = r.take("disabled", "a boolean", _is_bool)
+        extra_args = _read_extra_args(r)
+        readiness = _read_probe(r, "readinessProbe")
+        liveness = _read_probe(r, "livenessProbe", single_success=True)
+        resources = _read_resources(r)
+        env = _read_env(r)
+        r.finish()
+        override = RoleOverride(
+            **_given(
+                disabled=disabled,
+                extra_args=extra_args,
+                readiness_probe=readiness,
+                liveness_probe=liveness,
+                resources=resources,
+                env=env,
+            )
+        )
+        roles.append((role, override))
+    return tuple(roles)
+
+
+def _read_extra_args(parent: _Reader) -> tuple[tuple[str, str | None], ...] | None:
+    """``extraArgs: {flag: value}``; a flag set to null removes the role's default."""
+    r = parent.mapping("extraArgs", hint="write it as flag: value pairs, e.g. v: '2'")
+    if r is None:
+        return None
+    args: list[tuple[str, str | None]] = []
+    for key in r.data:
+        r.known.append(key)
+        flag = key.lstrip("-")
+        value = r.data[key]
+        if not _FLAG_NAME.fullmatch(flag):
+            r.error(f"invalid flag name {key!r}", "like feature-gates or v", key=key)
+        elif flag in (name for name, _ in args):
+            r.error(f"the flag {flag!r} is given twice", key=key)
+        elif value is not None and not isinstance(value, str):
+            hint = "quote it to make it a string (null removes the flag)"
+            r.error(f"expected a string or null, got {_kind(value)}", hint, key=key)
+        elif isinstance(value, str) and "\0" in value:
+            r.error("a NUL byte cannot be passed to a program", key=key)
+        else:
+            args.append((flag, value))
+    return tuple(args)
 
 
 # --- network ---------------------------------------------------------------------
@@ -923,18 +1159,35 @@ class _Service:
     dependencies: tuple[_Dependency, ...]
 
 
-def _read_services(top: _Reader) -> dict[str, ServiceSpec]:
-    section = top.mapping("services", required=True)
+def _read_services(top: _Reader, node: NodeSpec | None) -> dict[str, ServiceSpec]:
+    """``services``: required, unless a ``node`` section brings role services.
+
+    With a node section the profile's roles are services too: a service of the
+    file may depend on them but not take their names (a disabled role's name
+    is free: the file's service of that name takes its place).
+    """
+    section = top.mapping("services", required=node is None)
     if section is None:
         return {}
+    roles = frozenset() if node is None else _active_roles(node)
     services: dict[str, _Service] = {}
     for name in section.data:
         _check_service_name(section, name)
+        if node is not None and name in roles:
+            message = f"{name!r} is a role of profile {node.profile.value}"
+            hint = f"override it under node.roles.{name}, or disable the role there to replace it"
+            section.error(message, hint, key=name)
         entry = section.mapping(name)
         if entry is not None:
             services[name] = _read_service(entry, name)
-    _check_dependencies(top.doc, services, set(section.data))
+    _check_dependencies(top.doc, services, set(section.data) | roles, roles)
     return {name: s.spec for name, s in services.items() if s.spec is not None}
+
+
+def _active_roles(node: NodeSpec) -> frozenset[str]:
+    """The role services ``node`` runs: its profile's roles minus the disabled ones."""
+    roles = profile_roles(node.profile, node.datastore)
+    return frozenset(role for role in roles if not node.override(role).disabled)
 
 
 def _check_service_name(section: _Reader, name: str) -> None:
@@ -1082,11 +1335,23 @@ def _is_deps(value: object) -> TypeGuard[dict[str, Any] | list[Any]]:
     return isinstance(value, dict | list)
 
 
-def _check_dependencies(doc: _Document, services: dict[str, _Service], names: set[str]) -> None:
-    """Cross-service checks: unknown names, impossible conditions, cycles."""
+def _check_dependencies(
+    doc: _Document,
+    services: dict[str, _Service],
+    names: set[str] | frozenset[str],
+    roles: frozenset[str] = frozenset(),
+) -> None:
+    """Cross-service checks: unknown names, impossible conditions, cycles.
+
+    ``roles`` are role services of the node section (restartPolicy Always).
+    """
     for name, service in services.items():
         for dep in service.dependencies:
             target = services.get(dep.name)
+            if dep.name in roles and dep.condition is Condition.COMPLETED:
+                message = f"condition Completed on the role {dep.name!r}, which never completes"
+                doc.error(dep.path, message, "use Ready")
+                continue
             if dep.name in BUILTIN_DEPENDENCIES:
                 if dep.condition is Condition.COMPLETED:
                     message = f"the built-in {dep.name!r} condition never completes"

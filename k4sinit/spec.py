@@ -20,8 +20,12 @@ from __future__ import annotations
 import enum
 import signal
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from k4sinit.netspec import NetworkSpec
+
+if TYPE_CHECKING:  # nodespec builds on this module's Probe and Resources
+    from k4sinit.nodespec import NodeSpec
 
 
 class RestartPolicy(enum.Enum):
@@ -168,6 +172,9 @@ class ServiceSpec:
     stop_signal: signal.Signals = signal.SIGTERM
     termination_grace_period: float = 10.0
     resources: Resources = field(default_factory=Resources)
+    # The file to execute when it is not argv[0] on PATH: a multicall binary
+    # that dispatches on argv[0] (busybox style); see k4sinit.node.
+    executable: str | None = None
 
     @property
     def argv(self) -> tuple[str, ...]:
@@ -212,3 +219,6 @@ class Config:
     services: dict[str, ServiceSpec]
     system: SystemSpec = field(default_factory=SystemSpec)
     network: NetworkSpec = field(default_factory=NetworkSpec)
+    # The ``node:`` section (None: no Kubernetes roles); k4sinit.node.expand
+    # turns it into role services.
+    node: NodeSpec | None = None

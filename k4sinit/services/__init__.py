@@ -1,0 +1,42 @@
+"""The Kubernetes roles of a node, one module each; each only describes itself.
+
+Every role module has the same three functions, all pure (no I/O, no trio):
+
+* ``service(node) -> ServiceSpec``: the command line, probes, dependencies
+  and stop grace of the role, built from the resolved
+  :class:`~k4sinit.node.NodeSettings`;
+* ``files(node) -> dict[str, str]``: absolute path -> content of the config
+  files the role reads (written by :func:`k4sinit.node.write_files` at boot);
+* ``directories(node) -> tuple[str, ...]``: directories that must exist
+  before it starts (and that the role does not create itself).
+
+Command lines are pinned to **Kubernetes v1.31** (containerd 1.6/1.7 with a
+version 2 config, etcd 3.5, kine 0.13). The flag sets follow what the two
+single-binary distributions pass, minus what they need for their own
+extras (konnectivity, cloud controller, embedded tunnels): k0s
+``pkg/component/controller/{apiserver,scheduler,controllermanager,kine,etcd}.go``
+and ``pkg/component/worker/kubelet.go``; k3s ``pkg/daemons/control/server.go``
+and ``pkg/daemons/agent``. Every flag is written ``--name=value`` (one argv
+item), so ``node.roles.<role>.extraArgs`` can replace it by name.
+
+:mod:`k4sinit.node` picks the modules of a profile, applies the config's
+overrides and resolves the binary (busybox dispatch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from k4sinit.spec import HTTPGetAction, TLSConfig
+
+__all__ = ["flags", "https_get"]
+
+
+def flags(values: Mapping[str, str | None]) -> tuple[str, ...]:
+    """``{"secure-port": "6443"}`` -> ``("--secure-port=6443",)``, in order; None is left out."""
+    return tuple(f"--{name}={value}" for name, value in values.items() if value is not None)
+
+
+def https_get(port: int, path: str, tls: TLSConfig) -> HTTPGetAction:
+    """An HTTPS ``httpGet`` on 127.0.0.1 (the roles serve their health there)."""
+    return HTTPGetAction(port=port, path=path, scheme="HTTPS", tls=tls)

@@ -1,0 +1,110 @@
+"""The kube-apiserver role (Kubernetes v1.31).
+
+Flags after k0s ``pkg/component/controller/apiserver.go`` and k3s
+``pkg/daemons/control/server.go`` (``apiServer``), without their extras
+(konnectivity egress, k3s' tunnel and cert-dir):
+
+* storage: ``--etcd-servers=http://127.0.0.1:2379`` (kine or etcd on loopback);
+* serving: ``--secure-port=6443``, the apiserver certificate, and
+  ``--advertise-address`` when the config gives one (else the apiserver takes
+  the address of the default route's interface: the node's first address);
+* clients: ``--client-ca-file`` (the cluster CA), ``--anonymous-auth=false``
+  as k3s (every caller, our readiness probe included, presents a client
+  certificate; bootstrap tokens still authenticate),
+  ``--enable-bootstrap-token-auth`` for kubelet TLS bootstrap,
+  ``--authorization-mode=Node,RBAC``, ``--enable-admission-plugins=NodeRestriction``;
+* kubelets: the apiserver-kubelet-client certificate and
+  ``--kubelet-preferred-address-types``; the kubelet's serving certificate is
+  not verified (no ``--kubelet-certificate-authority``), as kubeadm, since a
+  joined worker serves a self-signed one;
+* aggregation: the front-proxy CA and client and the ``--requestheader-*`` set;
+* service accounts: ``sa.pub`` / ``sa.key`` and the issuer
+  ``https://kubernetes.default.svc.<clusterDomain>`` (k3s' choice);
+* ``--service-cluster-ip-range``, ``--allow-privileged`` (kubelet runs
+  privileged pods such as a CNI daemonset), ``--profiling=false``.
+
+Readiness is ``/readyz`` with the admin client certificate (system:masters);
+liveness ``/livez`` after 15 s, every 10 s, killed after 6 failures in a row
+(a minute): an apiserver wedged on its storage recovers by restarting, but a
+slow start must not be mistaken for that. Grace 30 s: on SIGTERM it drains
+requests in flight; watches end at once, so it is done in a few seconds.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from k4sinit.services import datastore, flags, https_get
+from k4sinit.spec import Condition, Probe, ServiceSpec, TLSConfig
+
+if TYPE_CHECKING:
+    from k4sinit.node import NodeSettings
+
+NAME = "kube-apiserver"
+PORT = 6443
+NETWORK = "network"  # the built-in condition (spec.BUILTIN_DEPENDENCIES)
+
+
+def service(node: NodeSettings) -> ServiceSpec:
+    pki = node.pki
+    args = flags(
+        {
+            "advertise-address": node.advertise_address,
+            "allow-privileged": "true",
+            "anonymous-auth": "false",
+            "authorization-mode": "Node,RBAC",
+            "client-ca-file": pki("ca.crt"),
+            "enable-admission-plugins": "NodeRestriction",
+            "enable-bootstrap-token-auth": "true",
+            "etcd-servers": f"http://127.0.0.1:{datastore.CLIENT_PORT}",
+            "kubelet-client-certificate": pki("apiserver-kubelet-client.crt"),
+            "kubelet-client-key": pki("apiserver-kubelet-client.key"),
+            "kubelet-preferred-address-types": "InternalIP,ExternalIP,Hostname",
+            "profiling": "false",
+            "proxy-client-cert-file": pki("front-proxy-client.crt"),
+            "proxy-client-key-file": pki("front-proxy-client.key"),
+            "requestheader-allowed-names": "front-proxy-client",
+            "requestheader-client-ca-file": pki("front-proxy-ca.crt"),
+            "requestheader-extra-headers-prefix": "X-Remote-Extra-",
+            "requestheader-group-headers": "X-Remote-Group",
+            "requestheader-username-headers": "X-Remote-User",
+            "secure-port": str(PORT),
+            "service-account-issuer": f"https://kubernetes.default.svc.{node.cluster_domain}",
+            "service-account-key-file": pki("sa.pub"),
+            "service-account-signing-key-file": pki("sa.key"),
+            "service-cluster-ip-range": str(node.service_cidr),
+            "tls-cert-file": pki("apiserver.crt"),
+            "tls-private-key-file": pki("apiserver.key"),
+        }
+    )
+    return ServiceSpec(
+        name=NAME,
+        command=(NAME,),
+        args=args,
+        env=node.env,
+        depends_on=((datastore.name(node), Condition.READY), (NETWORK, Condition.READY)),
+        readiness_probe=Probe(https_get(PORT, "/readyz", admin_tls(node))),
+        liveness_probe=Probe(
+            https_get(PORT, "/livez", admin_tls(node)),
+            initial_delay=15.0,
+            period=10.0,
+            timeout=5.0,
+            failure_threshold=6,
+        ),
+        termination_grace_period=30.0,
+    )
+
+
+def admin_tls(node: NodeSettings) -> TLSConfig:
+    """The cluster CA and the admin client certificate: what probes of the apiserver present."""
+    return TLSConfig(
+        ca_file=node.pki("ca.crt"), cert_file=node.pki("admin.crt"), key_file=node.pki("admin.key")
+    )
+
+
+def files(node: NodeSettings) -> dict[str, str]:
+    return {}  # certificates and keys come from k4sinit.pki
+
+
+def directories(node: NodeSettings) -> tuple[str, ...]:
+    return ()

@@ -1,0 +1,163 @@
+"""The kubelet role (Kubernetes v1.31).
+
+Flags after k0s ``pkg/component/worker/kubelet.go`` and k3s
+``pkg/daemons/agent``: since v1.27 nearly everything is in the
+``KubeletConfiguration`` file, so the command line is ``--config``,
+``--kubeconfig``, ``--hostname-override`` (the node name) and ``--node-ip``
+when the config gives ``advertiseAddress``. A worker adds
+``--bootstrap-kubeconfig`` and ``--cert-dir``: it joins with a bootstrap
+token (TLS bootstrap), gets its client certificate signed by the control
+plane's controller-manager and writes its kubeconfig where ``--kubeconfig``
+points, beside the PKI, so a persistent PKI dir keeps its identity.
+
+The ``KubeletConfiguration`` (kubelet.config.k8s.io/v1beta1):
+
+* ``cgroupDriver: cgroupfs`` (no systemd), ``cgroupsPerQOS`` and
+  ``cgroupRoot: /``: pods go to ``/kubepods/...``, beside k4sinit's own
+  ``/init``, ``/services`` and ``/shims`` (a ``cgroupRoot`` of ``/kubepods``
+  would nest them as ``/kubepods/kubepods``). The root cgroup then holds no
+  process, so kubelet can enable controllers for its subtree;
+* x509 client authentication against the cluster CA, webhook authentication
+  and authorization, anonymous off;
+* ``clusterDNS`` / ``clusterDomain``, ``resolvConf`` /etc/resolv.conf (k4sinit
+  writes it from the network config or DHCP);
+* ``tlsCertFile`` / ``tlsPrivateKeyFile``: the kubelet-server certificate on
+  a node with the cluster PKI; a worker serves a self-signed one from its
+  cert dir and rotates its client certificate;
+* health on 127.0.0.1:10248 (the readiness probe), ``failSwapOn: false``,
+  ``staticPodPath`` <dataDir>/manifests, the containerd socket as
+  ``containerRuntimeEndpoint`` (a config field since v1.27).
+
+Dependencies: containerd and the network ready, and on a single node the
+apiserver ready (it registers the node at once). Grace 30 s: kubelet leaves
+pods running on SIGTERM (graceful node shutdown needs systemd's inhibitor
+locks) and exits within a second or two; the ceiling covers its checkpoint
+writes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from k4sinit.nodespec import Profile
+from k4sinit.services import apiserver, containerd, flags
+from k4sinit.spec import Condition, HTTPGetAction, Probe, ServiceSpec
+
+if TYPE_CHECKING:
+    from k4sinit.node import NodeSettings
+
+NAME = "kubelet"
+HEALTHZ_PORT = 10248
+NETWORK = "network"  # the built-in condition (spec.BUILTIN_DEPENDENCIES)
+
+
+def config_path(node: NodeSettings) -> str:
+    return f"{node.data_dir}/kubelet/config.yaml"
+
+
+def bootstrap_kubeconfig(node: NodeSettings) -> str | None:
+    """The worker's bootstrap kubeconfig: given, written from server and token, or None."""
+    if node.profile is not Profile.WORKER:
+        return None
+    if node.bootstrap_kubeconfig is not None:
+        return node.bootstrap_kubeconfig
+    return node.kubeconfig("bootstrap-kubelet")
+
+
+def service(node: NodeSettings) -> ServiceSpec:
+    worker = node.profile is Profile.WORKER
+    args = flags(
+        {
+            "config": config_path(node),
+            "kubeconfig": node.kubeconfig("kubelet"),
+            "bootstrap-kubeconfig": bootstrap_kubeconfig(node),
+            "cert-dir": node.pki("kubelet") if worker else None,
+            "hostname-override": node.name,
+            "node-ip": node.advertise_address,
+        }
+    )
+    depends_on = [(containerd.NAME, Condition.READY), (NETWORK, Condition.READY)]
+    if not worker:
+        depends_on.append((apiserver.NAME, Condition.READY))
+    return ServiceSpec(
+        name=NAME,
+        command=(NAME,),
+        args=args,
+        env=node.env,
+        depends_on=tuple(depends_on),
+        readiness_probe=Probe(HTTPGetAction(port=HEALTHZ_PORT, path="/healthz")),
+        termination_grace_period=30.0,
+    )
+
+
+def files(node: NodeSettings) -> dict[str, str]:
+    out = {config_path(node): kubelet_configuration(node)}
+    if node.profile is Profile.WORKER and node.bootstrap_kubeconfig is None:
+        out[node.kubeconfig("bootstrap-kubelet")] = bootstrap_kubeconfig_text(node)
+    return out
+
+
+def directories(node: NodeSettings) -> tuple[str, ...]:
+    return (static_pod_path(node),)
+
+
+def static_pod_path(node: NodeSettings) -> str:
+    return f"{node.data_dir}/manifests"
+
+
+def _dump(header: str, data: dict[str, Any]) -> str:
+    return f"# {header}\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def kubelet_configuration(node: NodeSettings) -> str:
+    worker = node.profile is Profile.WORKER
+    config: dict[str, Any] = {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": True},
+            "x509": {"clientCAFile": node.pki("ca.crt")},
+        },
+        "authorization": {"mode": "Webhook"},
+        "cgroupDriver": "cgroupfs",
+        "cgroupRoot": "/",
+        "cgroupsPerQOS": True,
+        "clusterDNS": [str(node.cluster_dns)],
+        "clusterDomain": node.cluster_domain,
+        "containerRuntimeEndpoint": f"unix://{containerd.SOCKET}",
+        "failSwapOn": False,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": HEALTHZ_PORT,
+        "resolvConf": "/etc/resolv.conf",
+        "staticPodPath": static_pod_path(node),
+    }
+    if worker:
+        config["rotateCertificates"] = True
+    else:
+        config["tlsCertFile"] = node.pki("kubelet-server.crt")
+        config["tlsPrivateKeyFile"] = node.pki("kubelet-server.key")
+    return _dump(f"Written by k4sinit at boot for node {node.name}.", config)
+
+
+def bootstrap_kubeconfig_text(node: NodeSettings) -> str:
+    """A kubeconfig that authenticates with the bootstrap token (it holds a secret)."""
+    assert node.server is not None and node.token is not None  # checked by the config
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "k4sinit",
+                "cluster": {"server": node.server, "certificate-authority": node.pki("ca.crt")},
+            }
+        ],
+        "users": [{"name": "kubelet-bootstrap", "user": {"token": node.token}}],
+        "contexts": [
+            {"name": "bootstrap", "context": {"cluster": "k4sinit", "user": "kubelet-bootstrap"}}
+        ],
+        "current-context": "bootstrap",
+    }
+    return _dump("Written by k4sinit for kubelet TLS bootstrap; it holds a token.", config)

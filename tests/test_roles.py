@@ -1,0 +1,535 @@
+"""Tests for the Kubernetes roles: k4sinit.node, k4sinit.services, the node: section.
+
+The golden tests compare, for each profile and datastore, every role's
+command line, probes, dependencies (``services.yaml``, as ``k4sinit config``
+prints it) and every file the boot writes (``files/``, the tree under the
+root) with ``tests/golden/<case>/``. After a deliberate change, regenerate
+them with ``UPDATE_GOLDEN=1 pytest tests/test_roles.py`` and read the diff.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from k4sinit import cli, node
+from k4sinit.config import ConfigError, ConfigErrors, load_config, load_config_text
+from k4sinit.process import SpawnError, spawn
+from k4sinit.reaper import Reaper
+from k4sinit.spec import Condition, Config, HTTPGetAction, Resources, TCPSocketAction
+
+GOLDEN = Path(__file__).parent / "golden"
+SINGLE_YAML = Path(__file__).parent.parent / "etc" / "k4sinit" / "single.yaml"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+
+CASES = {
+    "controller-kine": "node: {profile: controller, name: node-1, datastore: kine}",
+    "controller-etcd": "node: {profile: controller, name: node-1, datastore: etcd}",
+    "single-kine": "node: {profile: single, name: node-1}",
+    "single-etcd": """
+        node:
+          profile: single
+          name: node-1
+          datastore: etcd
+          advertiseAddress: 192.168.1.10
+          serviceCIDR: 10.43.0.0/16
+          podCIDR: 10.42.0.0/16
+          clusterDomain: k4s.local
+        """,
+    "worker-token": """
+        node:
+          profile: worker
+          name: worker-1
+          server: https://192.168.1.10:6443
+          token: abcdef.0123456789abcdef
+        """,
+    "worker-kubeconfig": """
+        node:
+          profile: worker
+          name: worker-1
+          datastore: etcd
+          bootstrapKubeconfig: /etc/k4sinit/bootstrap.conf
+          advertiseAddress: 192.168.1.11
+        """,
+}
+
+
+def load(text: str) -> Config:
+    return load_config_text(textwrap.dedent(text).lstrip("\n"), "test.yaml")
+
+
+def errors_of(text: str) -> list[ConfigError]:
+    with pytest.raises(ConfigErrors) as caught:
+        load(text)
+    return caught.value.errors
+
+
+def expanded(text: str, **kwargs: Any) -> Config:
+    return node.expand(load(text), **kwargs)
+
+
+def settings_of(text: str, **kwargs: Any) -> node.NodeSettings:
+    result = node.settings(load(text), **kwargs)
+    assert result is not None
+    return result
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): path.read_text()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+# --- golden --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case: str, tmp_path: Path) -> None:
+    config = load(CASES[case])
+    settings = node.settings(config)
+    assert settings is not None
+    services = yaml.safe_dump(
+        node.describe(node.expand(config), settings), sort_keys=False, default_flow_style=False
+    )
+    root = tmp_path / "root"
+    node.write_files(settings, root)
+    got = {"services.yaml": services} | {f"files/{p}": t for p, t in tree(root).items()}
+    golden = GOLDEN / case
+    if UPDATE:
+        shutil.rmtree(golden, ignore_errors=True)
+        for path, text in got.items():
+            (golden / path).parent.mkdir(parents=True, exist_ok=True)
+            (golden / path).write_text(text)
+    want = tree(golden)
+    assert sorted(got) == sorted(want), f"files differ from {golden} (UPDATE_GOLDEN=1 rewrites)"
+    for path in want:
+        assert got[path] == want[path], f"{golden / path} differs (UPDATE_GOLDEN=1 rewrites)"
+
+
+def test_golden_cases_cover_every_profile_and_datastore() -> None:
+    profiles = {settings_of(text).profile.value for text in CASES.values()}
+    datastores = {
+        settings_of(text).datastore.value for text in CASES.values() if "worker" not in text
+    }
+    assert profiles == {"controller", "worker", "single"}
+    assert datastores == {"kine", "etcd"}
+
+
+# --- what each profile runs --------------------------------------------------------
+
+
+def test_profiles_run_their_roles_in_order() -> None:
+    single = expanded("node: {name: n}")
+    assert list(single.services) == [
+        "kine",
+        "kube-apiserver",
+        "kube-scheduler",
+        "kube-controller-manager",
+        "containerd",
+        "kubelet",
+    ]
+    controller = expanded("node: {profile: controller, name: n, datastore: etcd}")
+    assert list(controller.services) == [
+        "etcd",
+        "kube-apiserver",
+        "kube-scheduler",
+        "kube-controller-manager",
+    ]
+    worker = CASES["worker-token"]
+    assert list(expanded(worker).services) == ["containerd", "kubelet"]
+
+
+def test_dependencies_follow_the_roles_needs() -> None:
+    single = expanded("node: {name: n}").services
+    deps = {name: dict(spec.depends_on) for name, spec in single.items()}
+    ready = Condition.READY
+    assert deps["kine"] == {}
+    assert deps["kube-apiserver"] == {"kine": ready, "network": ready}
+    assert deps["kube-scheduler"] == {"kube-apiserver": ready}
+    assert deps["kube-controller-manager"] == {"kube-apiserver": ready}
+    assert deps["kubelet"] == {"containerd": ready, "network": ready, "kube-apiserver": ready}
+    worker = expanded(CASES["worker-token"]).services
+    assert dict(worker["kubelet"].depends_on) == {"containerd": ready, "network": ready}
+
+
+def test_apiserver_readiness_uses_the_admin_client_certificate() -> None:
+    spec = expanded("node: {name: n, pkiDir: /pki}").services["kube-apiserver"]
+    assert spec.readiness_probe is not None
+    action = spec.readiness_probe.action
+    assert isinstance(action, HTTPGetAction)
+    assert (action.scheme, action.port, action.path) == ("HTTPS", 6443, "/readyz")
+    assert (action.tls.ca_file, action.tls.cert_file, action.tls.key_file) == (
+        "/pki/ca.crt",
+        "/pki/admin.crt",
+        "/pki/admin.key",
+    )
+    assert spec.liveness_probe is not None
+    assert spec.liveness_probe.failure_threshold * spec.liveness_probe.period >= 60
+
+
+def test_defaults_resolve_from_the_node_section() -> None:
+    s = settings_of("node: {dataDir: /data, serviceCIDR: 10.43.0.0/16}", hostname="Node-7")
+    assert s.name == "node-7"  # lowercased, as kubelet does
+    assert s.pki_dir == "/data/pki"
+    assert s.kubeconfig("admin") == "/data/kubeconfigs/admin.conf"
+    assert str(s.cluster_dns) == "10.43.0.10"
+    assert str(s.apiserver_service_ip) == "10.43.0.1"
+    assert s.images_dir == "/data/images"
+    assert s.path == "/bbin:/usr/local/bin:/usr/bin:/usr/sbin"
+    named = settings_of("hostname: from-config\nnode: {pkiDir: /persist/pki}")
+    assert named.name == "from-config"
+    assert named.kubeconfig_dir == "/persist/kubeconfigs"
+
+
+# --- overrides ---------------------------------------------------------------------
+
+
+def test_a_disabled_role_is_left_out_and_so_are_dependencies_on_it() -> None:
+    config = expanded(
+        """
+        node:
+          name: n
+          roles:
+            kube-scheduler: {disabled: true}
+            kine: {disabled: true}
+            kube-apiserver:
+              extraArgs: {etcd-servers: "https://db.example:2379"}
+        """
+    )
+    assert "kube-scheduler" not in config.services
+    assert "kine" not in config.services
+    assert dict(config.services["kube-apiserver"].depends_on) == {"network": Condition.READY}
+
+
+def test_a_service_of_the_file_takes_a_disabled_roles_place() -> None:
+    config = expanded(
+        """
+        node:
+          name: n
+          roles: {kine: {disabled: true}}
+        services:
+          kine:
+            command: [/opt/my-kine]
+        """
+    )
+    assert config.services["kine"].command == ("/opt/my-kine",)
+    assert ("kine", Condition.READY) in config.services["kube-apiserver"].depends_on
+
+
+def test_extra_args_replace_a_default_flag_and_are_appended() -> None:
+    args = (
+        expanded(
+            """
+            node:
+              name: n
+              roles:
+                kube-apiserver:
+                  extraArgs: {secure-port: "7443", "--v": "2", profiling: null}
+            """
+        )
+        .services["kube-apiserver"]
+        .args
+    )
+    assert "--secure-port=6443" not in args
+    assert not any(a.startswith("--profiling") for a in args)
+    assert args[-2:] == ("--secure-port=7443", "--v=2")
+
+
+def test_probe_resources_and_env_overrides() -> None:
+    spec = expanded(
+        """
+        node:
+          name: n
+          roles:
+            kubelet:
+              readinessProbe:
+                tcpSocket: {port: 10250}
+                periodSeconds: 2
+              resources: {limits: {memory: 1Gi, pids: 4096}}
+              env: {GODEBUG: "x509ignoreCN=0"}
+        """
+    ).services["kubelet"]
+    assert spec.readiness_probe is not None
+    assert spec.readiness_probe.action == TCPSocketAction(port=10250)
+    assert spec.readiness_probe.period == 2
+    assert spec.resources == Resources(memory=2**30, pids=4096)
+    assert dict(spec.env) == {
+        "PATH": "/bbin:/usr/local/bin:/usr/bin:/usr/sbin",
+        "GODEBUG": "x509ignoreCN=0",
+    }
+
+
+def test_the_files_own_services_follow_the_roles_and_may_depend_on_them() -> None:
+    config = expanded(
+        """
+        node: {name: n}
+        services:
+          import-images:
+            command: [/bin/true]
+            dependsOn: {containerd: Ready}
+            restartPolicy: OnFailure
+        """
+    )
+    assert list(config.services)[-1] == "import-images"
+
+
+def test_a_service_may_not_take_a_roles_name() -> None:
+    errors = errors_of("node: {}\nservices:\n  kubelet:\n    command: [x]\n")
+    assert [(e.line, e.service) for e in errors] == [(3, "kubelet")]
+    assert errors[0].message == "'kubelet' is a role of profile single"
+    assert "node.roles" in (errors[0].hint or "")
+
+
+def test_the_kernels_role_wins_and_is_checked_again() -> None:
+    config = load("node: {profile: single, name: n}")
+    assert list(node.expand(config, role_from_kernel="controller").services)[-1] == (
+        "kube-controller-manager"
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        node.expand(config, role_from_kernel="worker")  # no server, no token
+    [error] = caught.value.errors
+    assert error.field == "node"
+    assert "k4sinit.role=" in error.message
+    with pytest.raises(ConfigErrors, match="'master' is not a profile"):
+        node.expand(config, role_from_kernel="master")
+
+
+def test_a_dependency_on_a_role_the_kernels_profile_lacks_is_an_error() -> None:
+    config = load(
+        """
+        node: {profile: single, name: n}
+        services:
+          backup:
+            command: [x]
+            dependsOn: [kube-apiserver]
+        """
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        node.expand(config, role_from_kernel="worker")
+    assert "server" in str(caught.value)  # the worker's join is checked first
+    config = load(
+        """
+        node: {profile: single, name: n, server: "https://c:6443", token: abcdef.0123456789abcdef}
+        services:
+          backup:
+            command: [x]
+            dependsOn: [kube-apiserver]
+        """
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        node.expand(config, role_from_kernel="worker")
+    [error] = caught.value.errors
+    assert (error.service, error.field) == ("backup", "dependsOn.kube-apiserver")
+
+
+def test_without_a_node_section_the_config_is_unchanged() -> None:
+    config = load("services:\n  a:\n    command: [x]\n")
+    assert node.expand(config) is config
+    assert node.settings(config) is None
+
+
+# --- validation of the node section --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ("{profile: worker}", "node", "profile worker needs a control plane to join"),
+        (
+            "{profile: worker, token: abcdef.0123456789abcdef}",
+            "node",
+            "a token needs a server",
+        ),
+        ("{profile: worker, server: 'https://c:6443'}", "node", "a server needs a token"),
+        (
+            "{profile: worker, server: 'https://c:6443', token: abc}",
+            "node.token",
+            "invalid bootstrap token",
+        ),
+        (
+            "{profile: worker, bootstrapKubeconfig: /b.conf, token: abcdef.0123456789abcdef}",
+            "node.token",
+            "give token or bootstrapKubeconfig, not both",
+        ),
+        ("{server: 'http://c:6443'}", "node.server", "expected an https:// URL"),
+        ("{profil: worker}", "node.profil", "unknown key 'profil'"),
+        ("{profile: workr}", "node.profile", "expected one of controller, worker, single"),
+        ("{datastore: etc}", "node.datastore", "expected one of kine, etcd"),
+        ("{name: Node_1}", "node.name", "invalid node name"),
+        ("{clusterDNS: 10.0.0.10}", "node.clusterDNS", "not in serviceCIDR"),
+        ("{podCIDR: 10.96.0.0/16}", "node.podCIDR", "overlaps serviceCIDR"),
+        ("{podCIDR: 10.244.0.0/25}", "node.podCIDR", "too small"),
+        ("{serviceCIDR: 100.0.0.0/8}", "node.serviceCIDR", "too large"),
+        ("{serviceCIDR: 10.96.0.1/12}", "node.serviceCIDR", "invalid network"),
+        ("{binPath: [bbin]}", "node.binPath[0]", "invalid directory"),
+        ("{dataDir: data}", "node.dataDir", "must be an absolute path"),
+        ("{roles: {kubelett: {}}}", "node.roles.kubelett", "unknown role"),
+        ("{roles: {kubelet: {disable: true}}}", "node.roles.kubelet.disable", "unknown key"),
+        (
+            "{roles: {kubelet: {extraArgs: {v: 2}}}}",
+            "node.roles.kubelet.extraArgs.v",
+            "expected a string or null",
+        ),
+    ],
+)
+def test_node_section_errors(body: str, field: str, message: str) -> None:
+    errors = errors_of(f"services: {{}}\nnode: {body}\n")
+    assert [(e.line, e.service, e.field) for e in errors] == [(2, None, field)]
+    assert message in errors[0].message
+
+
+def test_errors_suggest_the_likely_fix() -> None:
+    [error] = errors_of("node:\n  roles:\n    kubelett: {}\n")
+    assert error.hint == "did you mean 'kubelet'?"
+    assert error.line == 3
+    [error] = errors_of("node:\n  dataDr: /x\n")
+    assert error.hint == "did you mean 'dataDir'?"
+
+
+def test_services_may_be_left_out_only_with_a_node_section() -> None:
+    assert load("node: {}").services == {}
+    [error] = errors_of("hostname: x\n")
+    assert error.message == "missing required key 'services'"
+
+
+def test_completed_on_a_role_is_an_error() -> None:
+    [error] = errors_of(
+        "node: {}\nservices:\n  a:\n    command: [x]\n    dependsOn: {kubelet: Completed}\n"
+    )
+    assert error.field == "dependsOn.kubelet"
+    assert "never completes" in error.message
+
+
+# --- busybox dispatch ------------------------------------------------------------------
+
+
+def make_executable(path: Path, text: str = "#!/bin/sh\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def test_multicall_runs_with_argv0_the_role_unless_binpath_has_the_binary(
+    tmp_path: Path,
+) -> None:
+    bbin = tmp_path / "bbin"
+    make_executable(bbin / "kubelet")
+    multicall = tmp_path / "k4s"
+    multicall.symlink_to(shutil.which("bash") or "/bin/bash")  # reads a script from stdin
+    config = expanded(
+        f"""
+        node:
+          name: n
+          binPath: [{bbin}]
+          multicall: {multicall}
+        """
+    )
+    kubelet = config.services["kubelet"]
+    assert kubelet.executable is None  # a symlink or binary on binPath wins
+    apiserver = config.services["kube-apiserver"]
+    assert apiserver.executable == str(multicall)
+    assert apiserver.argv[0] == "kube-apiserver"
+    # What process.spawn does with it: execute the file, with argv[0] the role
+    # (bash, as the multicall binary here, shows its argv[0] as $0).
+    ran = subprocess.run(
+        apiserver.argv[:1],
+        executable=apiserver.executable,
+        input='echo "$0"',
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert ran.stdout == "kube-apiserver\n"
+
+
+def test_a_missing_binary_says_where_it_was_looked_for(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    spec = expanded(f"node: {{name: n, binPath: [{empty}, /nonexistent]}}").services[
+        "kube-apiserver"
+    ]
+    assert spec.executable is None
+    # spawn resolves the binary before it forks, so no reaper is reached.
+    with pytest.raises(SpawnError) as caught:
+        spawn(Reaper(), spec.argv, env=dict(spec.env))
+    assert str(caught.value) == f"kube-apiserver: binary not found in {empty}:/nonexistent"
+
+
+# --- files -----------------------------------------------------------------------------
+
+
+def test_write_files_makes_private_files_and_the_directories(tmp_path: Path) -> None:
+    settings = settings_of(CASES["single-kine"])
+    written = node.write_files(settings, tmp_path)
+    assert "/var/lib/k4sinit/kubelet/config.yaml" in written
+    for path in written:
+        mode = stat.S_IMODE((tmp_path / path.lstrip("/")).stat().st_mode)
+        assert mode == 0o600, path
+    assert (tmp_path / "var/lib/k4sinit/db").is_dir()
+    assert (tmp_path / "var/lib/k4sinit/manifests").is_dir()
+    assert node.write_files(settings, tmp_path) == written  # every boot, the same
+
+
+def test_generated_files_parse() -> None:
+    import json
+    import tomllib
+
+    settings = settings_of(CASES["single-kine"])
+    files = node.files(settings)
+    toml = tomllib.loads(files["/var/lib/k4sinit/containerd/config.toml"])
+    runc = toml["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["runc"]
+    assert runc["options"] == {"SystemdCgroup": False, "ShimCgroup": "/shims/containerd"}
+    kubelet = yaml.safe_load(files["/var/lib/k4sinit/kubelet/config.yaml"])
+    assert kubelet["kind"] == "KubeletConfiguration"
+    assert kubelet["clusterDNS"] == ["10.96.0.10"]
+    conflist = json.loads(files["/etc/cni/net.d/10-k4sinit.conflist"])
+    assert conflist["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.0.0/16"}]]
+
+
+# --- k4sinit config and the shipped config -------------------------------------------
+
+
+def test_config_command_prints_the_expansion(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text("node: {profile: controller, name: n}\nservices: {}\n")
+    assert cli.main(["config", "--config", str(path), "--profile", "single"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    config = load_config(path)
+    want = node.describe(
+        node.expand(config, role_from_kernel="single"),
+        node.settings(config, role_from_kernel="single"),
+    )
+    assert printed == want
+    assert printed["node"]["profile"] == "single"
+    assert "--secure-port=6443" in printed["services"]["kube-apiserver"]["args"]
+
+
+def test_config_command_exits_1_with_the_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text("node: {profile: worker}\n")
+    assert cli.main(["config", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "node.yaml:1: field node: profile worker needs a control plane to join" in err
+
+
+def test_the_shipped_single_node_config_expands() -> None:
+    config = load_config(SINGLE_YAML)
+    expanded_config = node.expand(config, hostname="node-1")
+    assert len(expanded_config.services) == 6
+    assert config.network.interfaces[0].dhcp
+    assert "br_netfilter" in config.system.modules
