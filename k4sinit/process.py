@@ -28,6 +28,7 @@ from .reaper import Child, ExitStatus, Reaper
 # Joins the cgroup whose cgroup.procs is $0, then becomes the program ("$@").
 JOIN_CGROUP = 'echo 0 > "$0" && exec "$@"'
 SHELL = "/bin/sh"
+DISPATCH_DIR = "/run/k4sinit/bin"  # role-named symlinks to multicall binaries
 # How long output may still be read after a process has exited.
 DRAIN_SECONDS = 1.0
 DEFAULT_PATH = "/bbin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -53,6 +54,26 @@ class Spawned:
     stderr: int
 
 
+def dispatch_link(name: str, target: str, directory: str) -> str:
+    """A symlink ``directory/<basename of name>`` -> ``target``; its path.
+
+    Raises SpawnError when it cannot be made.
+    """
+    link = os.path.join(directory, os.path.basename(name))
+    try:
+        if os.path.islink(link) and os.readlink(link) == target:
+            return link
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        tmp = f"{link}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+    except OSError as exc:
+        raise SpawnError(f"{name}: cannot link {link} -> {target}: {exc.strerror}") from exc
+    return link
+
+
 def find_executable(name: str, path: str) -> str | None:
     """Resolve ``name`` like execvp would: as given if it has a slash, else on ``path``."""
     if "/" in name:
@@ -68,6 +89,7 @@ def spawn(
     cwd: str | None = None,
     executable: str | None = None,
     cgroup_procs: str | None = None,
+    dispatch_dir: str = DISPATCH_DIR,
 ) -> Spawned:
     """Start ``argv`` in a new process group with stdin on /dev/null.
 
@@ -75,7 +97,10 @@ def spawn(
     its name (busybox-style dispatch). With ``cgroup_procs`` (a cgroup's
     ``cgroup.procs`` file) the process joins that cgroup before it executes:
     it runs through ``/bin/sh``, which moves itself there and then execs the
-    program (argv[0] becomes the program's path). Raises :class:`SpawnError`
+    program (argv[0] becomes the program's path; where the name matters, as
+    for a multicall binary, the program is reached through a symlink named
+    like ``argv[0]`` in ``dispatch_dir``, which is how busybox-style binaries
+    are installed anyway). Raises :class:`SpawnError`
     with a readable reason; on success the child is already registered with
     ``reaper``.
     """
@@ -88,7 +113,10 @@ def spawn(
         where = "" if "/" in program else f" in {path}"
         raise SpawnError(f"{program}: binary not found{where}")
     if cgroup_procs is not None:
-        argv = [SHELL, "-c", JOIN_CGROUP, cgroup_procs, resolved, *argv[1:]]
+        program = resolved
+        if os.path.basename(argv[0]) != os.path.basename(resolved):
+            program = dispatch_link(argv[0], resolved, dispatch_dir)
+        argv = [SHELL, "-c", JOIN_CGROUP, cgroup_procs, program, *argv[1:]]
         resolved = SHELL
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()

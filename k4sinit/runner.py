@@ -243,6 +243,7 @@ class ServiceRunner:
                 self.spec.argv,
                 env=env,
                 cwd=self.spec.working_dir,
+                executable=self.spec.executable,
                 cgroup_procs=cgroup.procs_file if cgroup else None,
             )
         except process.SpawnError:

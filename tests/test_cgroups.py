@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from k4sinit import process
 from k4sinit.cgroups import (
     Cgroup,
     CgroupTree,
@@ -27,6 +28,7 @@ from k4sinit.cgroups import (
     Stats,
     own_cgroup,
 )
+from k4sinit.reaper import Reaper
 from k4sinit.spec import Resources
 from tests.conftest import pid_alive, wait_until
 
@@ -304,3 +306,36 @@ def test_own_cgroup_v1_only_is_unavailable(tmp_path: Path) -> None:
 def test_own_cgroup_unreadable_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(CgroupUnavailable, match="cannot read"):
         own_cgroup(str(tmp_path / "missing"))
+
+
+@needs_cgroup2
+async def test_a_multicall_binary_joins_its_cgroup_and_still_sees_its_role_name(
+    cgroup_dir: Path, tmp_path: Path
+) -> None:
+    """u-root/k4s dispatches on argv[0]: the cgroup join must not lose it."""
+    multicall = tmp_path / "k4s"
+    multicall.write_text('#!/bin/sh\necho "role=$(basename "$0") args=$*"\ncat /proc/self/cgroup\n')
+    multicall.chmod(0o755)
+    reaper = Reaper()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reaper.run)
+        spawned = process.spawn(
+            reaper,
+            ["kube-apiserver", "--secure-port=6443"],
+            env={"PATH": "/usr/bin:/bin"},
+            executable=str(multicall),
+            cgroup_procs=str(cgroup_dir / "cgroup.procs"),
+            dispatch_dir=str(tmp_path / "dispatch"),
+        )
+        with trio.fail_after(30):
+            async with trio.lowlevel.FdStream(spawned.stdout) as out:
+                text = b""
+                while chunk := await out.receive_some():
+                    text += chunk
+            trio.lowlevel.FdStream(spawned.stderr).close()
+            assert (await spawned.child.wait()).code == 0
+        nursery.cancel_scope.cancel()
+    lines = text.decode().splitlines()
+    assert lines[0] == "role=kube-apiserver args=--secure-port=6443"
+    assert any(line.endswith("/" + cgroup_dir.name) for line in lines if line.startswith("0::"))
+    assert os.readlink(tmp_path / "dispatch" / "kube-apiserver") == str(multicall)
