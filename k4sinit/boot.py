@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import cmdline, control, log, power, system
+from . import cmdline, control, log, node, power, preflight, system
 from .config import ConfigErrors, load_config
 from .netspec import NetworkSpec, choose_network
 from .spec import Config, Fallback, SwitchRoot, SystemSpec
@@ -107,12 +107,58 @@ def boot(
         logger.info("switching into a tmpfs root", reason="booted from an initramfs")
         writer.wait_idle(2)
         switch_root_and_reexec()  # does not return
+    settings = node.settings(config, role_from_kernel=kernel.role, hostname=kernel.hostname)
+    config = node.expand(config, role_from_kernel=kernel.role, hostname=kernel.hostname)
     network = node_network(config, kernel, logger)
     prepare_system(config, kernel, network, container=container, logger=logger)
+    checks = run_preflight(config, settings, logger)
+    if settings is not None:
+        for path in node.write_files(settings):
+            logger.debug("written", path=path)
     logger.info("system ready", seconds=round(time.monotonic() - started, 3))
     named = bool(kernel.hostname or spec.hostname or network.hostname)
-    action = supervise(config, network, options, logger, container=container, named=named)
+    action = supervise(
+        config,
+        network,
+        options,
+        logger,
+        container=container,
+        named=named,
+        node=settings,
+        checks=checks,
+    )
     return action, spec
+
+
+def run_preflight(
+    config: Config, settings: node.NodeSettings | None, logger: Any
+) -> list[preflight.Check]:
+    """The profile's preflight checks, logged as a table; none without a ``node:`` profile.
+
+    A fatal failure raises BootError (the fallback follows) unless the config
+    says ``boot.preflight: warn``.
+    """
+    if settings is None:
+        return []
+    binaries = sorted(
+        {
+            config.services[role].executable or config.services[role].command[0]
+            for role in settings.roles
+            if role in config.services and role != "images"
+        }
+    )
+    checks = preflight.run_checks(
+        settings.profile.value,
+        data_dir=settings.data_dir,
+        binaries=binaries,
+        search_path=settings.path,
+    )
+    for line in preflight.format_table(checks).splitlines():
+        logger.info("preflight: " + line)
+    fatal = preflight.fatal(checks)
+    if fatal and config.system.preflight == "enforce":
+        raise BootError("preflight failed: " + "; ".join(f"{c.name}: {c.detail}" for c in fatal))
+    return checks
 
 
 def node_network(config: Config, kernel: cmdline.KernelOptions, logger: Any) -> NetworkSpec:
@@ -182,6 +228,8 @@ def supervise(
     *,
     container: bool,
     named: bool,
+    node: node.NodeSettings | None = None,
+    checks: list[preflight.Check] | None = None,
 ) -> power.Action:
     """Run the daemon (in trio) until a shutdown is asked for; returns how to end.
 
@@ -217,6 +265,8 @@ def supervise(
             logger,
             cgroups=cgroups,
             network=network,
+            node=node,
+            preflight=checks or [],
             signals=INIT_SIGNALS,
             power=True,
         )

@@ -67,7 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the node profile, as k4sinit.role= on the kernel command line gives it",
     )
 
-    status = client("status", "show services (one in detail with NAME)")
+    checks = commands.add_parser(
+        "preflight",
+        help="check that this machine can run the node's profile (exit 1 on a fatal failure)",
+    )
+    checks.add_argument("--config", help="YAML config file (its node: section names the profile)")
+    checks.add_argument("--profile", choices=("controller", "worker", "single"))
+    checks.add_argument("--json", action="store_true")
+
+    status = client("status", "show services (one in detail with NAME, or network, preflight)")
     status.add_argument("name", nargs="?")
     status.add_argument("--json", action="store_true", help='print {"services": [...]} as JSON')
 
@@ -113,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_check(args.config)
     if args.command == "config":
         return cmd_config(args.config, args.profile)
+    if args.command == "preflight":
+        return cmd_preflight(args)
     if args.command == "run":
         return cmd_run(args)
     try:
@@ -170,11 +180,17 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from . import node
+
     try:
         config = load_config(args.config)
+        settings = node.settings(config)
+        config = node.expand(config)
     except ConfigErrors as exc:
         print(exc, file=sys.stderr)
         return 2
+    if settings is not None:
+        node.write_files(settings)
     import trio
 
     from . import log
@@ -195,7 +211,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             hosts=Path("/etc/hosts") if configured else None,
         )
         await Daemon(
-            config, control.socket_path(args.socket), logger, cgroups=cgroups, network=network
+            config,
+            control.socket_path(args.socket),
+            logger,
+            cgroups=cgroups,
+            network=network,
+            node=settings,
         ).run()
 
     try:
@@ -210,11 +231,61 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preflight(args: argparse.Namespace) -> int:
+    """``k4sinit preflight``: the profile's checks on this machine, as a table."""
+    from . import node, preflight
+    from .process import DEFAULT_PATH
+
+    profile, data_dir, binaries, path = args.profile or "single", "/var/lib", [], None
+    if args.config:
+        try:
+            config = load_config(args.config)
+            settings = node.settings(config, role_from_kernel=args.profile)
+            if settings is not None:
+                expanded = node.expand(config, role_from_kernel=args.profile)
+                profile, data_dir, path = settings.profile.value, settings.data_dir, settings.path
+                binaries = sorted(
+                    {
+                        expanded.services[r].executable or expanded.services[r].command[0]
+                        for r in settings.roles
+                        if r != "images"
+                    }
+                )
+        except ConfigErrors as exc:
+            print(exc, file=sys.stderr)
+            return 2
+    checks = preflight.run_checks(
+        profile, data_dir=data_dir, binaries=binaries, search_path=path or DEFAULT_PATH
+    )
+    print(
+        json.dumps(preflight.to_json(checks), indent=2)
+        if args.json
+        else preflight.format_table(checks)
+    )
+    return 1 if preflight.fatal(checks) else 0
+
+
 def run_client(args: argparse.Namespace) -> int:
     path = control.socket_path(args.socket)
     if args.command == "status":
         req = control.Request("status", name=args.name)
         result = control.request(path, req)
+        if args.name == "preflight":
+            from . import preflight
+
+            rows = result["preflight"]
+            checks = [
+                preflight.Check(r["name"], preflight.Status(r["status"]), r["detail"], r["fatal"])
+                for r in rows
+            ]
+            print(
+                json.dumps(result, indent=2)
+                if args.json
+                else preflight.format_table(checks)
+                if checks
+                else "preflight: did not run (no node profile)"
+            )
+            return 1 if any(r["fatal"] and r["status"] == "fail" for r in rows) else 0
         if args.name == "network":
             network = result["network"]
             print(json.dumps(result, indent=2) if args.json else format_network(network))
@@ -227,6 +298,12 @@ def run_client(args: argparse.Namespace) -> int:
         else:
             print(format_table(result["services"]))
             print(format_network_line(result["network"]))
+            if result.get("preflight"):
+                p = result["preflight"]
+                print(
+                    f"preflight: {p['passed']} passed, {p['warnings']} warnings, {p['failed']} failed"
+                    + "".join(f"\n  {f}" for f in p["failures"])
+                )
         healthy = all(_healthy(s) for s in result["services"]) and result["network"]["ready"]
         return 0 if healthy else 1
     if args.command == "logs":

@@ -560,12 +560,14 @@ def _read_system(top: _Reader) -> SystemSpec:
         delay = boot.number("fallbackDelaySeconds")
         switch = boot.choice("switchRoot", [s.value for s in SwitchRoot])
         shell = boot.strings("shell", non_empty=True)
+        preflight = boot.choice("preflight", ["enforce", "warn"])
         boot.finish()
         fields = _given(
             fallback=None if fallback is None else Fallback(fallback),
             fallback_delay=delay,
             switch_root=None if switch is None else SwitchRoot(switch),
             shell=shell,
+            preflight=preflight,
         )
     return SystemSpec(
         **_given(hostname=hostname, modules=modules, sysctls=tuple(sysctls) or None),

@@ -12,16 +12,19 @@ import os
 import random
 import resource
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import trio
 
-from . import control
+from . import control, preflight
 from .cgroups import CgroupTree, CgroupUnavailable
 from .control import POWER_OPS, Request, RequestError, Send, error, ok
+from .identity import AlwaysReady, NodePKI
 from .netspec import NetworkSpec
 from .network import Network
+from .node import NodeSettings
+from .preflight import Check
 from .process import DEFAULT_PATH
 from .reaper import ExitStatus, Reaper, become_subreaper
 from .runner import RunnerContext, ServiceRunner
@@ -94,6 +97,8 @@ class Daemon:
         *,
         cgroups: CgroupTree | None = None,
         network: Network | None = None,
+        node: NodeSettings | None = None,
+        preflight: Sequence[Check] = (),
         signals: Mapping[int, str] = RUN_SIGNALS,
         power: bool = False,
         rng: random.Random | None = None,
@@ -116,7 +121,16 @@ class Daemon:
         # Without a network object (tests, tools) the built-in condition is
         # loopback only: nothing to wait for beyond what the kernel already has.
         self.network = network or Network(NetworkSpec(), log, resolv_conf=None, hosts=None)
-        self.supervisor = Supervisor(config, ctx, builtins={"network": self.network})
+        # The node's PKI once the network is up; without roles, nothing to make.
+        self.pki: NodePKI | AlwaysReady = (
+            NodePKI(node, self.network, log)
+            if node is not None
+            else AlwaysReady("pki", "no node profile: no PKI to make")
+        )
+        self.preflight = list(preflight)
+        self.supervisor = Supervisor(
+            config, ctx, builtins={"network": self.network, "pki": self.pki}
+        )
         self.control = control.ControlServer(socket_path, self.handle, log)
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
@@ -140,6 +154,8 @@ class Daemon:
             nursery.start_soon(self._watch_signals)
             await nursery.start(self.control.serve)
             await nursery.start(self.network.run)
+            if isinstance(self.pki, NodePKI):
+                nursery.start_soon(self.pki.run)
             await nursery.start(self.supervisor.run)
             self.log.info(
                 "supervising", services=len(self.supervisor.runners), socket=self.control.path
@@ -175,8 +191,15 @@ class Daemon:
         try:
             if request.op == "status" and name == "network":
                 await send(ok({"network": self.network.snapshot()}))
+            elif request.op == "status" and name == "preflight":
+                await send(ok({"preflight": preflight.to_json(self.preflight)}))
             elif request.op == "status":
-                snapshot = {"services": sup.snapshot(), "network": self.network.snapshot()}
+                snapshot = {
+                    "services": sup.snapshot(),
+                    "network": self.network.snapshot(),
+                    "pki": {"ready": self.pki.ready, "reason": self.pki.reason},
+                    "preflight": preflight.summary_json(self.preflight),
+                }
                 await send(ok(sup[name].detail() if name else snapshot))
             elif request.op == "logs":
                 await self._logs(sup[name], request, send)

@@ -758,6 +758,21 @@ class Network:
         self._publish()
         return problems
 
+    def node_addresses(self) -> tuple[IPAddress, ...]:
+        """The node's addresses now: on its configured interfaces, IPv4 first, no link-local.
+
+        What the apiserver certificate names and advertises (empty: loopback only).
+        """
+        found: list[IPAddress] = []
+        for key in range(len(self.spec.interfaces)):
+            link = self._find(self.spec.interfaces[key])
+            if link is None:
+                continue
+            found += [
+                a.ip for a in link.addresses if not a.ip.is_link_local and not a.ip.is_loopback
+            ]
+        return tuple(sorted(dict.fromkeys(found), key=lambda a: a.version))
+
     def _node_address(self) -> IPAddress | None:
         """The node's first address (static, then leased; IPv4 first) for /etc/hosts."""
         effective = [self._effective(k) for k in range(len(self.spec.interfaces))]

@@ -53,6 +53,7 @@ from k4sinit.services import (
     containerd,
     controller_manager,
     datastore,
+    images,
     kubelet,
     scheduler,
 )
@@ -144,6 +145,7 @@ _MODULES: dict[str, ModuleType] = {
     controller_manager.NAME: controller_manager,
     containerd.NAME: containerd,
     kubelet.NAME: kubelet,
+    images.NAME: images,
 }
 
 

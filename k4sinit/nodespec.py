@@ -41,8 +41,9 @@ SCHEDULER = "kube-scheduler"
 CONTROLLER_MANAGER = "kube-controller-manager"
 CONTAINERD = "containerd"
 KUBELET = "kubelet"
+IMAGES = "images"  # a oneshot: the air-gap image import between containerd and kubelet
 DATASTORES = tuple(d.value for d in Datastore)
-ALL_ROLES = (*DATASTORES, APISERVER, SCHEDULER, CONTROLLER_MANAGER, CONTAINERD, KUBELET)
+ALL_ROLES = (*DATASTORES, APISERVER, SCHEDULER, CONTROLLER_MANAGER, CONTAINERD, IMAGES, KUBELET)
 
 DEFAULT_BIN_PATH = ("/bbin", "/usr/local/bin", "/usr/bin", "/usr/sbin")
 DEFAULT_DATA_DIR = "/var/lib/k4sinit"
@@ -56,7 +57,7 @@ DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 def profile_roles(profile: Profile, datastore: Datastore) -> tuple[str, ...]:
     """The role services of ``profile``, in start order."""
     control = (datastore.value, APISERVER, SCHEDULER, CONTROLLER_MANAGER)
-    worker = (CONTAINERD, KUBELET)
+    worker = (CONTAINERD, IMAGES, KUBELET)
     if profile is Profile.CONTROLLER:
         return control
     if profile is Profile.WORKER:

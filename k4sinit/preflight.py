@@ -500,3 +500,16 @@ def to_json(checks: Sequence[Check]) -> list[dict[str, Any]]:
         {"name": c.name, "status": c.status.value, "detail": c.detail, "fatal": c.fatal}
         for c in checks
     ]
+
+
+def summary_json(checks: Sequence[Check]) -> dict[str, Any] | None:
+    """The line status shows (None when no preflight ran): counts and the failures."""
+    if not checks:
+        return None
+    passed, warned, failed = summary(checks)
+    return {
+        "passed": passed,
+        "warnings": warned,
+        "failed": failed,
+        "failures": [f"{c.name}: {c.detail}" for c in checks if c.status is Status.FAIL],
+    }

@@ -37,7 +37,7 @@ class RestartPolicy(enum.Enum):
 
 
 # Names a service can depend on that are not services: the daemon provides them.
-BUILTIN_DEPENDENCIES = frozenset({"network"})
+BUILTIN_DEPENDENCIES = frozenset({"network", "pki"})
 
 
 class Condition(enum.Enum):
@@ -209,6 +209,9 @@ class SystemSpec:
     fallback_delay: float = 10.0
     switch_root: SwitchRoot = SwitchRoot.AUTO
     shell: tuple[str, ...] = ("/bin/sh",)
+    # "enforce": a fatal preflight failure fails the boot (the fallback follows);
+    # "warn": it is reported (log, status) and the node boots anyway.
+    preflight: str = "enforce"
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,7 +179,9 @@ def test_status_json_fields_and_types(start_daemon: Any) -> None:
     d.wait_for(lambda s: up(s["a"]) and s["bad"]["state"] == "failed")
     out = d.cli("status", "--json")
     data = json.loads(out.stdout)
-    assert list(data) == ["services", "network"]
+    assert list(data) == ["services", "network", "pki", "preflight"]
+    assert data["pki"] == {"ready": True, "reason": "no node profile: no PKI to make"}
+    assert data["preflight"] is None
     assert data["network"]["ready"] is True and data["network"]["source"] == "none"
     services = {s["name"]: s for s in data["services"]}
     assert list(services) == ["a", "bad", "blocked"]

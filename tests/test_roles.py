@@ -136,6 +136,7 @@ def test_profiles_run_their_roles_in_order() -> None:
         "kube-scheduler",
         "kube-controller-manager",
         "containerd",
+        "images",
         "kubelet",
     ]
     controller = expanded("node: {profile: controller, name: n, datastore: etcd}")
@@ -146,7 +147,7 @@ def test_profiles_run_their_roles_in_order() -> None:
         "kube-controller-manager",
     ]
     worker = CASES["worker-token"]
-    assert list(expanded(worker).services) == ["containerd", "kubelet"]
+    assert list(expanded(worker).services) == ["containerd", "images", "kubelet"]
 
 
 def test_dependencies_follow_the_roles_needs() -> None:
@@ -154,12 +155,23 @@ def test_dependencies_follow_the_roles_needs() -> None:
     deps = {name: dict(spec.depends_on) for name, spec in single.items()}
     ready = Condition.READY
     assert deps["kine"] == {}
-    assert deps["kube-apiserver"] == {"kine": ready, "network": ready}
+    assert deps["kube-apiserver"] == {"kine": ready, "network": ready, "pki": ready}
     assert deps["kube-scheduler"] == {"kube-apiserver": ready}
     assert deps["kube-controller-manager"] == {"kube-apiserver": ready}
-    assert deps["kubelet"] == {"containerd": ready, "network": ready, "kube-apiserver": ready}
+    done = Condition.COMPLETED
+    assert deps["images"] == {"containerd": ready}
+    assert deps["kubelet"] == {
+        "containerd": ready,
+        "images": done,
+        "network": ready,
+        "kube-apiserver": ready,
+    }
     worker = expanded(CASES["worker-token"]).services
-    assert dict(worker["kubelet"].depends_on) == {"containerd": ready, "network": ready}
+    assert dict(worker["kubelet"].depends_on) == {
+        "containerd": ready,
+        "images": done,
+        "network": ready,
+    }
 
 
 def test_apiserver_readiness_uses_the_admin_client_certificate() -> None:
@@ -208,7 +220,10 @@ def test_a_disabled_role_is_left_out_and_so_are_dependencies_on_it() -> None:
     )
     assert "kube-scheduler" not in config.services
     assert "kine" not in config.services
-    assert dict(config.services["kube-apiserver"].depends_on) == {"network": Condition.READY}
+    assert dict(config.services["kube-apiserver"].depends_on) == {
+        "network": Condition.READY,
+        "pki": Condition.READY,
+    }
 
 
 def test_a_service_of_the_file_takes_a_disabled_roles_place() -> None:
@@ -530,6 +545,6 @@ def test_config_command_exits_1_with_the_errors(
 def test_the_shipped_single_node_config_expands() -> None:
     config = load_config(SINGLE_YAML)
     expanded_config = node.expand(config, hostname="node-1")
-    assert len(expanded_config.services) == 6
+    assert len(expanded_config.services) == 7
     assert config.network.interfaces[0].dhcp
     assert "br_netfilter" in config.system.modules

@@ -82,7 +82,11 @@ def service(node: NodeSettings) -> ServiceSpec:
         command=(NAME,),
         args=args,
         env=node.env,
-        depends_on=((datastore.name(node), Condition.READY), (NETWORK, Condition.READY)),
+        depends_on=(
+            (datastore.name(node), Condition.READY),
+            (NETWORK, Condition.READY),
+            ("pki", Condition.READY),  # built in: the certificates and kubeconfigs exist
+        ),
         readiness_probe=Probe(https_get(PORT, "/readyz", admin_tls(node))),
         liveness_probe=Probe(
             https_get(PORT, "/livez", admin_tls(node)),

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from k4sinit.nodespec import Profile
-from k4sinit.services import apiserver, containerd, flags
+from k4sinit.services import apiserver, containerd, flags, images
 from k4sinit.spec import Condition, HTTPGetAction, Probe, ServiceSpec
 
 if TYPE_CHECKING:
@@ -78,7 +78,11 @@ def service(node: NodeSettings) -> ServiceSpec:
             "node-ip": node.advertise_address,
         }
     )
-    depends_on = [(containerd.NAME, Condition.READY), (NETWORK, Condition.READY)]
+    depends_on = [
+        (containerd.NAME, Condition.READY),
+        (images.NAME, Condition.COMPLETED),  # air-gapped images, the pause image among them
+        (NETWORK, Condition.READY),
+    ]
     if not worker:
         depends_on.append((apiserver.NAME, Condition.READY))
     return ServiceSpec(
