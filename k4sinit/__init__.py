@@ -2,12 +2,21 @@
 
 The modules, bottom to top (each imports only those above it in this list):
 
-* ``spec``, ``config``, ``graph``: the validated config (pure, no trio)
+* ``spec``, ``netspec``, ``nodespec``, ``config``, ``graph``, ``cmdline``: the
+  validated config and the kernel command line (pure, no trio)
+* ``services/*`` and ``node``: each Kubernetes role described as a service
+  spec, and the node profiles that expand into them (pure)
+* ``pki``: the cluster PKI and kubeconfigs (cryptography, no trio)
 * ``reaper``: the one process waiter; ``process``: spawn and terminate
+* ``cgroups``: the cgroup2 subtree; ``system``: stage-1 mounts, modules,
+  sysctls; ``power``: the end (kill, sync, unmount, reboot(2))
 * ``output``, ``probes``, ``restart``, ``state``: pieces of a service's life
 * ``runner``: one service; ``supervisor``: all of them, in dependency order
+* ``dhcp``, ``network``: the node's network and the ``network`` condition;
+  ``identity``: the ``pki`` condition; ``preflight``: what a profile needs
 * ``control``: the socket protocol, server and client; ``log``: structlog setup
-* ``daemon``: everything composed; ``cli``: the ``k4sinit`` command
+* ``daemon``: everything composed; ``boot``: PID 1; ``devenv``: PID 1 of a
+  container; ``cli``: the ``k4sinit`` command
 """
 
 __version__ = "0.1.0"
