@@ -54,6 +54,7 @@ from k4sinit.nodespec import (
     ALL_ROLES,
     DEFAULT_POD_CIDR,
     DEFAULT_SERVICE_CIDR,
+    ONESHOT_ROLES,
     Datastore,
     NodeSpec,
     Profile,
@@ -1182,7 +1183,7 @@ def _read_services(top: _Reader, node: NodeSpec | None) -> dict[str, ServiceSpec
         entry = section.mapping(name)
         if entry is not None:
             services[name] = _read_service(entry, name)
-    _check_dependencies(top.doc, services, set(section.data) | roles, roles)
+    _check_dependencies(top.doc, services, set(section.data) | roles, roles - ONESHOT_ROLES)
     return {name: s.spec for name, s in services.items() if s.spec is not None}
 
 
@@ -1345,7 +1346,8 @@ def _check_dependencies(
 ) -> None:
     """Cross-service checks: unknown names, impossible conditions, cycles.
 
-    ``roles`` are role services of the node section (restartPolicy Always).
+    ``roles`` are the node section's role services with restartPolicy Always
+    (not the oneshot ``images``): a Completed condition on one is an error.
     """
     for name, service in services.items():
         for dep in service.dependencies:

@@ -44,6 +44,9 @@ KUBELET = "kubelet"
 IMAGES = "images"  # a oneshot: the air-gap image import between containerd and kubelet
 DATASTORES = tuple(d.value for d in Datastore)
 ALL_ROLES = (*DATASTORES, APISERVER, SCHEDULER, CONTROLLER_MANAGER, CONTAINERD, IMAGES, KUBELET)
+# Roles that run once (restartPolicy OnFailure): ``dependsOn: {images: Completed}`` is
+# meaningful; every other role is restartPolicy Always and never completes.
+ONESHOT_ROLES = frozenset({IMAGES})
 
 DEFAULT_BIN_PATH = ("/bbin", "/usr/local/bin", "/usr/bin", "/usr/sbin")
 DEFAULT_DATA_DIR = "/var/lib/k4sinit"

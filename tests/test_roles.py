@@ -425,6 +425,13 @@ def test_completed_on_a_role_is_an_error() -> None:
     assert "never completes" in error.message
 
 
+def test_completed_on_the_images_oneshot_is_valid() -> None:
+    # images is restartPolicy OnFailure: a service may wait for the import to finish.
+    text = "node: {}\nservices:\n  a:\n    command: [x]\n    dependsOn: {images: Completed}\n"
+    config = node.expand(load(text))
+    assert dict(config.services["a"].depends_on) == {"images": Condition.COMPLETED}
+
+
 # --- busybox dispatch ------------------------------------------------------------------
 
 

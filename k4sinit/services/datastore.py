@@ -13,7 +13,9 @@ and ``etcd.go``:
   ``:8080`` (every interface) to loopback.
 * etcd: ``--name`` (the node), ``--data-dir``, client and peer URLs on
   loopback, ``--initial-cluster`` of itself, metrics on 127.0.0.1:2381 (as
-  kubeadm), no pprof.
+  kubeadm), no pprof. Debian 12's etcd 3.4.23 takes the same flags
+  (tests/test_node.py runs it); it warns once that its default logger,
+  capnslog, is deprecated (3.5 has only zap).
 
 Readiness: kine answers etcd's gRPC but has no HTTP health endpoint, so an
 accepted TCP connection it is; etcd's ``/health`` says whether it has a
