@@ -124,7 +124,7 @@ def boot(
         logger,
         container=container,
         named=named,
-        node=settings,
+        settings=settings,
         checks=checks,
     )
     return action, spec
@@ -140,19 +140,7 @@ def run_preflight(
     """
     if settings is None:
         return []
-    binaries = sorted(
-        {
-            config.services[role].executable or config.services[role].command[0]
-            for role in settings.roles
-            if role in config.services and role != "images"
-        }
-    )
-    checks = preflight.run_checks(
-        settings.profile.value,
-        data_dir=settings.data_dir,
-        binaries=binaries,
-        search_path=settings.path,
-    )
+    checks = preflight.check_node(settings, config)
     for line in preflight.format_table(checks).splitlines():
         logger.info("preflight: " + line)
     fatal = preflight.fatal(checks)
@@ -203,21 +191,9 @@ def prepare_system(
         logger.info("stage 1: machine id", machine_id=system.ensure_machine_id())
     except OSError as exc:
         logger.warning("stage 1: no machine id", error=str(exc))
-    try:
-        bring_up_loopback()
-    except Exception as exc:
-        logger.warning("stage 1: loopback not up", error=repr(exc))
+    # Loopback: the network brings it up first thing, before any service starts.
     if not container:
         power.disable_ctrl_alt_del()
-
-
-def bring_up_loopback() -> None:
-    """Loopback first, always: probes and the roles talk over 127.0.0.1."""
-    from pyroute2 import IPRoute  # imported here: ~100 ms, and only PID 1 needs it
-
-    with IPRoute() as ipr:
-        (index,) = ipr.link_lookup(ifname="lo")
-        ipr.link("set", index=index, state="up")
 
 
 def supervise(
@@ -228,7 +204,7 @@ def supervise(
     *,
     container: bool,
     named: bool,
-    node: node.NodeSettings | None = None,
+    settings: node.NodeSettings | None = None,
     checks: list[preflight.Check] | None = None,
 ) -> power.Action:
     """Run the daemon (in trio) until a shutdown is asked for; returns how to end.
@@ -265,8 +241,8 @@ def supervise(
             logger,
             cgroups=cgroups,
             network=network,
-            node=node,
-            preflight=checks or [],
+            node=settings,
+            checks=checks or [],
             signals=INIT_SIGNALS,
             power=True,
         )

@@ -234,29 +234,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_preflight(args: argparse.Namespace) -> int:
     """``k4sinit preflight``: the profile's checks on this machine, as a table."""
     from . import node, preflight
-    from .process import DEFAULT_PATH
 
-    profile, data_dir, binaries, path = args.profile or "single", "/var/lib", [], None
+    settings = None
     if args.config:
         try:
             config = load_config(args.config)
             settings = node.settings(config, role_from_kernel=args.profile)
-            if settings is not None:
-                expanded = node.expand(config, role_from_kernel=args.profile)
-                profile, data_dir, path = settings.profile.value, settings.data_dir, settings.path
-                binaries = sorted(
-                    {
-                        expanded.services[r].executable or expanded.services[r].command[0]
-                        for r in settings.roles
-                        if r != "images"
-                    }
-                )
+            expanded = node.expand(config, role_from_kernel=args.profile)
         except ConfigErrors as exc:
             print(exc, file=sys.stderr)
             return 2
-    checks = preflight.run_checks(
-        profile, data_dir=data_dir, binaries=binaries, search_path=path or DEFAULT_PATH
-    )
+    if settings is not None:
+        checks = preflight.check_node(settings, expanded)
+    else:  # no node section: the profile's generic checks
+        checks = preflight.run_checks(args.profile or "single")
     print(
         json.dumps(preflight.to_json(checks), indent=2)
         if args.json

@@ -98,7 +98,7 @@ class Daemon:
         cgroups: CgroupTree | None = None,
         network: Network | None = None,
         node: NodeSettings | None = None,
-        preflight: Sequence[Check] = (),
+        checks: Sequence[Check] = (),
         signals: Mapping[int, str] = RUN_SIGNALS,
         power: bool = False,
         rng: random.Random | None = None,
@@ -127,7 +127,7 @@ class Daemon:
             if node is not None
             else AlwaysReady("pki", "no node profile: no PKI to make")
         )
-        self.preflight = list(preflight)
+        self.preflight = list(checks)
         self.supervisor = Supervisor(
             config, ctx, builtins={"network": self.network, "pki": self.pki}
         )

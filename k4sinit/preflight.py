@@ -47,10 +47,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .nodespec import ONESHOT_ROLES
 from .process import DEFAULT_PATH
 from .system import mounted
+
+if TYPE_CHECKING:
+    from .node import NodeSettings
+    from .spec import Config
 
 PROFILES = ("controller", "worker", "single")
 # Executed by containerd itself (not by k4sinit), so they must be real files on
@@ -513,3 +518,24 @@ def summary_json(checks: Sequence[Check]) -> dict[str, Any] | None:
         "failed": failed,
         "failures": [f"{c.name}: {c.detail}" for c in checks if c.status is Status.FAIL],
     }
+
+
+def check_node(settings: NodeSettings, config: Config) -> list[Check]:
+    """The checks of a node's profile: its roles' programs on its ``binPath``.
+
+    ``config`` is the expanded config (:func:`k4sinit.node.expand`); a
+    multicall binary counts once, and a oneshot's shell does not count.
+    """
+    binaries = sorted(
+        {
+            config.services[role].executable or config.services[role].command[0]
+            for role in settings.roles
+            if role in config.services and role not in ONESHOT_ROLES
+        }
+    )
+    return run_checks(
+        settings.profile.value,
+        data_dir=settings.data_dir,
+        binaries=binaries,
+        search_path=settings.path,
+    )
