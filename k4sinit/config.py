@@ -562,6 +562,7 @@ def _read_system(top: _Reader) -> SystemSpec:
         switch = boot.choice("switchRoot", [s.value for s in SwitchRoot])
         shell = boot.strings("shell", non_empty=True)
         preflight = boot.choice("preflight", ["enforce", "warn"])
+        coldplug = boot.take("coldplug", "a boolean", _is_bool, hint="true or false")
         boot.finish()
         fields = _given(
             fallback=None if fallback is None else Fallback(fallback),
@@ -569,6 +570,7 @@ def _read_system(top: _Reader) -> SystemSpec:
             switch_root=None if switch is None else SwitchRoot(switch),
             shell=shell,
             preflight=preflight,
+            coldplug=coldplug,
         )
     return SystemSpec(
         **_given(hostname=hostname, modules=modules, sysctls=tuple(sysctls) or None),

@@ -212,6 +212,8 @@ class SystemSpec:
     # "enforce": a fatal preflight failure fails the boot (the fallback follows);
     # "warn": it is reported (log, status) and the node boots anyway.
     preflight: str = "enforce"
+    # Load the modules the devices present ask for (their modalias), before ``modules``.
+    coldplug: bool = True
 
 
 @dataclass(frozen=True, slots=True)

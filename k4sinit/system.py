@@ -1,4 +1,4 @@
-"""Stage 1 of the boot: mounts, kernel modules, sysctls, hostname, machine-id.
+"""Stage 1 of the boot: mounts, kernel modules (coldplug and by name), sysctls, hostname, machine-id.
 
 Every step is idempotent (what is already mounted or set is left alone), so
 the same code runs as PID 1 of a node, again after a switch into a tmpfs root,
@@ -18,10 +18,11 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fnmatch
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,29 +199,41 @@ def load_modules(names: Sequence[str], release: str | None = None) -> list[str]:
     Uses finit_module(2) on the uncompressed ``.ko`` files Debian ships; a
     module already loaded (or built in) is fine. Returns one line per problem.
     """
-    release = release or os.uname().release
-    base = Path("/lib/modules") / release
-    deps = _modules_dep(base / "modules.dep")
-    problems: list[str] = []
-    loaded = _loaded_modules()
-    for name in names:
+    loader = ModuleLoader(release)
+    return [problem for name in names if (problem := loader.load(name)) is not None]
+
+
+class ModuleLoader:
+    """Loads the modules of one kernel with their dependencies, each at most once.
+
+    modules.dep is read once, when the loader is made (missing: nothing can load).
+    """
+
+    def __init__(self, release: str | None = None, *, base: Path | None = None) -> None:
+        self.base = base or Path("/lib/modules") / (release or os.uname().release)
+        self._deps = _modules_dep(self.base / "modules.dep")
+        self._loaded = _loaded_modules()
+
+    def load(self, name: str) -> str | None:
+        """Load ``name`` after its dependencies; None when it is there now, else the problem.
+
+        A module already loaded or built in (``/sys/module/NAME``) is there.
+        """
         key = name.replace("-", "_")
-        if key in loaded or (Path("/sys/module") / key).exists():
-            continue
-        chain = _dependency_chain(key, deps)
+        if key in self._loaded or (Path("/sys/module") / key).exists():
+            return None
+        chain = _dependency_chain(key, self._deps)
         if not chain:
-            problems.append(f"module {name}: not found in {base}")
-            continue
+            return f"module {name}: not found in {self.base}"
         for path in chain:
-            module = Path(path).name.split(".")[0].replace("-", "_")
-            if module in loaded:
+            module = _module_name(path)
+            if module in self._loaded:
                 continue
-            error = _finit_module(base / path)
+            error = _finit_module(self.base / path)
             if error is not None:
-                problems.append(f"module {module}: {error}")
-                break
-            loaded.add(module)
-    return problems
+                return f"module {module}: {error}"
+            self._loaded.add(module)
+        return None
 
 
 def _modules_dep(path: Path) -> dict[str, list[str]]:
@@ -229,9 +242,13 @@ def _modules_dep(path: Path) -> dict[str, list[str]]:
     with contextlib.suppress(OSError):
         for line in path.read_text().splitlines():
             target, _, rest = line.partition(":")
-            name = Path(target).name.split(".")[0].replace("-", "_")
-            deps[name] = [target, *rest.split()]
+            deps[_module_name(target)] = [target, *rest.split()]
     return deps
+
+
+def _module_name(path: str) -> str:
+    """A module's name from its file (``kernel/drivers/net/dummy-net.ko``) or name."""
+    return Path(path).name.split(".")[0].replace("-", "_")
 
 
 def _dependency_chain(name: str, deps: dict[str, list[str]]) -> list[str]:
@@ -267,6 +284,233 @@ def _finit_module(path: Path) -> str | None:
 
 
 _FINIT_MODULE = {"x86_64": 313, "aarch64": 273, "riscv64": 273}
+
+
+# --- coldplug: the modules that the devices present ask for ---------------------------
+
+MAX_COLDPLUG_ROUNDS = 16
+_WILDCARD = re.compile(r"[*?[]")
+_BRACKETS_OR_DASH = re.compile(r"\[[^\]]*\]|-")
+
+
+def normalize_alias(alias: str) -> str:
+    """kmod's alias_normalize: ``-`` reads as ``_`` outside ``[...]``.
+
+    kmod applies it to both sides (the patterns of modules.alias.bin and the
+    modalias looked up), so ``of:Nfoo-bar`` matches a pattern ``of:Nfoo_bar*``.
+    """
+    if "-" not in alias:
+        return alias
+    return _BRACKETS_OR_DASH.sub(lambda m: "_" if m.group() == "-" else m.group(), alias)
+
+
+class ModuleAliases:
+    """The aliases of one kernel's modules, indexed to match devices' modaliases.
+
+    Patterns are fnmatch(3) globs, matched as kmod matches them (case
+    sensitive, ``*`` also across ``:``). Each is filed under its literal
+    prefix (up to its first wildcard), so a modalias is tried only against
+    the patterns whose prefix it starts with: a few dict lookups per device
+    even with Debian's full modules.alias (~26k lines). A pattern is compiled
+    the first time it is tried, then kept.
+
+    ``modules`` are those that can be loaded (modules.dep), ``builtin`` those
+    built into the kernel (modules.builtin): a match on one of them needs no
+    loading and is not missing.
+    """
+
+    def __init__(
+        self,
+        aliases: Iterable[tuple[str, str]],
+        modules: Iterable[str] = (),
+        builtin: Iterable[str] = (),
+    ) -> None:
+        self.modules = frozenset(modules)
+        self.builtin = frozenset(builtin)
+        # literal prefix -> [(file order, normalized pattern, module)]
+        self._by_prefix: dict[str, list[tuple[int, str, str]]] = {}
+        self._compiled: dict[str, re.Pattern[str]] = {}
+        for order, (pattern, module) in enumerate(aliases):
+            pattern = normalize_alias(pattern)
+            prefix = _WILDCARD.split(pattern, maxsplit=1)[0]
+            self._by_prefix.setdefault(prefix, []).append((order, pattern, module))
+        self._lengths = sorted({len(prefix) for prefix in self._by_prefix})
+
+    @classmethod
+    def read(cls, base: Path) -> ModuleAliases:
+        """modules.alias, modules.dep and the built-ins of the kernel in ``base``
+        (``/lib/modules/RELEASE``). Raises OSError when modules.alias cannot be read.
+
+        Built-ins come from modules.builtin (their names) and
+        modules.builtin.modinfo (their aliases); either may be missing.
+        """
+        aliases = []
+        for line in (base / "modules.alias").read_text(errors="replace").splitlines():
+            fields = line.split()
+            if len(fields) == 3 and fields[0] == "alias":
+                aliases.append((fields[1], _module_name(fields[2])))
+        builtin: set[str] = set()
+        with contextlib.suppress(OSError):
+            names = (base / "modules.builtin").read_text(errors="replace").split()
+            builtin.update(_module_name(p) for p in names)
+        with contextlib.suppress(OSError):
+            for entry in (base / "modules.builtin.modinfo").read_bytes().split(b"\0"):
+                key, _, value = entry.decode(errors="replace").partition("=")
+                module, _, field = key.partition(".")
+                if field == "alias" and value:
+                    aliases.append((value, _module_name(module)))
+                    builtin.add(_module_name(module))
+        return cls(aliases, _modules_dep(base / "modules.dep"), builtin)
+
+    def match(self, modalias: str) -> list[str]:
+        """The modules with an alias matching ``modalias``, in file order, each once."""
+        modalias = normalize_alias(modalias)
+        found: list[tuple[int, str]] = []
+        for length in self._lengths:
+            if length > len(modalias):
+                break
+            for order, pattern, module in self._by_prefix.get(modalias[:length], ()):
+                if len(pattern) == length:  # no wildcard: the whole pattern is its prefix
+                    hit = len(modalias) == length
+                else:
+                    compiled = self._compiled.get(pattern)
+                    if compiled is None:
+                        compiled = self._compiled[pattern] = re.compile(fnmatch.translate(pattern))
+                    hit = compiled.match(modalias) is not None
+                if hit:
+                    found.append((order, module))
+        return list(dict.fromkeys(module for _, module in sorted(found)))
+
+
+def read_modaliases(sysfs: str = "/sys") -> dict[str, str]:
+    """Every device under ``sysfs``/devices that has a modalias: devpath -> modalias.
+
+    The devpath is the kernel's (``/devices/pci0000:00/0000:00:03.0``), in
+    sorted order. Symlinks (``driver``, ``subsystem``, ``device``) are not
+    followed, so each device is seen once; unreadable entries are skipped.
+    """
+    root = os.path.normpath(sysfs)
+    found: dict[str, str] = {}
+    stack = [os.path.join(root, "devices")]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = os.scandir(directory)
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                if entry.name == "modalias":
+                    with contextlib.suppress(OSError), open(entry.path, errors="replace") as f:
+                        modalias = f.read().strip()
+                        if modalias:
+                            found[directory[len(root) :]] = modalias
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return dict(sorted(found.items()))
+
+
+@dataclass(frozen=True)
+class Coldplug:
+    """What :func:`coldplug` did.
+
+    ``loaded``: (module, devpath, modalias) for each device a module was
+    loaded for, in load order; ``devices``: how many devices had a modalias;
+    ``rounds``: how many times sysfs was read; ``skipped``: why nothing was
+    tried (no modules.alias), else None.
+    """
+
+    loaded: tuple[tuple[str, str, str], ...] = ()
+    problems: tuple[str, ...] = ()
+    devices: int = 0
+    rounds: int = 0
+    skipped: str | None = None
+
+    @property
+    def modules(self) -> list[str]:
+        """The modules loaded for devices, in load order (not their dependencies)."""
+        return list(dict.fromkeys(module for module, _, _ in self.loaded))
+
+    def summary(self) -> str:
+        """One line: what was loaded for how many devices."""
+        if self.skipped is not None:
+            return f"nothing to load: {self.skipped}"
+        seen = f"{self.devices} device{'s' if self.devices != 1 else ''} with a modalias"
+        if not self.loaded:
+            return f"nothing to load for the {seen}"
+        count = len({devpath for _, devpath, _ in self.loaded})
+        return (
+            f"loaded {', '.join(self.modules)} for {count} device{'s' if count != 1 else ''}"
+            f" ({seen}, {self.rounds} rounds)"
+        )
+
+    def details(self) -> list[str]:
+        """One line per device a module was loaded for."""
+        return [f"{module} for {devpath} ({alias})" for module, devpath, alias in self.loaded]
+
+
+def coldplug(
+    release: str | None = None,
+    *,
+    sysfs: str = "/sys",
+    base: Path | None = None,
+    load: Callable[[str], str | None] | None = None,
+    max_rounds: int = MAX_COLDPLUG_ROUNDS,
+) -> Coldplug:
+    """Load the modules that the devices present ask for, as udev's coldplug does.
+
+    Reads every device's modalias under ``sysfs``/devices, matches it against
+    modules.alias of ``base`` (default ``/lib/modules/RELEASE``, the running
+    kernel's), and loads each matching module with ``load`` (default: a
+    :class:`ModuleLoader`, dependencies first). Loading a bus driver makes new
+    devices appear (virtio_pci: the virtio devices, which virtio_net wants), so
+    this repeats until a round has nothing new to load, at most ``max_rounds``
+    times. ``load`` returns None on success, else a problem line.
+
+    A device with no matching module is normal (its driver is built in or not
+    in the image); a module already there (``sysfs``/module, modules.builtin) is
+    not loaded again; each module is tried once. Never raises for a module or a
+    device: a module that fails to load is a line in ``problems``.
+    """
+    base = base or Path("/lib/modules") / (release or os.uname().release)
+    try:
+        aliases = ModuleAliases.read(base)
+    except OSError as exc:
+        return Coldplug(skipped=f"{base / 'modules.alias'}: {exc.strerror}")
+    if load is None:
+        load = ModuleLoader(base=base).load
+    present = set(aliases.builtin)
+    with contextlib.suppress(OSError):
+        present.update(os.listdir(os.path.join(sysfs, "module")))  # loaded, or built in
+    tried: set[str] = set()
+    seen: dict[str, str] = {}  # devpath -> modalias, already matched
+    loaded: list[tuple[str, str, str]] = []
+    problems: list[str] = []
+    for rounds in range(1, max_rounds + 1):
+        wanted: dict[str, list[tuple[str, str]]] = {}  # module -> [(devpath, modalias)]
+        for devpath, modalias in read_modaliases(sysfs).items():
+            if seen.get(devpath) == modalias:
+                continue
+            seen[devpath] = modalias
+            for module in aliases.match(modalias):
+                if module not in present and module not in tried:
+                    wanted.setdefault(module, []).append((devpath, modalias))
+        if not wanted:
+            return Coldplug(tuple(loaded), tuple(problems), len(seen), rounds)
+        for module, devices in wanted.items():
+            tried.add(module)
+            devpath, modalias = devices[0]
+            if module not in aliases.modules:  # a modules.alias that modules.dep does not back
+                problems.append(f"module {module} (for {modalias}): not in {base}")
+                continue
+            problem = load(module)
+            if problem is not None:
+                problems.append(f"{problem} (for {devpath}, {modalias})")
+                continue
+            present.add(module)
+            loaded.extend((module, d, m) for d, m in devices)
+    problems.append(f"still loading after {max_rounds} rounds; stopped")
+    return Coldplug(tuple(loaded), tuple(problems), len(seen), max_rounds)
 
 
 def apply_sysctls(sysctls: Sequence[tuple[str, str]], *, container: bool) -> list[str]:

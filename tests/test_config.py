@@ -719,6 +719,20 @@ services:
     assert errors[3].hint == "did you mean 'shell'?"
 
 
+def test_boot_coldplug_is_on_unless_turned_off() -> None:
+    assert load("services: {a: {command: [x]}}").system.coldplug is True
+    assert load("boot: {fallback: retry}\nservices: {a: {command: [x]}}").system.coldplug is True
+    assert load("boot: {coldplug: false}\nservices: {a: {command: [x]}}").system.coldplug is False
+    error = only_error('services: {a: {command: [x]}}\nboot: {coldplug: "off"}\n')
+    assert (error.line, error.service, error.field) == (2, None, "boot.coldplug")
+    assert (error.message, error.hint) == (
+        "expected a boolean, got a string ('off')",
+        "true or false",
+    )
+    error = only_error("services: {a: {command: [x]}}\nboot: {coldplg: false}\n")
+    assert (error.field, error.hint) == ("boot.coldplg", "did you mean 'coldplug'?")
+
+
 def test_a_nul_byte_in_an_argument_is_an_error() -> None:
     error = only_error('services:\n  a:\n    command: ["sleep", "1\\0"]\n')
     assert (error.line, error.field) == (3, "command[1]")
