@@ -3,7 +3,8 @@
 The modules, bottom to top (each imports only those above it in this list):
 
 * ``spec``, ``netspec``, ``nodespec``, ``config``, ``graph``, ``cmdline``: the
-  validated config and the kernel command line (pure, no trio)
+  validated config and the kernel command line (pure, no trio); ``image``: what
+  the node image holds (``/etc/k4sinit/image.json``, pure)
 * ``services/*`` and ``node``: each Kubernetes role described as a service
   spec, and the node profiles that expand into them (pure)
 * ``pki``: the cluster PKI and kubeconfigs (cryptography, no trio)
@@ -14,7 +15,8 @@ The modules, bottom to top (each imports only those above it in this list):
 * ``runner``: one service; ``supervisor``: all of them, in dependency order
 * ``dhcp``, ``network``: the node's network and the ``network`` condition;
   ``identity``: the ``pki`` condition; ``preflight``: what a profile needs
-* ``control``: the socket protocol, server and client; ``log``: structlog setup
+* ``control``: the socket protocol, server and client; ``controlport``: the same
+  carried over a virtio-serial port between a VM and its host; ``log``: structlog setup
 * ``daemon``: everything composed; ``boot``: PID 1; ``devenv``: PID 1 of a
   container; ``cli``: the ``k4sinit`` command
 """

@@ -13,6 +13,7 @@ Commands and exit codes:
 ``status [NAME] [--json]``         0 when every service is up and ready (or completed)
 ``logs NAME [-n N] [-f]``          the last N lines, then new ones with ``-f``
 ``start|stop|restart NAME``        operator commands; ``stop --all`` stops everything
+``kill NAME [-s SIGNAL]``          signal a service's main process (default TERM)
 =================================  ==================================================
 
 Client commands take ``--socket PATH`` (after the command name) or
@@ -86,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in ("start", "restart"):
         client(name, f"{name} a service").add_argument("name")
+    kill = client(
+        "kill", "send a signal to a service's main process (its policy decides what follows)"
+    )
+    kill.add_argument("name")
+    kill.add_argument("-s", "--signal", default="TERM", help="signal name (default: %(default)s)")
     stop = client("stop", "stop a service, or everything with --all")
     stop.add_argument("name", nargs="?")
     stop.add_argument("--all", action="store_true", help="stop every service and end the daemon")
@@ -289,6 +295,11 @@ def run_client(args: argparse.Namespace) -> int:
         else:
             print(format_table(result["services"]))
             print(format_network_line(result["network"]))
+            image_line = format_image_line(result.get("image"))
+            if image_line:
+                print(image_line)
+            if result.get("daemon"):
+                print(format_daemon_line(result["daemon"]))
             if result.get("preflight"):
                 p = result["preflight"]
                 print(
@@ -314,6 +325,11 @@ def run_client(args: argparse.Namespace) -> int:
     if not args.name:
         print(f"k4sinit {args.command}: a service NAME is needed", file=sys.stderr)
         return 2
+    if args.command == "kill":
+        req = control.Request("kill", name=args.name, signal=args.signal)
+        result = control.request(path, req)
+        print(f"{result['name']}: sent {result['signal']} to pid {result['pid']}")
+        return 0
     result = control.request(path, control.Request(args.command, name=args.name), timeout=None)
     print(
         f"{result['name']}: {result['state']}{', ready' if result['ready'] else ''} ({result['reason']})"
@@ -424,6 +440,20 @@ def format_network_line(network: dict[str, Any]) -> str:
     if network["ready"]:
         return f"network: ready{where}"
     return f"network: not ready: {network['reason']}{where}"
+
+
+def format_daemon_line(daemon: dict[str, Any]) -> str:
+    """k4sinit itself: ``k4sinit 0.1.0: pid 1, up 3m12s, 41.2 MiB resident``."""
+    return (
+        f"k4sinit {daemon['version']}: pid {daemon['pid']}, up {format_duration(daemon['uptime'])}, "
+        f"{daemon['rss_bytes'] / 2**20:.1f} MiB resident"
+    )
+
+
+def format_image_line(image: dict[str, Any] | None) -> str | None:
+    """The image's notice as a line under the table (``image: ... TEST STAND-INS ...``), if any."""
+    notice = (image or {}).get("notice")
+    return f"image: {notice}" if notice else None
 
 
 def format_network(network: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from signal import Signals
 from typing import Any
 
 import trio
@@ -31,9 +32,20 @@ MAX_REQUEST = 64 * 1024
 REQUEST_TIMEOUT = 10.0
 MAX_CONNECTIONS = 64
 
-OPS = ("status", "logs", "start", "stop", "restart", "stop_all", "reboot", "poweroff", "halt")
+OPS = (
+    "status",
+    "logs",
+    "start",
+    "stop",
+    "restart",
+    "kill",
+    "stop_all",
+    "reboot",
+    "poweroff",
+    "halt",
+)
 POWER_OPS = ("reboot", "poweroff", "halt")
-NAMED_OPS = ("logs", "start", "stop", "restart")
+NAMED_OPS = ("logs", "start", "stop", "restart", "kill")
 
 
 class RequestError(Exception):
@@ -42,12 +54,14 @@ class RequestError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One control request. ``name`` is a service; ``lines``/``follow`` are for logs."""
+    """One control request. ``name`` is a service; ``lines``/``follow`` are for logs;
+    ``signal`` (a name: ``KILL`` or ``SIGKILL``) is for kill."""
 
     op: str
     name: str | None = None
     lines: int = 50
     follow: bool = False
+    signal: str = "TERM"
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"op": self.op}
@@ -55,7 +69,17 @@ class Request:
             data["name"] = self.name
         if self.op == "logs":
             data.update(lines=self.lines, follow=self.follow)
+        if self.op == "kill":
+            data["signal"] = self.signal
         return data
+
+    def signal_number(self) -> Signals:
+        """The ``signal`` field as a signal; RequestError names an unknown one."""
+        name = self.signal.upper()
+        try:
+            return Signals[name if name.startswith("SIG") else "SIG" + name]
+        except KeyError:
+            raise RequestError(f"unknown signal {self.signal!r}; e.g. TERM, KILL, HUP") from None
 
     @classmethod
     def from_json(cls, data: Any) -> Request:
@@ -76,7 +100,12 @@ class Request:
         follow = data.get("follow", False)
         if not isinstance(follow, bool):
             raise RequestError("'follow' must be true or false")
-        return cls(op=op, name=name, lines=lines, follow=follow)
+        sig = data.get("signal", "TERM")
+        if not isinstance(sig, str):
+            raise RequestError("'signal' must be a signal name such as \"KILL\"")
+        request = cls(op=op, name=name, lines=lines, follow=follow, signal=sig)
+        request.signal_number()  # refuse an unknown signal here, before anything acts
+        return request
 
 
 def encode(obj: dict[str, Any]) -> bytes:

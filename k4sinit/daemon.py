@@ -15,12 +15,15 @@ import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import psutil
 import trio
 
-from . import control, preflight
+from . import __version__, control, preflight
 from .cgroups import CgroupTree, CgroupUnavailable
 from .control import POWER_OPS, Request, RequestError, Send, error, ok
+from .controlport import GuestBridge
 from .identity import AlwaysReady, NodePKI
+from .image import ImageInfo
 from .netspec import NetworkSpec
 from .network import Network
 from .node import NodeSettings
@@ -101,11 +104,15 @@ class Daemon:
         checks: Sequence[Check] = (),
         signals: Mapping[int, str] = RUN_SIGNALS,
         power: bool = False,
+        control_port: str | None = None,
         rng: random.Random | None = None,
+        image: ImageInfo | None = None,
     ) -> None:
         """``signals`` maps each handled signal to its action; ``power`` allows
-        reboot/poweroff/halt requests (PID 1 only)."""
+        reboot/poweroff/halt requests (PID 1 only); ``control_port`` names a virtio-serial
+        port over which the host reaches the control socket (controlport.py)."""
         self.log = log
+        self.image = image  # what the node image holds (/etc/k4sinit/image.json)
         self._signals = dict(signals)
         self._power = power
         self.action = "stop"  # what the shutdown asked for; read after run()
@@ -132,6 +139,10 @@ class Daemon:
             config, ctx, builtins={"network": self.network, "pki": self.pki}
         )
         self.control = control.ControlServer(socket_path, self.handle, log)
+        self.port_bridge = (
+            GuestBridge.for_name(control_port, socket_path, log) if control_port else None
+        )
+        self._started = trio.current_time()
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
         self._stop_reply_sent = trio.Event()
@@ -153,6 +164,8 @@ class Daemon:
             await nursery.start(self.reaper.run)
             nursery.start_soon(self._watch_signals)
             await nursery.start(self.control.serve)
+            if self.port_bridge is not None:
+                nursery.start_soon(self.port_bridge.run)
             await nursery.start(self.network.run)
             if isinstance(self.pki, NodePKI):
                 nursery.start_soon(self.pki.run)
@@ -195,10 +208,12 @@ class Daemon:
                 await send(ok({"preflight": preflight.to_json(self.preflight)}))
             elif request.op == "status":
                 snapshot = {
+                    "daemon": self.self_snapshot(),
                     "services": sup.snapshot(),
                     "network": self.network.snapshot(),
                     "pki": {"ready": self.pki.ready, "reason": self.pki.reason},
                     "preflight": preflight.summary_json(self.preflight),
+                    "image": self.image.to_json() if self.image is not None else None,
                 }
                 await send(ok(sup[name].detail() if name else snapshot))
             elif request.op == "logs":
@@ -212,6 +227,10 @@ class Daemon:
             elif request.op == "restart":
                 await sup.restart(name)
                 await send(ok(sup[name].snapshot()))
+            elif request.op == "kill":
+                signum = request.signal_number()
+                pid = sup[name].send_signal(signum)
+                await send(ok({"signal": signum.name, "pid": pid, **sup[name].snapshot()}))
             elif request.op in POWER_OPS and not self._power:
                 raise RequestError(f"{request.op}: k4sinit is not PID 1 here; use 'stop --all'")
             elif request.op in ("stop_all", *POWER_OPS):
@@ -228,6 +247,16 @@ class Daemon:
             raise RequestError(str(exc)) from None
         except RuntimeError as exc:
             await send(error(str(exc)))
+
+    def self_snapshot(self) -> dict[str, Any]:
+        """k4sinit itself: pid, resident memory, uptime (for status and bench/)."""
+        me = psutil.Process()
+        return {
+            "pid": me.pid,
+            "rss_bytes": me.memory_info().rss,
+            "uptime": round(trio.current_time() - self._started, 3),
+            "version": __version__,
+        }
 
     async def _logs(self, runner: ServiceRunner, request: Request, send: Send) -> None:
         # Subscribe before taking the backlog so no line falls between the two.

@@ -95,6 +95,7 @@ class ServiceRunner:
         self._ready_since: float | None = None
         self._stable_run = False  # this run was ready for backoff.reset_after seconds
         self._kill_reason: str | None = None
+        self._child: Child | None = None  # the current run's process, for send_signal
 
     # --- the one path for state changes ---------------------------------------
 
@@ -254,6 +255,7 @@ class ServiceRunner:
             return None, f"spawn failed: {exc.strerror}", False
         child = spawned.child
         self.pid = child.pid
+        self._child = child
         self._kill_reason = None
         self._stable_run = False
         has_startup = self.spec.startup_probe is not None
@@ -382,6 +384,19 @@ class ServiceRunner:
     async def _watch_liveness(self, probe: Probe, child: Child) -> None:
         _, result = await self._probe_until(probe, lambda ok: not ok)
         await self._kill(child, f"liveness probe failed: {result.message}")
+
+    def send_signal(self, signum: int) -> int:
+        """Signal the service's main process (``k4sinit kill``); returns its pid.
+
+        What follows is the service's own business: an exit it causes is handled
+        by the restart policy like any other. RuntimeError when nothing runs.
+        """
+        child = self._child
+        # Child.signal never signals a reaped pid (which the kernel may have reused).
+        if child is None or not child.signal(signum):
+            raise RuntimeError(f"{self.name} has no running process ({self.state.value})")
+        self._log.info("signal sent by request", signal=signal.Signals(signum).name, pid=child.pid)
+        return child.pid
 
     async def _kill(self, child: Child, reason: str) -> None:
         self._kill_reason = reason

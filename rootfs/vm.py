@@ -41,6 +41,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+import trio
+
+from k4sinit import control, controlport
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build
@@ -73,10 +78,13 @@ def qemu_command(
     reboot: bool = False,
     quiet: bool = True,
     terminal: bool = False,
+    control_port: str | os.PathLike[str] | None = None,
 ) -> list[str]:
     """The qemu command line (see the module docstring). The serial console is
     qemu's stdio: a plain pipe (what :class:`VM` reads), or with ``terminal`` an
-    interactive terminal with qemu's monitor behind Ctrl-A c."""
+    interactive terminal with qemu's monitor behind Ctrl-A c. ``control_port``: a
+    unix socket path at which qemu serves k4sinit's control port (a virtio-serial
+    port named ``org.k4sinit.control``; see k4sinit/controlport.py)."""
     cmdline = " ".join(p for p in (BASE_APPEND, "quiet" if quiet else "", append) if p)
     return [
         QEMU,
@@ -110,6 +118,18 @@ def qemu_command(
         "virtio-net-pci,netdev=n0,romfile=",  # no iPXE ROM: nothing boots from the net
         "-device",
         "virtio-rng-pci",
+        *(
+            [
+                "-device",
+                "virtio-serial-pci",
+                "-chardev",
+                f"socket,id=ctl,path={control_port},server=on,wait=off",
+                "-device",
+                f"virtserialport,chardev=ctl,name={controlport.PORT_NAME}",
+            ]
+            if control_port
+            else []
+        ),
         *([] if reboot else ["-no-reboot"]),
     ]
 
@@ -121,6 +141,11 @@ class VM:
     ``(seconds since qemu start, line)`` pairs, ``exit_code`` qemu's exit status
     (None while it runs). ``log_path`` (default: a temp file, kept) receives the
     console as it arrives. Keyword arguments go to :func:`qemu_command`.
+
+    With ``control_socket`` the guest's control port is relayed to that host path
+    (mode 0600; :class:`k4sinit.controlport.HostRelay` in a thread): ``k4sinit
+    status --socket PATH`` on the host talks to PID 1 in the VM; see :meth:`request`
+    and :meth:`k4sinit`.
     """
 
     def __init__(
@@ -128,10 +153,17 @@ class VM:
         image: str | os.PathLike[str],
         *,
         log_path: str | os.PathLike[str] | None = None,
+        control_socket: str | os.PathLike[str] | None = None,
         **qemu_args: object,
     ) -> None:
         self.image = Path(image)
-        self.command = qemu_command(image, **qemu_args)  # type: ignore[arg-type]
+        self.control_socket = str(control_socket) if control_socket else None
+        self._port_dir = tempfile.mkdtemp(prefix="k4sinit-vm-port-") if control_socket else None
+        port = os.path.join(self._port_dir, "port.sock") if self._port_dir else None
+        self.command = qemu_command(image, control_port=port, **qemu_args)  # type: ignore[arg-type]
+        self._relay = (
+            RelayThread(port, self.control_socket) if port and self.control_socket else None
+        )
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="k4sinit-vm-", suffix=".console")
             os.close(fd)
@@ -164,7 +196,26 @@ class VM:
             stderr.close()
         self._reader = threading.Thread(target=self._read, name="vm-console", daemon=True)
         self._reader.start()
+        if self._relay is not None:
+            try:
+                self._relay.start()
+            except VMError as exc:
+                raise VMError(f"{exc}{self._qemu_stderr()}") from None
         return self
+
+    def request(self, op: str, name: str | None = None, timeout: float = 60, **fields: Any) -> Any:
+        """One control request to PID 1 in the VM (through the relay); its result.
+        Raises ``k4sinit.control.ControlClientError`` as the CLI would show it."""
+        assert self.control_socket is not None, "VM(control_socket=...) not given"
+        req = control.Request(op, name=name, **fields)
+        return control.request(self.control_socket, req, timeout=timeout)
+
+    def k4sinit(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run the host's ``k4sinit`` CLI against the VM, as README shows."""
+        assert self.control_socket is not None, "VM(control_socket=...) not given"
+        env = {**os.environ, "K4SINIT_SOCKET": self.control_socket}
+        cli = [sys.executable, "-m", "k4sinit", *args]
+        return subprocess.run(cli, env=env, capture_output=True, text=True, timeout=timeout)
 
     def kill(self) -> None:
         """SIGKILL qemu by its pid if it still runs, reap it, and join the reader."""
@@ -181,6 +232,13 @@ class VM:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+        self._stop_relay()
+
+    def _stop_relay(self) -> None:
+        if self._relay is not None:
+            self._relay.stop()
+        if self._port_dir is not None:
+            shutil.rmtree(self._port_dir, ignore_errors=True)
 
     def __enter__(self) -> VM:
         return self.start()
@@ -313,6 +371,52 @@ class VM:
             if err:
                 return f" (qemu: {err[-2000:]})"
         return ""
+
+
+class RelayThread:
+    """:class:`k4sinit.controlport.HostRelay` between qemu's port socket ``port_path``
+    and the host control socket ``listen_path``, in its own thread and trio run.
+
+    :meth:`start` returns once ``listen_path`` accepts (VMError if the relay could
+    not start); :meth:`stop` ends it (it also ends by itself when qemu exits)."""
+
+    def __init__(self, port_path: str, listen_path: str) -> None:
+        self.relay = controlport.HostRelay(port_path, listen_path)
+        self._thread = threading.Thread(target=self._run, name="vm-relay", daemon=True)
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._scope: trio.CancelScope | None = None
+        self._error: BaseException | None = None
+
+    def start(self, timeout: float = 60) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise VMError(f"the control relay did not start within {timeout:g}s")
+        if self._error is not None:
+            raise VMError(f"the control relay failed: {self._error}")
+
+    def stop(self) -> None:
+        if self._token is not None and self._scope is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._token = trio.lowlevel.current_trio_token()
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.relay.run)
+                    self._ready.set()
+
+        try:
+            trio.run(main)
+        except BaseException as exc:  # start() reports it; later, a dead relay is the news
+            self._error = exc
+        finally:
+            self._ready.set()
 
 
 def _die_with_parent() -> None:

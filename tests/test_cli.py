@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from k4sinit import __version__
 from tests.conftest import (
     DaemonProcess,
     child_cmd,
@@ -134,10 +135,14 @@ def test_status_table_has_header_and_rows_in_dependency_order(start_daemon: Any)
         "REASON",
     ]
     assert "LAST EXIT" in lines[0]
-    names = [line.split()[0] for line in lines[1:-1]]
+    names = [line.split()[0] for line in lines[1:-2]]
     assert names.index("db") < names.index("web")
     assert sorted(names) == ["db", "tool", "web"]
-    assert lines[-1] == "network: ready"  # no network configured: loopback only
+    assert lines[-2] == "network: ready"  # no network configured: loopback only
+    assert re.fullmatch(
+        rf"k4sinit {re.escape(__version__)}: pid {d.proc.pid}, up \d+s, \d+\.\d MiB resident",
+        lines[-1],
+    ), lines[-1]
 
 
 def test_status_exits_0_when_everything_is_up_or_completed(start_daemon: Any) -> None:
@@ -179,7 +184,13 @@ def test_status_json_fields_and_types(start_daemon: Any) -> None:
     d.wait_for(lambda s: up(s["a"]) and s["bad"]["state"] == "failed")
     out = d.cli("status", "--json")
     data = json.loads(out.stdout)
-    assert list(data) == ["services", "network", "pki", "preflight"]
+    assert {"daemon", "services", "network", "pki", "preflight"} <= set(data)
+    daemon = data["daemon"]
+    assert daemon["pid"] == d.proc.pid and daemon["version"] == __version__
+    # Its own resident memory, as the kernel counts it (within what can change meanwhile).
+    rss_kib = int(Path(f"/proc/{d.proc.pid}/status").read_text().split("VmRSS:")[1].split()[0])
+    assert abs(daemon["rss_bytes"] - rss_kib * 1024) < 16 << 20
+    assert daemon["uptime"] > 0
     assert data["pki"] == {"ready": True, "reason": "no node profile: no PKI to make"}
     assert data["preflight"] is None
     assert data["network"]["ready"] is True and data["network"]["source"] == "none"
@@ -315,6 +326,35 @@ def test_restart_gives_a_new_pid_and_leaves_dependents_alone(start_daemon: Any) 
     assert after["db"]["restarts"] == 0
     assert after["web"]["pid"] == before["web"]["pid"]
     assert (after["web"]["restarts"], up(after["web"])) == (0, True)
+
+
+def test_kill_signals_the_main_process_and_the_policy_restarts_it(start_daemon: Any) -> None:
+    d = start_daemon(services_config({"db": SLEEPER, "web": {**SLEEPER, "dependsOn": ["db"]}}))
+    before = d.wait_for(all_up("db", "web"))
+    out = d.cli("kill", "db", "-s", "KILL")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"db: sent SIGKILL to pid {before['db']['pid']}"
+    after = d.wait_for(lambda s: up(s["db"]) and s["db"]["pid"] != before["db"]["pid"])
+    assert after["db"]["restarts"] == 1  # a death by signal is the policy's business
+    assert after["db"]["last_exit"]["signal"] == "SIGKILL"
+    assert after["web"]["pid"] == before["web"]["pid"]
+
+
+def test_kill_refuses_an_unknown_signal_and_a_service_without_a_process(
+    start_daemon: Any,
+) -> None:
+    d = start_daemon(
+        services_config({"db": SLEEPER, "once": {"command": ["true"], "restartPolicy": "Never"}})
+    )
+    before = d.wait_for(lambda s: up(s["db"]) and s["once"]["state"] == "completed")
+    out = d.cli("kill", "db", "-s", "NOSUCH")
+    assert (out.returncode, out.stderr.strip()) == (
+        1,
+        "k4sinit: unknown signal 'NOSUCH'; e.g. TERM, KILL, HUP",
+    )
+    out = d.cli("kill", "once")
+    assert out.returncode == 1 and "once has no running process (completed)" in out.stderr
+    assert d.status()["db"]["pid"] == before["db"]["pid"]
 
 
 # --- supervision ------------------------------------------------------------------

@@ -134,13 +134,21 @@ def test_fifty_simultaneous_clients_all_get_answers(daemon: Served) -> None:
         ([1, 2], "request must be a JSON object, got list"),
         (
             {"op": "frobnicate"},
-            "unknown op 'frobnicate'; expected one of status, logs, start, stop, restart, stop_all, reboot, poweroff, halt",
+            "unknown op 'frobnicate'; expected one of status, logs, start, stop, restart, kill, stop_all, reboot, poweroff, halt",
         ),
         ({"op": "stop"}, "op 'stop' needs a service 'name'"),
         ({"op": "stop", "name": 7}, "'name' must be a string"),
         ({"op": "logs", "name": "a", "lines": -1}, "'lines' must be an integer from 0 to 100000"),
         ({"op": "logs", "name": "a", "follow": "yes"}, "'follow' must be true or false"),
         ({"op": "restart", "name": "nope"}, "unknown service 'nope'"),
+        (
+            {"op": "kill", "name": "a", "signal": 9},
+            "'signal' must be a signal name such as \"KILL\"",
+        ),
+        (
+            {"op": "kill", "name": "a", "signal": "SIGNOPE"},
+            "unknown signal 'SIGNOPE'; e.g. TERM, KILL, HUP",
+        ),
     ],
     ids=[
         "not-object",
@@ -150,6 +158,8 @@ def test_fifty_simultaneous_clients_all_get_answers(daemon: Served) -> None:
         "lines-neg",
         "follow-str",
         "unknown-name",
+        "signal-not-str",
+        "signal-unknown",
     ],
 )
 def test_invalid_request_gets_a_precise_error(daemon: Served, request_: Any, message: str) -> None:
