@@ -9,6 +9,15 @@ the same inputs give the same bytes (and the same image digest).
 ``/var/lib/k4sinit/images/hello.tar``: busybox-static as ``/bin/busybox``, ``/bin/sh``
 and ``/bin/echo`` linking to it, and ``Cmd ["/bin/sh", "-c", "echo hello from a
 container"]``.
+
+:func:`pause_archive` is the pod sandbox image the node image carries at
+``/var/lib/k4sinit/images/pause.tar``, tagged ``k4sinit.local/pause:3.10``: a
+**stand-in for registry.k8s.io/pause**, which cannot be fetched here (no
+registry in reach). It behaves like pause at its interface: as PID 1 of its
+container it sleeps forever, reaps the zombies the pod's processes leave it,
+and exits 0 at once on SIGTERM or SIGINT. It is busybox-static's ``sh``
+running :data:`PAUSE_SCRIPT`, not the real pause (a tiny static C program);
+a node that uses it names it in ``node.pauseImage``.
 """
 
 from __future__ import annotations
@@ -24,6 +33,21 @@ HELLO_REF = "k4sinit.local/hello:1"
 HELLO_PATH = "/var/lib/k4sinit/images/hello.tar"  # in the node image
 HELLO_CMD = ("/bin/sh", "-c", "echo hello from a container")
 BUSYBOX = "/bin/busybox"
+
+PAUSE_REF = "k4sinit.local/pause:3.10"  # 3.10: registry.k8s.io/pause of Kubernetes v1.31
+PAUSE_PATH = "/var/lib/k4sinit/images/pause.tar"  # in the node image
+#: PID 1 of a pod sandbox. The kernel drops a signal to a container's PID 1 that
+#: has no handler for it, hence the ``trap``; ``wait`` returns as soon as a trapped
+#: signal arrives, so the exit is prompt. Orphans of the pod's processes are
+#: reparented to this shell, and ash's ``wait`` reaps any child that exits, not
+#: only its own ``sleep``. Measured with busybox 1.35 as PID 1 of a pid namespace:
+#: three orphans reaped (no zombie left), SIGTERM and SIGINT each exit 0 in ~1 ms.
+PAUSE_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep 86400 & wait $!; done"
+PAUSE_CMD = ("/bin/sh", "-c", PAUSE_SCRIPT)
+PAUSE_DESCRIPTION = (
+    "stand-in for registry.k8s.io/pause:3.10 made by k4sinit's rootfs/oci.py: "
+    "busybox sh that sleeps, reaps zombies and exits 0 on SIGTERM or SIGINT"
+)
 
 #: A layer's content: image path -> file bytes (mode 0755), or ``("symlink", target)``.
 LayerFiles = Mapping[str, "bytes | tuple[str, str]"]
@@ -58,14 +82,18 @@ def docker_archive(
     *,
     env: Sequence[str] = ("PATH=/bin",),
     architecture: str = "amd64",
+    labels: Mapping[str, str] | None = None,
 ) -> bytes:
     """A docker-archive tarball of one image tagged ``ref`` (``host/name:tag``)."""
     diff_ids = [hashlib.sha256(layer).hexdigest() for layer in layers]
+    image_config: dict[str, object] = {"Env": list(env), "Cmd": list(cmd)}
+    if labels:
+        image_config["Labels"] = dict(labels)
     config = {
         "architecture": architecture,
         "os": "linux",
         "created": "1970-01-01T00:00:00Z",
-        "config": {"Env": list(env), "Cmd": list(cmd)},
+        "config": image_config,
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in diff_ids]},
         "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "k4sinit rootfs/oci.py"}],
     }
@@ -93,6 +121,25 @@ def hello_archive(busybox: str | Path = BUSYBOX) -> bytes:
         }
     )
     return docker_archive(HELLO_REF, [layer], HELLO_CMD)
+
+
+def pause_archive(busybox: str | Path = BUSYBOX) -> bytes:
+    """The ``k4sinit.local/pause:3.10`` image: a stand-in for registry.k8s.io/pause.
+
+    busybox-static with ``/bin/sh`` and ``/bin/sleep`` linking to it and
+    :data:`PAUSE_CMD` as its command (see the module docstring for what it does
+    and what it is not); its label ``org.opencontainers.image.description``
+    says it is a stand-in.
+    """
+    layer = layer_tar(
+        {
+            "bin/busybox": Path(busybox).read_bytes(),
+            "bin/sh": ("symlink", "busybox"),
+            "bin/sleep": ("symlink", "busybox"),
+        }
+    )
+    labels = {"org.opencontainers.image.description": PAUSE_DESCRIPTION}
+    return docker_archive(PAUSE_REF, [layer], PAUSE_CMD, labels=labels)
 
 
 def _add(

@@ -115,9 +115,9 @@ services:
     restartPolicy: Never
 """
 
-# Booted with a static ip= on the kernel command line: no network section here.
+# Booted with a static ip= on the kernel command line: no network section here, and
+# no modules: the NIC's drivers (virtio_pci, then virtio_net) come from coldplug alone.
 NETONLY = """\
-modules: [virtio_pci, virtio_net]
 services:
   probe:
     command: [sh, -c, 'ip -4 addr show eth0; ip -4 route show default; cat /etc/resolv.conf; hostname']
@@ -246,6 +246,25 @@ def test_image_holds_the_runtime_and_the_config(image: Path) -> None:
     (modules_dep,) = (d for p, (_, d) in files.items() if p.endswith("/modules.dep"))
     assert re.search(rb"virtio_net\.ko: .*net_failover\.ko", modules_dep)
     assert re.search(rb"br_netfilter\.ko: .*bridge\.ko", modules_dep)
+    (modules_alias,) = (d for p, (_, d) in files.items() if p.endswith("/modules.alias"))
+    assert re.search(rb"^alias pci:v00001AF4d\*\S* virtio_pci$", modules_alias, re.M)
+    assert re.search(rb"^alias virtio:d00000001v\* virtio_net$", modules_alias, re.M)
+
+
+def test_image_holds_the_k4s_roles_cni_plugins_and_the_pause_stand_in(image: Path) -> None:
+    files = read_cpio(image)
+    mode, launcher = files["bbin/k4s"]
+    assert mode & 0o111 and launcher.startswith(b"#!/usr/bin/python3.11 -IS\n")
+    for role in build.K4S_ROLES:
+        assert files[f"bbin/{role}"][1] == b"k4s", role
+    assert "usr/lib/k4sinit/standins/__pycache__/kube.cpython-311.pyc" in files
+    description = json.loads(files["etc/k4sinit/image.json"][1])
+    assert description["k4s"]["kind"] == "standins"
+    assert description["k4s"]["sha256"] == hashlib.sha256(launcher).hexdigest()
+    for plugin in build.DEFAULT_CNI_PLUGINS:
+        assert files[f"opt/cni/bin/{plugin}"][1] == (build.CNI_SOURCE / plugin).read_bytes()
+    assert files["var/lib/k4sinit/images/pause.tar"][1] == oci.pause_archive()
+    assert files["sbin/modprobe"][1] == b"/bin/busybox"
 
 
 def test_kernel_runs_k4sinit_as_pid_1(booted: vm.VM) -> None:
@@ -391,3 +410,7 @@ def test_a_static_ip_option_configures_the_node(image: Path) -> None:
     assert re.search(r"default via 10\.0\.2\.2 dev eth0.*service=probe", console)
     assert re.search(r"nameserver 10\.0\.2\.3.*service=probe", console)
     assert re.search(r"k4s-static.*service=probe", console)
+    # netonly.yaml names no module: coldplug loaded the NIC's bus driver, then the NIC's.
+    coldplug = re.findall(r"stage 1: coldplug: .*", console)
+    assert len(coldplug) == 1, coldplug  # the summary, and no problem
+    assert re.search(r"loaded virtio_pci, .*virtio_net.* for \d+ devices", coldplug[0]), coldplug

@@ -17,6 +17,10 @@ from typing import TYPE_CHECKING
 from k4sinit.services import containerd
 from k4sinit.spec import Backoff, Condition, RestartPolicy, ServiceSpec
 
+#: Where k4sinit itself finds a shell (as process.SHELL): a node's binPath need
+#: hold none (u-root's /bbin has no sh; Debian has /usr/bin/sh only by merged /usr).
+SHELL = "/bin/sh"
+
 if TYPE_CHECKING:
     from k4sinit.node import NodeSettings
 
@@ -39,7 +43,7 @@ echo "imported $found image archive(s) from $1"
 def service(node: NodeSettings) -> ServiceSpec:
     return ServiceSpec(
         name=NAME,
-        command=("sh", "-c", SCRIPT, NAME, node.images_dir, containerd.SOCKET),
+        command=(SHELL, "-c", SCRIPT, NAME, node.images_dir, containerd.SOCKET),
         env=node.env,
         depends_on=((containerd.NAME, Condition.READY),),
         restart_policy=RestartPolicy.ON_FAILURE,
