@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import cmdline, control, log, node, power, preflight, system
+from . import cmdline, control, image, log, node, power, preflight, system
 from .config import ConfigErrors, load_config
 from .netspec import NetworkSpec, choose_network
 from .spec import Config, Fallback, SwitchRoot, SystemSpec
@@ -72,6 +72,10 @@ def init_main(options: InitOptions) -> NoReturn:
         container=container,
         monotonic=round(time.monotonic(), 3),
     )
+    image_info = image.load()  # the banner: say so when the roles are test stand-ins
+    notice = image_info.notice() if image_info is not None else None
+    if notice:
+        logger.warning(notice)
     for line in early:
         logger.info("stage 1: " + line)
     for warning in kernel.warnings:
@@ -169,8 +173,15 @@ def prepare_system(
     container: bool,
     logger: Any,
 ) -> None:
-    """Modules, sysctls, hostname, machine-id, loopback: each problem is logged, none fatal."""
+    """Coldplug, modules, sysctls, hostname, machine-id, loopback: each problem logged, none fatal."""
     spec = config.system
+    if spec.coldplug and not container:  # in a container the kernel is the host's
+        plugged = system.coldplug()
+        for line in plugged.details():
+            logger.debug("stage 1: coldplug: " + line)
+        logger.info("stage 1: coldplug: " + plugged.summary())
+        for problem in plugged.problems:
+            logger.warning("stage 1: coldplug: " + problem)
     if spec.modules and container:
         logger.info(
             "stage 1: kernel modules are the host's in a container; not loading",
@@ -212,6 +223,7 @@ def supervise(
     ``named``: the node has a configured hostname (else DHCP may give one)."""
     import trio
 
+    from .controlport import PORT_NAME
     from .daemon import INIT_SIGNALS, Daemon, setup_cgroups
     from .network import Network
 
@@ -245,6 +257,8 @@ def supervise(
             checks=checks or [],
             signals=INIT_SIGNALS,
             power=True,
+            image=image.load(),
+            control_port=None if container else PORT_NAME,
         )
         await daemon.run()
         return daemon.action

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -287,3 +289,41 @@ def boot(tmp_path: Path) -> Iterator[Any]:
     yield start
     for container in started:
         container.stop()
+
+
+# --- the node image in qemu (tests/test_vm.py, tests/test_e2e.py) -----------------
+
+
+def _missing_vm_tools() -> list[str]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "rootfs"))
+    import build  # rootfs/ is a directory of scripts, not a package
+
+    kernel = list(Path("/boot").glob("vmlinuz-*"))
+    missing = [t for t in ("qemu-system-x86_64", "cpio") if shutil.which(t) is None]
+    required = (build.PYTHON, build.BUSYBOX, *build.DEFAULT_BINARIES)
+    missing += [p for p in required if not Path(p).exists()]
+    missing += [
+        str(build.CNI_SOURCE / plugin)
+        for plugin in build.DEFAULT_CNI_PLUGINS
+        if not (build.CNI_SOURCE / plugin).exists()
+    ]
+    return missing + ([] if kernel else ["/boot/vmlinuz-*"])
+
+
+@pytest.fixture(scope="module")
+def vm_tools() -> None:
+    """qemu, a Debian kernel and the packages the image is made of: install them
+    with scripts/vm-deps, or skip."""
+    if not _missing_vm_tools():
+        return
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root to install {', '.join(_missing_vm_tools())} (scripts/vm-deps)")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [str(root / "scripts/vm-deps")], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0 or _missing_vm_tools():
+        pytest.skip(
+            f"cannot install {', '.join(_missing_vm_tools())} with scripts/vm-deps: "
+            f"{(proc.stdout + proc.stderr).strip()[-500:]}"
+        )

@@ -18,10 +18,8 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 from collections.abc import Iterator
@@ -137,32 +135,6 @@ services:
 """
 
 BOOT_TIMEOUT = 300  # TCG on 2 busy cores: ~35 s when quiet, minutes when loaded
-
-
-def _missing_tools() -> list[str]:
-    kernel = list(Path("/boot").glob("vmlinuz-*"))
-    missing = [t for t in ("qemu-system-x86_64", "cpio") if shutil.which(t) is None]
-    required = (build.PYTHON, build.BUSYBOX, *build.DEFAULT_BINARIES)
-    missing += [p for p in required if not Path(p).exists()]
-    return missing + ([] if kernel else ["/boot/vmlinuz-*"])
-
-
-@pytest.fixture(scope="module")
-def vm_tools() -> None:
-    """qemu, a Debian kernel, busybox-static, python3.11, containerd, runc: install
-    them, or skip."""
-    if not _missing_tools():
-        return
-    if os.geteuid() != 0:
-        pytest.skip(f"needs root to install {', '.join(_missing_tools())} (scripts/vm-deps)")
-    proc = subprocess.run(
-        [str(ROOT / "scripts/vm-deps")], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0 or _missing_tools():
-        pytest.skip(
-            f"cannot install {', '.join(_missing_tools())} with scripts/vm-deps: "
-            f"{(proc.stdout + proc.stderr).strip()[-500:]}"
-        )
 
 
 @pytest.fixture(scope="module")
