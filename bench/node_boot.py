@@ -39,15 +39,9 @@ import node  # noqa: E402 (rootfs/ is a directory of scripts, not a package)
 import vm  # noqa: E402
 from boot import milestones  # noqa: E402
 
-ROLES = (
-    "kine",
-    "kube-apiserver",
-    "kube-scheduler",
-    "kube-controller-manager",
-    "containerd",
-    "images",
-    "kubelet",
-)
+from k4sinit.nodespec import Datastore, Profile, profile_roles  # noqa: E402
+
+ROLES = profile_roles(Profile.SINGLE, Datastore.KINE)  # what node-vm.yaml runs
 
 
 def all_ready(status: dict[str, Any]) -> bool:

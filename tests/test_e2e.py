@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from k4sinit.nodespec import Datastore, Profile, profile_roles
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "rootfs"))
 import node  # noqa: E402 (rootfs/ is a directory of scripts, not a package)
@@ -31,14 +33,8 @@ import vm  # noqa: E402
 
 pytestmark = [pytest.mark.vm, pytest.mark.e2e]
 
-ROLES = (
-    "kine",
-    "kube-apiserver",
-    "kube-scheduler",
-    "kube-controller-manager",
-    "containerd",
-    "kubelet",
-)
+#: The single profile's long-running roles (the images oneshot is checked apart).
+ROLES = tuple(r for r in profile_roles(Profile.SINGLE, Datastore.KINE) if r != "images")
 BOOT_TIMEOUT = 600  # TCG, two cores shared with the rest of the machine
 TIMES: dict[str, float] = {}
 
@@ -72,6 +68,18 @@ def wait_status(machine: vm.VM, predicate: Any, timeout: float, what: str) -> di
 
 def by_name(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {s["name"]: s for s in status["services"]}
+
+
+def back_with_a_new_pid(
+    machine: vm.VM, before: dict[str, dict[str, Any]], role: str, timeout: float
+) -> dict[str, dict[str, Any]]:
+    """Every service once ``role`` is ready again in a process other than before's."""
+
+    def back(status: dict[str, Any]) -> bool:
+        now = by_name(status)[role]
+        return bool(now["ready"]) and now["pid"] != before[role]["pid"]
+
+    return by_name(wait_status(machine, back, timeout, f"{role} back with a new pid"))
 
 
 @pytest.fixture(scope="module")
@@ -187,17 +195,7 @@ def test_restart_of_a_role_leaves_the_others_alone(machine: vm.VM) -> None:
     before = by_name(machine.request("status"))
     out = machine.k4sinit("restart", "kube-scheduler")
     assert out.returncode == 0, out.stdout + out.stderr
-    after = by_name(
-        wait_status(
-            machine,
-            lambda s: (
-                by_name(s)["kube-scheduler"]["ready"]
-                and by_name(s)["kube-scheduler"]["pid"] != before["kube-scheduler"]["pid"]
-            ),
-            120,
-            "kube-scheduler back after restart",
-        )
-    )
+    after = back_with_a_new_pid(machine, before, "kube-scheduler", 120)
     for role in set(ROLES) - {"kube-scheduler"}:
         assert after[role]["pid"] == before[role]["pid"], role
 
@@ -207,17 +205,7 @@ def test_apiserver_killed_comes_back_and_its_dependents_keep_running(machine: vm
     out = machine.k4sinit("kill", "kube-apiserver", "-s", "KILL")
     assert out.returncode == 0, out.stdout + out.stderr
     started = time.monotonic()
-    after = by_name(
-        wait_status(
-            machine,
-            lambda s: (
-                by_name(s)["kube-apiserver"]["ready"]
-                and by_name(s)["kube-apiserver"]["pid"] != before["kube-apiserver"]["pid"]
-            ),
-            180,
-            "kube-apiserver back after SIGKILL",
-        )
-    )
+    after = back_with_a_new_pid(machine, before, "kube-apiserver", 180)
     TIMES["apiserver SIGKILL to ready again"] = time.monotonic() - started
     assert after["kube-apiserver"]["restarts"] == before["kube-apiserver"]["restarts"] + 1
     assert after["kube-apiserver"]["last_exit"] == {"signal": "SIGKILL"}
