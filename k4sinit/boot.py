@@ -36,6 +36,7 @@ from .netspec import NetworkSpec, choose_network
 from .spec import Config, Fallback, SwitchRoot, SystemSpec
 
 PATH = "/bbin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CP_PATH = "/bin:/usr/bin"  # where a cp with -a is (busybox, coreutils); not u-root's /bbin
 SWITCHED_ENV = "K4SINIT_SWITCHED"  # set across the re-exec after a switch root
 NEW_ROOT = "/newroot"
 MOVED_MOUNTS = ("/dev", "/proc", "/sys", "/run", "/tmp")
@@ -371,10 +372,11 @@ def copy_tree(entries: list[str], target: str) -> None:
     """Copy top-level ``entries`` of / into ``target``, keeping links, modes and owners.
 
     busybox/coreutils ``cp -a`` when there is one: in C it is several times
-    faster than shutil under qemu's TCG (thousands of small files). No reaper
-    runs yet, so waiting for it here is safe.
+    faster than shutil under qemu's TCG (thousands of small files). Not from
+    /bbin: u-root's ``cp`` has no ``-a``. No reaper runs yet, so waiting for it
+    here is safe.
     """
-    cp = shutil.which("cp", path=PATH)
+    cp = shutil.which("cp", path=CP_PATH)
     if cp is not None:
         subprocess.run([cp, "-a", *(f"/{e}" for e in entries), target + "/"], check=True)
         return
