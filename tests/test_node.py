@@ -79,6 +79,11 @@ node:
   imagesDir: {tmp}/images
   cniBinDir: {cni}
   cniConfDir: {tmp}/cni
+  roles:  # the stand-ins' scratch files (PEM for ssl) stay in the test's dir, even SIGKILLed
+    kube-apiserver: {{env: {{TMPDIR: {tmp}/scratch}}}}
+    kube-scheduler: {{env: {{TMPDIR: {tmp}/scratch}}}}
+    kube-controller-manager: {{env: {{TMPDIR: {tmp}/scratch}}}}
+    kubelet: {{env: {{TMPDIR: {tmp}/scratch}}}}
 boot: {{preflight: warn}}
 services:
   ctr-run:
@@ -172,6 +177,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
         _claim_host_dirs()
         tmp = tmp_path_factory.mktemp("node")
         (tmp / "images").mkdir()
+        (tmp / "scratch").mkdir()
         (tmp / "images" / "hello.tar").write_bytes(oci.hello_archive("/bin/busybox"))
         config = CONFIG.format(tmp=tmp, standins=STANDINS, cni=CNI_BIN_DIR, image=oci.HELLO_REF)
         container = Container(tmp, config)

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import http.client
 import json
+import os
 import signal
 import socket
 import ssl
@@ -46,8 +47,14 @@ class StandIn:
         self.role = role
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 (closed in kill())
+        # Its scratch files (PEM for ssl) under the test's tmp dir, even if it is killed.
+        scratch = log.parent / "tmp"
+        scratch.mkdir(exist_ok=True)
         self.proc = subprocess.Popen(
-            [str(BIN / role), *args], stdout=self._log, stderr=subprocess.STDOUT
+            [str(BIN / role), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TMPDIR": str(scratch)},
         )
 
     def log(self) -> str:
@@ -59,9 +66,14 @@ class StandIn:
         return self.proc.wait(timeout=timeout)
 
     def kill(self) -> None:
+        """SIGTERM (it cleans up), SIGKILL if it is still there after 5 s; by pid."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self._log.close()
 
 
