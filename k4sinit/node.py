@@ -31,6 +31,7 @@ import dataclasses
 import difflib
 import os
 import posixpath
+import re
 import signal
 import socket
 from dataclasses import dataclass
@@ -166,13 +167,28 @@ def settings(
     The node name is ``node.name``, else ``hostname`` (give the kernel's
     ``k4sinit.hostname=``), else the config's ``hostname``, else the system's,
     lowercased as kubelet does. Raises :class:`ConfigErrors` when the kernel's
-    role is not a profile or the profile lacks what it needs (a worker's
-    server and token).
+    role is not a profile, the profile lacks what it needs (a worker's
+    server and token), or the name is not a DNS subdomain (a fresh kernel's
+    hostname is "(none)").
     """
     node = _effective(config, role_from_kernel)
     if node is None:
         return None
-    name = (node.name or hostname or config.system.hostname or socket.gethostname()).lower()
+    name, source = next(
+        (value.lower(), where)
+        for value, where in (
+            (node.name, "node.name"),
+            (hostname, "k4sinit.hostname="),
+            (config.system.hostname, "hostname"),
+            (socket.gethostname(), "the system's hostname"),
+        )
+        if value
+    )
+    if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
+        # kubelet would fail to register it, long after the boot looked fine.
+        message = f"node name {name!r} (from {source}) is not a DNS subdomain"
+        hint = "set node.name or hostname in the config, or k4sinit.hostname= on the kernel command line"
+        raise ConfigErrors(config.source, [_error(config, None, "node.name", message, hint)])
     pki_dir = node.pki_dir or f"{node.data_dir}/pki"
     roles = tuple(
         role
@@ -202,6 +218,10 @@ def settings(
         cni_bin_dir=node.cni_bin_dir,
         cni_conf_dir=node.cni_conf_dir,
     )
+
+
+#: What Kubernetes accepts as a node name (RFC 1123 subdomain, lowercase).
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def _effective(config: Config, role_from_kernel: str | None) -> NodeSpec | None:

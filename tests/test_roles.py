@@ -555,3 +555,20 @@ def test_the_shipped_single_node_config_expands() -> None:
     assert len(expanded_config.services) == 7
     assert config.network.interfaces[0].dhcp
     assert "br_netfilter" in config.system.modules
+
+
+def test_a_node_name_kubelet_cannot_register_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fresh kernel's hostname, when neither the config nor the kernel names the node.
+    monkeypatch.setattr(node.socket, "gethostname", lambda: "(none)")
+    with pytest.raises(ConfigErrors) as caught:
+        node.settings(load("node: {profile: single}\n"))
+    (error,) = caught.value.errors
+    assert error.field == "node.name"
+    assert error.message == "node name '(none)' (from the system's hostname) is not a DNS subdomain"
+    assert "k4sinit.hostname=" in (error.hint or "")
+    # Any of the names given wins over the system's, lowercased as kubelet does.
+    assert settings_of("node: {profile: single}\n", hostname="Node-1").name == "node-1"
+    assert settings_of("hostname: n2\nnode: {profile: single}\n").name == "n2"
+    assert settings_of("node: {profile: single, name: a.b-c}\n").name == "a.b-c"
