@@ -24,7 +24,8 @@ Kubernetes node image. The image holds:
   (what the image holds, read by k4sinit at boot: see ``k4sinit/image.py``),
   ``/etc/passwd``, ``/etc/group``, ``/etc/hosts``, and empty mount points;
 * binaries at their host paths with their ldd closures (default: Debian's etcd,
-  containerd, its runc v2 shim, ctr and runc), and with containerd
+  containerd, its runc v2 shim, ctr, runc, and iptables-nft with its extensions and
+  ``iptables``/``ip6tables`` (``-save``, ``-restore``) links), and with containerd
   ``/etc/containerd/config.toml``; the CNI plugins a single node's pod network
   uses (Debian's containernetworking-plugins) in ``/opt/cni/bin``;
 * air-gap image archives in ``/var/lib/k4sinit/images``, which the node's
@@ -50,6 +51,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import posixpath
 import re
 import shutil
 import stat
@@ -103,7 +105,23 @@ DEFAULT_BINARIES = (
     "/usr/bin/ctr",
     "/usr/sbin/runc",
     "/usr/bin/etcd",
+    "/usr/sbin/xtables-nft-multi",
 )
+
+#: iptables (nf_tables backend): the CNI bridge plugin's masquerade and portmap's
+#: hostPort rules run it, as kube-proxy does. One multicall binary dispatched by
+#: argv[0], linked under the names those programs run; its match and target
+#: extensions are dlopened from XTABLES_DIR (ldd does not see them).
+IPTABLES = "/usr/sbin/xtables-nft-multi"
+IPTABLES_NAMES = (
+    "iptables",
+    "iptables-save",
+    "iptables-restore",
+    "ip6tables",
+    "ip6tables-save",
+    "ip6tables-restore",
+)
+XTABLES_DIR = Path("/usr/lib/x86_64-linux-gnu/xtables")
 
 #: Debian's containernetworking-plugins keeps the plugins here ...
 CNI_SOURCE = Path("/usr/lib/cni")
@@ -349,6 +367,7 @@ def build(
     for plugin in plugins:
         _copy_file(plugin.resolve(), tree / CNI_BIN_DIR.lstrip("/") / plugin.name)
     k4s_info = _install_k4s(tree, k4s_file)
+    xtables = _install_iptables(tree) if IPTABLES in binaries else []
     _copy_ldd_closure(
         tree,
         [
@@ -358,6 +377,7 @@ def build(
             *binaries,
             *map(str, plugins),
             *([str(k4s_file)] if k4s_file else []),
+            *xtables,
         ],
     )
     _install_busybox(tree)
@@ -717,6 +737,18 @@ def _copy_ldd_closure(tree: Path, binaries: Iterable[str]) -> None:
     over another initramfs without replacing its /lib."""
     for lib in ldd_closure(binaries, tree):
         _copy_file(Path(lib).resolve(), tree / lib[1:])
+
+
+def _install_iptables(tree: Path) -> list[str]:
+    """iptables & co. as links to :data:`IPTABLES`, and its extensions; returns the
+    extensions' host paths (for their shared libraries)."""
+    sbin = tree / posixpath.dirname(IPTABLES).lstrip("/")
+    for name in IPTABLES_NAMES:
+        (sbin / name).symlink_to(posixpath.basename(IPTABLES))
+    extensions = sorted(XTABLES_DIR.glob("*.so"))
+    for ext in extensions:
+        _copy_file(ext, tree / str(ext).lstrip("/"))
+    return [str(ext) for ext in extensions]
 
 
 def _install_busybox(tree: Path) -> None:

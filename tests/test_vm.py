@@ -37,7 +37,7 @@ pytestmark = pytest.mark.vm
 
 CONFIG = """\
 hostname: k4s-vm-test
-modules: [virtio_pci, virtio_net, br_netfilter, overlay, veth]
+modules: [virtio_pci, virtio_net, br_netfilter, overlay, veth, nf_tables, nft_compat, nft_chain_nat, xt_MASQUERADE]
 services:
   hello:
     command: [sh, -c, 'echo hello from the vm; exec sleep 1000']
@@ -47,6 +47,8 @@ services:
       - |
         k4sinit status
         echo "probe: hostname=$(hostname)"
+        iptables -t nat -A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j MASQUERADE &&
+          iptables -t nat -S POSTROUTING | sed "s/^/probe: iptables: /"
         grep " / / " /proc/self/mountinfo | sed "s/^/probe: root mount: /"
         sh -c 'echo $$ > /sys/fs/cgroup/shims/cgroup.procs' && echo "probe: shims takes a process"
         ip -4 -o addr show eth0 | awk '{print "probe: eth0 " $4}'
@@ -257,6 +259,9 @@ def test_status_and_system_setup_inside_the_vm(booted: vm.VM) -> None:
     assert "probe: hostname=k4s-vm-test" in console
     for module in ("virtio_net", "br_netfilter", "overlay", "veth"):
         assert f"probe: module {module} loaded" in console
+    # The rule the CNI bridge plugin's ipMasq writes, read back (iptables-nft on nf_tables).
+    rule = "-A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j MASQUERADE"
+    assert f"probe: iptables: {rule}" in console
 
 
 def test_k4sinit_poweroff_ends_qemu_cleanly(booted: vm.VM) -> None:
