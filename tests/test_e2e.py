@@ -135,6 +135,13 @@ def test_boot_stages_run_in_order(machine: vm.VM) -> None:
 
 
 def test_roles_became_ready_in_dependency_order(machine: vm.VM) -> None:
+    # The demo exits a moment after its output (ctr removes the container first).
+    wait_status(
+        machine,
+        lambda s: by_name(s)["hello-container"]["state"] == "completed",
+        120,
+        "hello-container completed",
+    )
     ready_at: dict[str, float] = {}
     started_at: dict[str, float] = {}
     for role in (*ROLES, "images", "hello-container"):
@@ -143,6 +150,7 @@ def test_roles_became_ready_in_dependency_order(machine: vm.VM) -> None:
         started_at[role] = next(e["time"] for e in events if e["reason"].startswith("started"))
         oneshot = role in ("images", "hello-container")  # counted when completed
         done = [e for e in events if (e["state"] == "completed" if oneshot else e["ready"])]
+        assert done, f"{role} never {'completed' if oneshot else 'ready'}: {events}"
         ready_at[role] = done[0]["time"]
     for dependent, dependency in (
         ("kube-apiserver", "kine"),
