@@ -207,7 +207,9 @@ def test_apply_without_controllers_warns_limits_not_enforced(cgroup_dir: Path) -
 @needs_cgroup2
 def test_stats_of_a_real_cgroup_without_controllers(cgroup_dir: Path, sleeper: Spawn) -> None:
     if (cgroup_dir / "memory.current").exists() or (cgroup_dir / "pids.current").exists():
-        pytest.skip("this cgroup has the memory or pids controller")
+        pytest.skip(
+            "this host's cgroup has the memory or pids controller; the test is of one without"
+        )
     sleeper(cgroup_dir)
     sleeper(cgroup_dir)
     stats = ServiceCgroup(cgroup_dir).stats()

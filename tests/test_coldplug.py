@@ -355,12 +355,12 @@ def host_modules() -> Path | None:
 
 
 @pytest.fixture
-def host_base() -> Path:
+def host_base(vm_tools: None) -> Path:
+    """This host's modules, or Debian's kernel's (vm_tools installs linux-image-amd64)."""
     base = host_modules()
-    if base is None:
-        pytest.skip("no /lib/modules/*/modules.alias on this host")
+    assert base is not None, "no /lib/modules/*/modules.alias even after scripts/vm-deps"
     if not system.read_modaliases():
-        pytest.skip("no device with a modalias in /sys")
+        pytest.skip("this machine's /sys has no device with a modalias: nothing to match")
     return base
 
 
@@ -369,7 +369,7 @@ def test_host_devices_match_as_modprobe_resolves_them(host_base: Path) -> None:
     devices = system.read_modaliases()
     assert devices and all(devpath.startswith("/devices/") for devpath in devices)
     if shutil.which("modprobe") is None:
-        pytest.skip("no modprobe to compare with")
+        pytest.skip("modprobe (kmod) is not installed: nothing to compare the matches with")
     for modalias in set(devices.values()):
         resolved = subprocess.run(
             ["modprobe", "-S", host_base.name, "-R", modalias],
