@@ -39,6 +39,7 @@ import node  # noqa: E402 (rootfs/ is a directory of scripts, not a package)
 import vm  # noqa: E402
 from boot import milestones  # noqa: E402
 
+from k4sinit.control import ControlClientError  # noqa: E402
 from k4sinit.nodespec import Datastore, Profile, profile_roles  # noqa: E402
 
 ROLES = profile_roles(Profile.SINGLE, Datastore.KINE)  # what node-vm.yaml runs
@@ -110,7 +111,7 @@ def one_run(image: Path, log: Path, timeout: float) -> dict[str, Any]:
                     status = machine.request("status", timeout=30)
                     if all_ready(status):
                         break
-                except Exception:
+                except ControlClientError:  # booting: the port does not answer yet
                     pass
                 time.sleep(0.5)
             else:
@@ -120,7 +121,7 @@ def one_run(image: Path, log: Path, timeout: float) -> dict[str, Any]:
             roles = role_times(machine, guest_clock(machine))
             machine.request("poweroff", timeout=120)
             machine.wait(120)
-        marks = {k: v for k, v in milestones(machine).items()}
+        marks = milestones(machine)
     return {"marks": marks, "roles": roles, "rss": rss, "all_ready_host": all_ready_host}
 
 

@@ -84,7 +84,7 @@ def init_main(options: InitOptions) -> NoReturn:
     system_spec = SystemSpec()
     while True:
         try:
-            action, system_spec = boot(options, kernel, logger, writer)
+            action, system_spec = boot(options, kernel, logger, writer, image_info)
             logger.info("services stopped; ending", action=action.name.lower())
             writer.wait_idle(2)
             finish(action, logger, writer)
@@ -95,9 +95,14 @@ def init_main(options: InitOptions) -> NoReturn:
 
 
 def boot(
-    options: InitOptions, kernel: cmdline.KernelOptions, logger: Any, writer: log.NonBlockingWriter
+    options: InitOptions,
+    kernel: cmdline.KernelOptions,
+    logger: Any,
+    writer: log.NonBlockingWriter,
+    image_info: image.ImageInfo | None = None,
 ) -> tuple[power.Action, SystemSpec]:
     """The stages, then supervision; returns the shutdown action and the system spec.
+    ``image_info``: what the image says it holds (read once, for the banner), for status.
 
     Raises on any stage failure (ConfigErrors for a broken config).
     """
@@ -131,6 +136,7 @@ def boot(
         named=named,
         settings=settings,
         checks=checks,
+        image_info=image_info,
     )
     return action, spec
 
@@ -218,6 +224,7 @@ def supervise(
     named: bool,
     settings: node.NodeSettings | None = None,
     checks: list[preflight.Check] | None = None,
+    image_info: image.ImageInfo | None = None,
 ) -> power.Action:
     """Run the daemon (in trio) until a shutdown is asked for; returns how to end.
 
@@ -258,7 +265,7 @@ def supervise(
             checks=checks or [],
             signals=INIT_SIGNALS,
             power=True,
-            image=image.load(),
+            image=image_info,
             control_port=None if container else PORT_NAME,
         )
         await daemon.run()

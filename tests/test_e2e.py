@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from k4sinit.control import ControlClientError
 from k4sinit.nodespec import Datastore, Profile, profile_roles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +57,7 @@ def wait_status(machine: vm.VM, predicate: Any, timeout: float, what: str) -> di
             last = machine.request("status", timeout=30)
             if predicate(last):
                 return last  # type: ignore[no-any-return]
-        except Exception as exc:  # the node may be between boots; keep asking
+        except ControlClientError as exc:  # the node may be between boots; keep asking
             last = exc
         if machine.exit_code is not None:
             break
