@@ -73,10 +73,11 @@ def init_main(options: InitOptions) -> NoReturn:
         container=container,
         monotonic=round(time.monotonic(), 3),
     )
-    image_info = image.load()  # the banner: say so when the roles are test stand-ins
-    notice = image_info.notice() if image_info is not None else None
-    if notice:
-        logger.warning(notice)
+    image_info = image.load()  # the banner: what runs as the node's roles
+    if image_info is not None and image_info.notice() is not None:
+        logger.warning(image_info.summary())
+    elif image_info is not None:
+        logger.info("image: " + image_info.summary())
     for line in early:
         logger.info("stage 1: " + line)
     for warning in kernel.warnings:

@@ -8,6 +8,8 @@ of a cgroup namespace; a delegated cgroup under ``k4sinit run``)::
       services/<name>/       one per service; resources.limits applied here
       shims/                 (a leaf) reserved for containerd's shims, so containerd can
                              restart without killing pods; a node stop kills it too
+      kubepods/ ...          made by kubelet (cgroupRoot /): the pods' containers; a
+                             node stop kills them, and whatever else others made here
 
 A service's process is placed in its cgroup before it executes (process.spawn
 runs it through ``sh -c 'echo 0 > cgroup.procs && exec "$@"'``; FACTS.md
@@ -24,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +115,10 @@ class Cgroup:
 
     def pids(self) -> list[int]:
         return [int(pid) for pid in (self.read("cgroup.procs") or "").split()]
+
+    def all_pids(self) -> list[int]:
+        """The processes of this cgroup and its descendants."""
+        return [pid for group in self._subtree() for pid in group.pids()]
 
     def populated(self) -> bool:
         for line in (self.read("cgroup.events") or "").splitlines():
@@ -266,8 +273,27 @@ class CgroupTree:
     def service(self, name: str) -> ServiceCgroup:
         return ServiceCgroup(self.services.path / name)
 
-    async def kill_everything(self, within: float = 10.0) -> bool:
-        """Node stop: kill every service and shim that is left. False if some survive."""
-        services = await self.services.kill_and_wait(within)
-        shims = await self.shims.kill_and_wait(within)
-        return services and shims
+    async def kill_everything(
+        self, within: float = 10.0, say: Callable[[str], None] = lambda line: None
+    ) -> bool:
+        """Node stop: kill every process in the node's cgroups but k4sinit's own ``init/``.
+
+        That is ``services/`` and ``shims/``, and every other cgroup below the base:
+        kubelet's ``kubepods/``, where the pods' containers are (their shims are
+        gone by then, so nothing else would stop them). ``say`` hears which
+        cgroups held processes, and how many. False if some survive ``within``.
+        """
+        groups = [self.services, self.shims]
+        with contextlib.suppress(OSError):
+            groups += [
+                Cgroup(path)
+                for path in sorted(self.base.path.iterdir())
+                if path.is_dir() and path.name not in ("init", "services", "shims")
+            ]
+        emptied = True
+        for group in groups:
+            count = len(group.all_pids())
+            if count:
+                say(f"killing {count} process(es) left in {group.path}")
+            emptied = await group.kill_and_wait(within) and emptied
+        return emptied

@@ -14,6 +14,8 @@ Commands and exit codes:
 ``logs NAME [-n N] [-f]``          the last N lines, then new ones with ``-f``
 ``start|stop|restart NAME``        operator commands; ``stop --all`` stops everything
 ``kill NAME [-s SIGNAL]``          signal a service's main process (default TERM)
+``kubeconfig [--server URL]``      print the node's admin kubeconfig (root only)
+``apply-manifests ...``            the manifests role's program (k4sinit.applier)
 =================================  ==================================================
 
 Client commands take ``--socket PATH`` (after the command name) or
@@ -96,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("name", nargs="?")
     stop.add_argument("--all", action="store_true", help="stop every service and end the daemon")
 
+    kubeconfig = client("kubeconfig", "print the node's admin kubeconfig (it holds a key)")
+    kubeconfig.add_argument(
+        "--server", help="the apiserver URL to write in it (default: the node's own)"
+    )
+    commands.add_parser(
+        "apply-manifests",
+        help="apply a directory of manifests, again on change (the manifests role)",
+        add_help=False,
+    )
+
     for name in ("reboot", "poweroff", "halt"):
         client(name, f"stop every service in reverse order, then {name} the node (PID 1 only)")
 
@@ -116,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv and os.getpid() == 1:
         argv = ["init"]  # the kernel runs /init with no arguments
+    if argv[:1] == ["apply-manifests"]:
+        from . import applier  # a program of its own, with its own options
+
+        return applier.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "init":
         return cmd_init(args)
@@ -142,7 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> None:
     """The console-script entry point."""
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``k4sinit config ... | head``): not ours to report.
+        # Python would complain again when it flushes stdout at exit: point it elsewhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    sys.exit(code)
 
 
 def cmd_check(path: str) -> int:
@@ -300,6 +324,8 @@ def run_client(args: argparse.Namespace) -> int:
                 print(image_line)
             if result.get("daemon"):
                 print(format_daemon_line(result["daemon"]))
+            if result.get("memory"):
+                print(format_memory_line(result["memory"]))
             if result.get("preflight"):
                 p = result["preflight"]
                 print(
@@ -313,6 +339,10 @@ def run_client(args: argparse.Namespace) -> int:
         for batch in control.stream_request(path, req, timeout=None if args.follow else 30.0):
             for entry in batch:
                 print(f"{entry['stream']}[{entry['pid']}]: {entry['line']}", flush=args.follow)
+        return 0
+    if args.command == "kubeconfig":
+        result = control.request(path, control.Request("kubeconfig"))
+        print(with_server(result["kubeconfig"], args.server), end="")
         return 0
     if args.command in control.POWER_OPS:
         result = control.request(path, control.Request(args.command), timeout=None)
@@ -335,6 +365,18 @@ def run_client(args: argparse.Namespace) -> int:
         f"{result['name']}: {result['state']}{', ready' if result['ready'] else ''} ({result['reason']})"
     )
     return 0
+
+
+def with_server(kubeconfig: str, server: str | None) -> str:
+    """``kubeconfig`` (YAML text) with every cluster's server set to ``server`` (None: as is)."""
+    if server is None:
+        return kubeconfig
+    import yaml
+
+    data = yaml.safe_load(kubeconfig)
+    for cluster in data.get("clusters") or ():
+        cluster["cluster"]["server"] = server
+    return str(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
 
 
 def _healthy(service: dict[str, Any]) -> bool:
@@ -416,6 +458,8 @@ def format_detail(s: dict[str, Any]) -> str:
         lines.append(f"  depends on:       {deps}")
     for kind, text in spec["probes"].items():
         lines.append(f"  {kind + ' probe:':<18}{text}")
+    if s.get("rss_bytes") is not None:
+        lines.append(f"  {'resident:':<18}{s['rss_bytes'] / 2**20:.1f} MiB (the main process)")
     if s.get("cgroup"):
         lines.append(f"  {'cgroup:':<18}{format_cgroup(s['cgroup'])}")
     lines.append("  events:")
@@ -450,10 +494,19 @@ def format_daemon_line(daemon: dict[str, Any]) -> str:
     )
 
 
+def format_memory_line(memory: dict[str, int]) -> str:
+    """The machine's memory: ``memory: 1.21 GiB in use of 2.89 GiB (MemTotal - MemAvailable)``."""
+    used = memory["total"] - memory["available"]
+    return (
+        f"memory: {used / 2**30:.2f} GiB in use of {memory['total'] / 2**30:.2f} GiB "
+        "(MemTotal - MemAvailable)"
+    )
+
+
 def format_image_line(image: dict[str, Any] | None) -> str | None:
-    """The image's notice as a line under the table (``image: ... TEST STAND-INS ...``), if any."""
-    notice = (image or {}).get("notice")
-    return f"image: {notice}" if notice else None
+    """What the node image holds, as a line under the table (``image: kubernetes v1.37.2, ...``)."""
+    summary = (image or {}).get("summary") or (image or {}).get("notice")
+    return f"image: {summary}" if summary else None
 
 
 def format_network(network: dict[str, Any]) -> str:

@@ -626,6 +626,7 @@ def _read_node(top: _Reader) -> NodeSpec | None:
         r.error("invalid bootstrap token", "it has the form abcdef.0123456789abcdef", key="token")
     bootstrap = r.absolute_path("bootstrapKubeconfig")
     images_dir = r.absolute_path("imagesDir")
+    manifests_dir = r.absolute_path("manifestsDir")
     pause_image = r.string("pauseImage")
     cni_bin_dir = r.absolute_path("cniBinDir")
     cni_conf_dir = r.absolute_path("cniConfDir")
@@ -668,6 +669,7 @@ def _read_node(top: _Reader) -> NodeSpec | None:
             token=token,
             bootstrap_kubeconfig=bootstrap,
             images_dir=images_dir,
+            manifests_dir=manifests_dir,
             pause_image=pause_image,
             cni_bin_dir=cni_bin_dir,
             cni_conf_dir=cni_conf_dir,

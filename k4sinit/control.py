@@ -43,6 +43,7 @@ OPS = (
     "reboot",
     "poweroff",
     "halt",
+    "kubeconfig",
 )
 POWER_OPS = ("reboot", "poweroff", "halt")
 NAMED_OPS = ("logs", "start", "stop", "restart", "kill")

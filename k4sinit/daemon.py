@@ -89,6 +89,13 @@ def setup_cgroups(log: Any) -> CgroupTree | None:
     return tree
 
 
+def memory_snapshot() -> dict[str, int]:
+    """The machine's memory: ``total`` and ``available`` (/proc/meminfo's MemTotal and
+    MemAvailable), in bytes; in use is their difference."""
+    memory = psutil.virtual_memory()
+    return {"total": int(memory.total), "available": int(memory.available)}
+
+
 class Daemon:
     """One supervisor with its control socket; see the module docstring."""
 
@@ -113,6 +120,7 @@ class Daemon:
         port over which the host reaches the control socket (controlport.py)."""
         self.log = log
         self.image = image  # what the node image holds (/etc/k4sinit/image.json)
+        self.node = node
         self._signals = dict(signals)
         self._power = power
         self.action = "stop"  # what the shutdown asked for; read after run()
@@ -176,7 +184,9 @@ class Daemon:
             task_status.started()
             await self._shutdown.wait()
             await self.supervisor.stop_all()
-            if self.cgroups is not None and not await self.cgroups.kill_everything():
+            if self.cgroups is not None and not await self.cgroups.kill_everything(
+                say=lambda line: self.log.info(line)
+            ):
                 self.log.error(
                     "processes survived the final kill", cgroup=str(self.cgroups.base.path)
                 )
@@ -209,6 +219,7 @@ class Daemon:
             elif request.op == "status":
                 snapshot = {
                     "daemon": self.self_snapshot(),
+                    "memory": memory_snapshot(),
                     "services": sup.snapshot(),
                     "network": self.network.snapshot(),
                     "pki": {"ready": self.pki.ready, "reason": self.pki.reason},
@@ -231,6 +242,8 @@ class Daemon:
                 signum = request.signal_number()
                 pid = sup[name].send_signal(signum)
                 await send(ok({"signal": signum.name, "pid": pid, **sup[name].snapshot()}))
+            elif request.op == "kubeconfig":
+                await send(ok(await self._admin_kubeconfig()))
             elif request.op in POWER_OPS and not self._power:
                 raise RequestError(f"{request.op}: k4sinit is not PID 1 here; use 'stop --all'")
             elif request.op in ("stop_all", *POWER_OPS):
@@ -257,6 +270,21 @@ class Daemon:
             "uptime": round(trio.current_time() - self._started, 3),
             "version": __version__,
         }
+
+    async def _admin_kubeconfig(self) -> dict[str, str]:
+        """The node's admin kubeconfig (control clients are root or k4sinit's own uid)."""
+        if self.node is None:
+            raise RequestError("kubeconfig: this node runs no Kubernetes roles (no node: section)")
+        path = self.node.kubeconfig("admin")
+        try:
+            text = await trio.Path(path).read_text()
+        except FileNotFoundError:
+            raise RequestError(
+                f"kubeconfig: {path} does not exist yet (pki: {self.pki.reason})"
+            ) from None
+        except OSError as exc:
+            raise RequestError(f"kubeconfig: {path}: {exc.strerror or exc}") from None
+        return {"path": path, "kubeconfig": text}
 
     async def _logs(self, runner: ServiceRunner, request: Request, send: Send) -> None:
         # Subscribe before taking the backlog so no line falls between the two.

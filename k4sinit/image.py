@@ -1,14 +1,14 @@
 """What the node image holds, as its builder wrote it down: ``/etc/k4sinit/image.json``.
 
-``rootfs/build.py`` writes the file; PID 1 reads it at boot to say plainly
-what runs as the Kubernetes roles. An image built without a k4s multicall
-binary carries the TEST STAND-INS of ``tests/standins/kube.py`` at
-``/bbin/k4s``: the boot banner logs :meth:`ImageInfo.notice` as a warning,
-and ``k4sinit status`` shows it on a line of its own. The file::
+``rootfs/build.py`` writes the file; PID 1 reads it once at boot to say what
+runs as the node's roles: the boot banner logs :meth:`ImageInfo.summary`, and
+``k4sinit status`` shows it on a line of its own. The file::
 
     {"kernel": "6.1.0-56-amd64",
-     "k4s": {"kind": "standins" | "supplied", "path": "/bbin/k4s",
-             "sha256": "...", "roles": ["kine", "kube-apiserver", ...]},
+     "k4s": {"path": "/bbin/k4s", "sha256": "...", "roles": ["kine", ...],
+             "source": "rootfs/k4s"},
+     "versions": {"kubernetes": "v1.37.2", "containerd": "v2.4.2", "kine": "v0.17.5",
+                  "runc": "v1.5.3", ...},
      "builtBy": "rootfs/build.py", ...}
 
 Other keys are kept as they are (:meth:`ImageInfo.to_json`). Pure: no trio,
@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_PATH = "/etc/k4sinit/image.json"
-STANDINS = "standins"  # k4s.kind: tests/standins/kube.py in the image's /bbin/k4s
-SUPPLIED = "supplied"  # k4s.kind: a k4s binary given to the build (rootfs/build.py --k4s)
-STANDIN_SOURCE = "tests/standins/kube.py"
+#: The order in which the summary names the upstream versions (others follow, sorted).
+VERSION_ORDER = ("kubernetes", "containerd", "kine", "etcd", "coredns", "runc", "cni-plugins")
 
 __all__ = ["DEFAULT_PATH", "ImageInfo", "load"]
 
@@ -47,38 +46,46 @@ class ImageInfo:
         return value if isinstance(value, dict) else {}
 
     @property
-    def kind(self) -> str | None:
-        """``standins``, ``supplied``, or None when the file does not say."""
-        kind = self.k4s.get("kind")
-        return kind if isinstance(kind, str) else None
-
-    @property
     def roles(self) -> list[str]:
         """The role names the image links to its k4s binary (``/bbin/<role>``)."""
         roles = self.k4s.get("roles")
         return [r for r in roles if isinstance(r, str)] if isinstance(roles, list) else []
 
-    def notice(self) -> str | None:
-        """What an operator must be told, in one line; None when there is nothing to say.
+    @property
+    def versions(self) -> dict[str, str]:
+        """Upstream component -> version (``kubernetes`` -> ``v1.37.2``), as built."""
+        value = self.data.get("versions")
+        if not isinstance(value, dict):
+            return {}
+        return {str(k): str(v) for k, v in value.items() if isinstance(v, str)}
 
-        An image with test stand-ins says so; so does an unreadable file or a
-        k4s kind this k4sinit does not know. A supplied k4s needs no notice.
-        """
+    def summary(self) -> str:
+        """One line for people: the versions inside, or what is wrong with the file."""
+        notice = self.notice()
+        if notice is not None:
+            return notice
+        versions = self.versions
+        if not versions:
+            return f"{self.path} names no Kubernetes components"
+        order = [k for k in VERSION_ORDER if k in versions]
+        order += sorted(k for k in versions if k not in VERSION_ORDER and k != "go")
+        return ", ".join(f"{k} {versions[k]}" for k in order)
+
+    def notice(self) -> str | None:
+        """A problem an operator must be told of, in one line; None when there is none."""
         if self.error is not None:
             return f"image description {self.path} is unreadable: {self.error}"
-        if self.kind == STANDINS:
-            roles = ", ".join(sorted(self.roles)) or "the Kubernetes roles"
-            return (
-                f"{roles} are TEST STAND-INS ({STANDIN_SOURCE} in k4sinit's repository), "
-                "not Kubernetes: built without a k4s binary (rootfs/build.py --k4s PATH)"
-            )
-        if self.kind not in (None, SUPPLIED):
-            return f"image description {self.path}: unknown k4s kind {self.kind!r}"
         return None
 
     def to_json(self) -> dict[str, Any]:
-        """The file's content plus ``path``, ``error`` and ``notice``, for status."""
-        return {**self.data, "path": self.path, "error": self.error, "notice": self.notice()}
+        """The file's content plus ``path``, ``error``, ``notice`` and ``summary``, for status."""
+        return {
+            **self.data,
+            "path": self.path,
+            "error": self.error,
+            "notice": self.notice(),
+            "summary": self.summary(),
+        }
 
 
 def load(path: str = DEFAULT_PATH) -> ImageInfo | None:
@@ -104,4 +111,6 @@ def load(path: str = DEFAULT_PATH) -> ImageInfo | None:
         return ImageInfo(path, error=f"not a JSON object but {type(data).__name__}")
     if "k4s" in data and not isinstance(data["k4s"], dict):
         return ImageInfo(path, data, error="k4s is not an object")
+    if "versions" in data and not isinstance(data["versions"], dict):
+        return ImageInfo(path, data, error="versions is not an object")
     return ImageInfo(path, data)

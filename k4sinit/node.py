@@ -9,8 +9,8 @@ profile; this module turns it into services::
       -> write_files(settings)            the roles' config files, at boot
 
 Profiles: ``controller`` = datastore, kube-apiserver, kube-scheduler,
-kube-controller-manager; ``worker`` = containerd, kubelet; ``single`` = all
-six. The kernel's ``k4sinit.role=`` wins over ``node.profile`` (and gives a
+kube-controller-manager, manifests, coredns; ``worker`` = containerd, images,
+kubelet, kube-proxy; ``single`` = all of them. The kernel's ``k4sinit.role=`` wins over ``node.profile`` (and gives a
 config without a node section the profile's roles with every default).
 
 **Busybox dispatch.** A role's ``command[0]`` is its name and its ``PATH`` is
@@ -53,9 +53,12 @@ from k4sinit.services import (
     apiserver,
     containerd,
     controller_manager,
+    coredns,
     datastore,
     images,
+    kube_proxy,
     kubelet,
+    manifests,
     scheduler,
 )
 from k4sinit.spec import (
@@ -111,6 +114,7 @@ class NodeSettings:
     token: str | None
     bootstrap_kubeconfig: str | None
     images_dir: str
+    manifests_dir: str
     pause_image: str
     cni_bin_dir: str
     cni_conf_dir: str
@@ -147,6 +151,9 @@ _MODULES: dict[str, ModuleType] = {
     containerd.NAME: containerd,
     kubelet.NAME: kubelet,
     images.NAME: images,
+    kube_proxy.NAME: kube_proxy,
+    coredns.NAME: coredns,
+    manifests.NAME: manifests,
 }
 
 
@@ -214,6 +221,7 @@ def settings(
         token=node.token,
         bootstrap_kubeconfig=node.bootstrap_kubeconfig,
         images_dir=node.images_dir or f"{node.data_dir}/images",
+        manifests_dir=node.manifests_dir or f"{node.data_dir}/manifests",
         pause_image=node.pause_image,
         cni_bin_dir=node.cni_bin_dir,
         cni_conf_dir=node.cni_conf_dir,
@@ -458,6 +466,7 @@ def _describe_node(node: NodeSettings) -> dict[str, Any]:
         "token": None if node.token is None else "<hidden>",
         "bootstrapKubeconfig": node.bootstrap_kubeconfig,
         "imagesDir": node.images_dir,
+        "manifestsDir": node.manifests_dir,
         "pauseImage": node.pause_image,
         "cniBinDir": node.cni_bin_dir,
         "cniConfDir": node.cni_conf_dir,

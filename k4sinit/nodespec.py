@@ -39,33 +39,39 @@ class Datastore(enum.Enum):
 APISERVER = "kube-apiserver"
 SCHEDULER = "kube-scheduler"
 CONTROLLER_MANAGER = "kube-controller-manager"
+MANIFESTS = "manifests"  # applies the cluster's own objects and the manifests directory
+COREDNS = "coredns"  # the cluster DNS server
 CONTAINERD = "containerd"
 KUBELET = "kubelet"
+KUBE_PROXY = "kube-proxy"
 IMAGES = "images"  # a oneshot: the air-gap image import between containerd and kubelet
 DATASTORES = tuple(d.value for d in Datastore)
-ALL_ROLES = (*DATASTORES, APISERVER, SCHEDULER, CONTROLLER_MANAGER, CONTAINERD, IMAGES, KUBELET)
+CONTROL_ROLES = (APISERVER, SCHEDULER, CONTROLLER_MANAGER, MANIFESTS, COREDNS)
+WORKER_ROLES = (CONTAINERD, IMAGES, KUBELET, KUBE_PROXY)
+ALL_ROLES = (*DATASTORES, *CONTROL_ROLES, *WORKER_ROLES)
 # Roles that run once (restartPolicy OnFailure): ``dependsOn: {images: Completed}`` is
 # meaningful; every other role is restartPolicy Always and never completes.
 ONESHOT_ROLES = frozenset({IMAGES})
 
-DEFAULT_BIN_PATH = ("/bbin", "/usr/local/bin", "/usr/bin", "/usr/sbin")
+# Also the roles' PATH: kubelet runs mount, umount and iptables, kube-proxy iptables;
+# on this image busybox has them in /bin (u-root in /bbin).
+DEFAULT_BIN_PATH = ("/bbin", "/usr/local/bin", "/usr/bin", "/usr/sbin", "/bin", "/sbin")
 DEFAULT_DATA_DIR = "/var/lib/k4sinit"
 DEFAULT_SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/12")
 DEFAULT_POD_CIDR = ipaddress.ip_network("10.244.0.0/16")
-# The pause image of Kubernetes v1.31 (kubeadm's constant); the air-gapped
-# image tarball must carry this name.
-DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+# The pause image of Kubernetes v1.37 (kubeadm's constant, containerd 2.4's default);
+# with no registry in reach, an air-gapped image tarball must carry this name.
+DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.10.2"
 
 
 def profile_roles(profile: Profile, datastore: Datastore) -> tuple[str, ...]:
     """The role services of ``profile``, in start order."""
-    control = (datastore.value, APISERVER, SCHEDULER, CONTROLLER_MANAGER)
-    worker = (CONTAINERD, IMAGES, KUBELET)
+    control = (datastore.value, *CONTROL_ROLES)
     if profile is Profile.CONTROLLER:
         return control
     if profile is Profile.WORKER:
-        return worker
-    return control + worker
+        return WORKER_ROLES
+    return control + WORKER_ROLES
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +111,7 @@ class NodeSpec:
     token: str | None = None
     bootstrap_kubeconfig: str | None = None
     images_dir: str | None = None  # default <dataDir>/images
+    manifests_dir: str | None = None  # default <dataDir>/manifests
     pause_image: str = DEFAULT_PAUSE_IMAGE
     cni_bin_dir: str = "/opt/cni/bin"
     cni_conf_dir: str = "/etc/cni/net.d"

@@ -181,6 +181,7 @@ KUBECONFIGS = (
     _KubeconfigDef("scheduler.conf", "scheduler"),
     _KubeconfigDef("controller-manager.conf", "controller-manager"),
     _KubeconfigDef("kubelet.conf", "kubelet-client"),
+    _KubeconfigDef("coredns.conf", "coredns"),
 )
 LOCAL_DNS = ("localhost",)
 LOCAL_IPS: tuple[IPAddress, ...] = (ip_address("127.0.0.1"),)
@@ -206,6 +207,7 @@ def _leaf_defs(spec: PKISpec) -> tuple[_LeafDef, ...]:
         _LeafDef("admin", "ca", "k4sinit-admin", ("system:masters",)),
         _LeafDef("scheduler", "ca", "system:kube-scheduler"),
         _LeafDef("controller-manager", "ca", "system:kube-controller-manager"),
+        _LeafDef("coredns", "ca", "k4sinit:coredns"),  # bound to system:coredns (manifests role)
         _LeafDef("kubelet-client", "ca", node, ("system:nodes",)),
         _LeafDef(
             "kubelet-server",

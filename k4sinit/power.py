@@ -41,6 +41,9 @@ def disable_ctrl_alt_del() -> bool:
     return int(_libc.reboot(RB_DISABLE_CAD)) == 0
 
 
+PF_KTHREAD = 0x00200000  # include/linux/sched.h: a kernel thread
+
+
 def kill_everything(say: Callable[[str], None], grace: float = 5.0) -> None:
     """SIGTERM every process but us, reap for up to ``grace`` seconds, then SIGKILL.
 
@@ -68,7 +71,19 @@ def _reap_until_none_left(seconds: float) -> bool:
 
 
 def _count_others() -> int:
-    return sum(1 for entry in os.listdir("/proc") if entry.isdigit() and entry != str(os.getpid()))
+    """Processes other than us, kernel threads not counted (they take no signal)."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or entry == str(os.getpid()):
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                flags = int(f.read().rpartition(b")")[2].split()[6])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if not flags & PF_KTHREAD:
+            count += 1
+    return count
 
 
 def unmount_all(say: Callable[[str], None]) -> None:

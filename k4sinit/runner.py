@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import psutil
 import trio
 
 from . import probes, process
@@ -461,9 +462,20 @@ class ServiceRunner:
                 },
             },
             "cgroup": self._cgroup_detail(),
+            "rss_bytes": _rss(self.snapshot()["pid"]),
             "events": [e.to_json() for e in self.events],
             "logs": [entry.to_json() for entry in list(self.logs)[-20:]],
         }
+
+
+def _rss(pid: int | None) -> int | None:
+    """The resident memory of the service's main process (not its children), if running."""
+    if pid is None:
+        return None
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return None  # it exited meanwhile
 
 
 def _bytes(count: int | None) -> str:

@@ -546,3 +546,17 @@ def test_missing_socket_is_a_one_line_error(tmp_path: Path) -> None:
     assert out.stdout == ""
     assert out.stderr.count("\n") == 1
     assert f"no k4sinit control socket at {missing}" in out.stderr
+
+
+def test_a_reader_that_goes_away_gets_no_traceback() -> None:
+    # ``k4sinit config ... | true``: the reader is gone before the first write.
+    config = Path(__file__).resolve().parent.parent / "etc/k4sinit/single.yaml"
+    proc = subprocess.run(
+        f"{sys.executable} -m k4sinit config --config {config} | true",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

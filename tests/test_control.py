@@ -134,7 +134,7 @@ def test_fifty_simultaneous_clients_all_get_answers(daemon: Served) -> None:
         ([1, 2], "request must be a JSON object, got list"),
         (
             {"op": "frobnicate"},
-            "unknown op 'frobnicate'; expected one of status, logs, start, stop, restart, kill, stop_all, reboot, poweroff, halt",
+            "unknown op 'frobnicate'; expected one of status, logs, start, stop, restart, kill, stop_all, reboot, poweroff, halt, kubeconfig",
         ),
         ({"op": "stop"}, "op 'stop' needs a service 'name'"),
         ({"op": "stop", "name": 7}, "'name' must be a string"),
@@ -288,3 +288,66 @@ def test_power_requests_are_refused_when_not_pid_1(start_daemon: Any) -> None:
         assert out.returncode == 1
         assert f"{op}: k4sinit is not PID 1 here; use 'stop --all'" in out.stderr
     assert d.status()["a"]["state"] == "running"
+
+
+# --- kubeconfig: the node's admin kubeconfig, for kubectl on the host ----------------
+
+
+async def ask_kubeconfig(tmp_path: Path, config_text: str | None) -> dict[str, Any]:
+    """One ``kubeconfig`` request to a Daemon built from ``config_text`` (no node: None)."""
+    from k4sinit import node
+    from k4sinit.config import load_config_text
+    from k4sinit.control import Request, RequestError
+    from k4sinit.daemon import Daemon
+    from k4sinit.log import get_logger
+    from k4sinit.spec import Config
+
+    config = load_config_text(config_text, "test.yaml") if config_text else Config("t", {})
+    settings = node.settings(config) if config_text else None
+    daemon = Daemon(config, str(tmp_path / "sock"), get_logger(), node=settings)
+    replies: list[dict[str, Any]] = []
+
+    async def send(reply: dict[str, Any]) -> None:
+        replies.append(reply)
+
+    try:
+        await daemon.handle(Request("kubeconfig"), send)
+    except RequestError as exc:  # the server sends it as an error line
+        return {"ok": False, "error": str(exc)}
+    return replies[-1]
+
+
+async def test_kubeconfig_returns_the_admin_kubeconfig(tmp_path: Path) -> None:
+    config = f"node: {{profile: controller, name: n1, dataDir: {tmp_path}}}\n"
+    reply = await ask_kubeconfig(tmp_path, config)
+    assert reply["ok"] is False
+    assert reply["error"].startswith(
+        f"kubeconfig: {tmp_path}/kubeconfigs/admin.conf does not exist yet"
+    )
+    (tmp_path / "kubeconfigs").mkdir()
+    (tmp_path / "kubeconfigs/admin.conf").write_text("apiVersion: v1\nkind: Config\n")
+    reply = await ask_kubeconfig(tmp_path, config)
+    assert reply == {
+        "ok": True,
+        "result": {
+            "path": f"{tmp_path}/kubeconfigs/admin.conf",
+            "kubeconfig": "apiVersion: v1\nkind: Config\n",
+        },
+    }
+
+
+async def test_kubeconfig_without_a_node_is_refused(tmp_path: Path) -> None:
+    reply = await ask_kubeconfig(tmp_path, None)
+    assert reply == {
+        "ok": False,
+        "error": "kubeconfig: this node runs no Kubernetes roles (no node: section)",
+    }
+
+
+def test_the_cli_points_the_kubeconfig_at_another_server() -> None:
+    from k4sinit import cli
+
+    text = "clusters:\n- name: a\n  cluster: {server: 'https://10.0.2.15:6443'}\nusers: []\n"
+    moved = cli.with_server(text, "https://127.0.0.1:6443")
+    assert "https://127.0.0.1:6443" in moved and "10.0.2.15" not in moved
+    assert cli.with_server(text, None) == text

@@ -35,6 +35,7 @@ LEAVES = (
     "admin",
     "scheduler",
     "controller-manager",
+    "coredns",
     "kubelet-client",
     "kubelet-server",
     "scheduler-server",
@@ -45,6 +46,7 @@ KUBECONFIGS = {
     "scheduler.conf": "scheduler",
     "controller-manager.conf": "controller-manager",
     "kubelet.conf": "kubelet-client",
+    "coredns.conf": "coredns",
 }
 SERVER = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
@@ -78,6 +80,7 @@ EXPECTED = {
     "admin": ("ca", "k4sinit-admin", {"system:masters"}, CLIENT, set()),
     "scheduler": ("ca", "system:kube-scheduler", set(), CLIENT, set()),
     "controller-manager": ("ca", "system:kube-controller-manager", set(), CLIENT, set()),
+    "coredns": ("ca", "k4sinit:coredns", set(), CLIENT, set()),
     "kubelet-client": ("ca", "system:node:node1", {"system:nodes"}, CLIENT, set()),
     "kubelet-server": (
         "ca",

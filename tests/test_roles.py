@@ -22,6 +22,7 @@ import yaml
 
 from k4sinit import cli, node
 from k4sinit.config import ConfigError, ConfigErrors, load_config, load_config_text
+from k4sinit.nodespec import Datastore, Profile, profile_roles
 from k4sinit.process import SpawnError, spawn
 from k4sinit.reaper import Reaper
 from k4sinit.spec import Condition, Config, HTTPGetAction, Resources, TCPSocketAction
@@ -135,9 +136,12 @@ def test_profiles_run_their_roles_in_order() -> None:
         "kube-apiserver",
         "kube-scheduler",
         "kube-controller-manager",
+        "manifests",
+        "coredns",
         "containerd",
         "images",
         "kubelet",
+        "kube-proxy",
     ]
     controller = expanded("node: {profile: controller, name: n, datastore: etcd}")
     assert list(controller.services) == [
@@ -145,9 +149,11 @@ def test_profiles_run_their_roles_in_order() -> None:
         "kube-apiserver",
         "kube-scheduler",
         "kube-controller-manager",
+        "manifests",
+        "coredns",
     ]
     worker = CASES["worker-token"]
-    assert list(expanded(worker).services) == ["containerd", "images", "kubelet"]
+    assert list(expanded(worker).services) == ["containerd", "images", "kubelet", "kube-proxy"]
 
 
 def test_dependencies_follow_the_roles_needs() -> None:
@@ -158,6 +164,9 @@ def test_dependencies_follow_the_roles_needs() -> None:
     assert deps["kube-apiserver"] == {"kine": ready, "network": ready, "pki": ready}
     assert deps["kube-scheduler"] == {"kube-apiserver": ready}
     assert deps["kube-controller-manager"] == {"kube-apiserver": ready}
+    assert deps["manifests"] == {"kube-apiserver": ready}
+    assert deps["coredns"] == {"kube-apiserver": ready, "manifests": ready, "network": ready}
+    assert deps["kube-proxy"] == {"kubelet": ready, "manifests": ready, "network": ready}
     done = Condition.COMPLETED
     assert deps["images"] == {"containerd": ready}
     assert deps["kubelet"] == {
@@ -172,6 +181,9 @@ def test_dependencies_follow_the_roles_needs() -> None:
         "images": done,
         "network": ready,
     }
+    # A worker has no manifests role: its kube-proxy waits for its kubelet only
+    # (the controller's manifests role made the binding it needs).
+    assert dict(worker["kube-proxy"].depends_on) == {"kubelet": ready, "network": ready}
 
 
 def test_apiserver_readiness_uses_the_admin_client_certificate() -> None:
@@ -185,6 +197,10 @@ def test_apiserver_readiness_uses_the_admin_client_certificate() -> None:
         "/pki/admin.crt",
         "/pki/admin.key",
     )
+    assert spec.readiness_probe.timeout >= 15  # kubeadm's: a slow answer is not a failure
+    # kubeadm's budget: 4 minutes to start, then a minute and more of failures to restart.
+    assert spec.startup_probe is not None
+    assert spec.startup_probe.failure_threshold * spec.startup_probe.period >= 240
     assert spec.liveness_probe is not None
     assert spec.liveness_probe.failure_threshold * spec.liveness_probe.period >= 60
 
@@ -197,7 +213,8 @@ def test_defaults_resolve_from_the_node_section() -> None:
     assert str(s.cluster_dns) == "10.43.0.10"
     assert str(s.apiserver_service_ip) == "10.43.0.1"
     assert s.images_dir == "/data/images"
-    assert s.path == "/bbin:/usr/local/bin:/usr/bin:/usr/sbin"
+    assert s.manifests_dir == "/data/manifests"
+    assert s.path == "/bbin:/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin"
     named = settings_of("hostname: from-config\nnode: {pkiDir: /persist/pki}")
     assert named.name == "from-config"
     assert named.kubeconfig_dir == "/persist/kubeconfigs"
@@ -279,7 +296,7 @@ def test_probe_resources_and_env_overrides() -> None:
     assert spec.readiness_probe.period == 2
     assert spec.resources == Resources(memory=2**30, pids=4096)
     assert dict(spec.env) == {
-        "PATH": "/bbin:/usr/local/bin:/usr/bin:/usr/sbin",
+        "PATH": "/bbin:/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin",
         "GODEBUG": "x509ignoreCN=0",
     }
 
@@ -307,9 +324,7 @@ def test_a_service_may_not_take_a_roles_name() -> None:
 
 def test_the_kernels_role_wins_and_is_checked_again() -> None:
     config = load("node: {profile: single, name: n}")
-    assert list(node.expand(config, role_from_kernel="controller").services)[-1] == (
-        "kube-controller-manager"
-    )
+    assert list(node.expand(config, role_from_kernel="controller").services)[-1] == "coredns"
     with pytest.raises(ConfigErrors) as caught:
         node.expand(config, role_from_kernel="worker")  # no server, no token
     [error] = caught.value.errors
@@ -510,13 +525,38 @@ def test_generated_files_parse() -> None:
     settings = settings_of(CASES["single-kine"])
     files = node.files(settings)
     toml = tomllib.loads(files["/var/lib/k4sinit/containerd/config.toml"])
-    runc = toml["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["runc"]
-    assert runc["options"] == {"SystemdCgroup": False, "ShimCgroup": "/shims/containerd"}
+    assert toml["version"] == 3  # containerd 2's layout
+    plugins = toml["plugins"]
+    images = plugins["io.containerd.cri.v1.images"]
+    assert images["pinned_images"] == {"sandbox": "registry.k8s.io/pause:3.10.2"}
+    runc = plugins["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["runc"]
+    assert runc["disable_pause_image_pull"] is True  # air-gapped: imported, never pulled
+    # The shims leave containerd's cgroup for k4sinit's leaf, so pods outlive containerd.
+    assert runc["options"] == {"SystemdCgroup": False, "ShimCgroup": "/shims"}
     kubelet = yaml.safe_load(files["/var/lib/k4sinit/kubelet/config.yaml"])
     assert kubelet["kind"] == "KubeletConfiguration"
     assert kubelet["clusterDNS"] == ["10.96.0.10"]
+    assert kubelet["staticPodPath"] == "/var/lib/k4sinit/pod-manifests"
     conflist = json.loads(files["/etc/cni/net.d/10-k4sinit.conflist"])
     assert conflist["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.0.0/16"}]]
+    proxy = yaml.safe_load(files["/var/lib/k4sinit/kube-proxy/config.yaml"])
+    assert proxy["kind"] == "KubeProxyConfiguration" and proxy["mode"] == "iptables"
+    assert proxy["clientConnection"]["kubeconfig"] == "/var/lib/k4sinit/kubeconfigs/kubelet.conf"
+    corefile = files["/var/lib/k4sinit/coredns/Corefile"]
+    assert "kubernetes cluster.local in-addr.arpa ip6.arpa {" in corefile
+    assert "kubeconfig /var/lib/k4sinit/kubeconfigs/coredns.conf" in corefile
+    objects = [
+        o
+        for path in ("k4sinit-nodes.yaml", "k4sinit-coredns.yaml")
+        for o in yaml.safe_load_all(files[f"/var/lib/k4sinit/manifests/{path}"])
+    ]
+    service = next(o for o in objects if o["kind"] == "Service")
+    assert (service["metadata"]["name"], service["spec"]["clusterIP"]) == ("kube-dns", "10.96.0.10")
+    assert "selector" not in service["spec"]  # its EndpointSlice is the applier's
+    bindings = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ClusterRoleBinding"}
+    assert bindings["k4sinit:node-proxier"]["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}
+    ]
 
 
 # --- k4sinit config and the shipped config -------------------------------------------
@@ -552,7 +592,7 @@ def test_config_command_exits_1_with_the_errors(
 def test_the_shipped_single_node_config_expands() -> None:
     config = load_config(SINGLE_YAML)
     expanded_config = node.expand(config, hostname="node-1")
-    assert len(expanded_config.services) == 7
+    assert list(expanded_config.services) == list(profile_roles(Profile.SINGLE, Datastore.KINE))
     assert config.network.interfaces[0].dhcp
     assert "br_netfilter" in config.system.modules
 

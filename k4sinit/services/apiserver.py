@@ -1,4 +1,4 @@
-"""The kube-apiserver role (Kubernetes v1.31).
+"""The kube-apiserver role (Kubernetes v1.37).
 
 Flags after k0s ``pkg/component/controller/apiserver.go`` and k3s
 ``pkg/daemons/control/server.go`` (``apiServer``), without their extras
@@ -23,11 +23,17 @@ Flags after k0s ``pkg/component/controller/apiserver.go`` and k3s
 * ``--service-cluster-ip-range``, ``--allow-privileged`` (kubelet runs
   privileged pods such as a CNI daemonset), ``--profiling=false``.
 
-Readiness is ``/readyz`` with the admin client certificate (system:masters);
-liveness ``/livez`` after 15 s, every 10 s, killed after 6 failures in a row
-(a minute): an apiserver wedged on its storage recovers by restarting, but a
-slow start must not be mistaken for that. Grace 30 s: on SIGTERM it drains
-requests in flight; watches end at once, so it is done in a few seconds.
+The probes are kubeadm's, with the admin client certificate (system:masters):
+readiness ``/readyz`` every second with a 15 s timeout (under TCG a healthy
+apiserver takes more than a second to answer at times); a startup probe on
+``/livez`` that allows kubeadm's 4 minutes before liveness takes over, since the
+first start of v1.37 waits for its watch cache and makes the default RBAC
+objects, which on an emulated machine takes two minutes; it looks every 2 s (120
+times, not kubeadm's 24 x 10 s), so the node does not wait up to 10 s more for
+an apiserver that is up. Then liveness ``/livez`` every 10 s, killed after
+8 failures in a row: an apiserver wedged on its storage recovers by
+restarting, a slow start is not mistaken for that. Grace 30 s: on SIGTERM it
+drains requests in flight; watches end at once, so it is done in a few seconds.
 """
 
 from __future__ import annotations
@@ -87,13 +93,21 @@ def service(node: NodeSettings) -> ServiceSpec:
             (NETWORK, Condition.READY),
             ("pki", Condition.READY),  # built in: the certificates and kubeconfigs exist
         ),
-        readiness_probe=Probe(https_get(PORT, "/readyz", admin_tls(node))),
+        readiness_probe=Probe(
+            https_get(PORT, "/readyz", admin_tls(node)), timeout=15.0, failure_threshold=3
+        ),
+        startup_probe=Probe(
+            https_get(PORT, "/livez", admin_tls(node)),
+            initial_delay=5.0,
+            period=2.0,
+            timeout=15.0,
+            failure_threshold=120,
+        ),
         liveness_probe=Probe(
             https_get(PORT, "/livez", admin_tls(node)),
-            initial_delay=15.0,
             period=10.0,
-            timeout=5.0,
-            failure_threshold=6,
+            timeout=15.0,
+            failure_threshold=8,
         ),
         termination_grace_period=30.0,
     )

@@ -1,20 +1,25 @@
-"""The containerd role: the container runtime kubelet talks CRI to.
+"""The containerd role: the container runtime kubelet talks CRI to (containerd 2.x).
 
 The command is ``containerd --config=<dataDir>/containerd/config.toml``; the
-file is generated (version 2 layout, read by containerd 1.6 and 1.7), after
-k3s ``pkg/agent/templates`` and k0s ``pkg/component/worker/containerd``:
+file is generated in containerd 2's layout (``version = 3``), after k3s
+``pkg/agent/templates`` and k0s ``pkg/component/worker/containerd``:
 
 * ``root`` /var/lib/containerd, ``state`` /run/containerd, the socket
   /run/containerd/containerd.sock;
-* the CRI plugin on (``disabled_plugins = []``: some packages disable it),
-  with the sandbox (pause) image of ``node.pauseImage``, which the
-  air-gapped image tarball must carry;
-* runc through ``io.containerd.runc.v2`` with ``SystemdCgroup = false``
-  (there is no systemd: cgroupfs, as kubelet's ``cgroupDriver``) and
-  ``ShimCgroup = "/shims/containerd"``: the shims leave containerd's service
-  cgroup, so a restart of containerd (which empties that cgroup) does not
-  kill the pods; k4sinit creates the cgroup;
-* CNI from ``node.cniBinDir`` and ``node.cniConfDir``.
+* the CRI image service (``io.containerd.cri.v1.images``): the overlayfs
+  snapshotter and the sandbox (pause) image of ``node.pauseImage`` as the
+  pinned ``sandbox`` image, never pulled (``disable_pause_image_pull``): the
+  air-gap tarball carries it, and the ``images`` oneshot imports it first;
+* the CRI runtime (``io.containerd.cri.v1.runtime``): runc through
+  ``io.containerd.runc.v2`` with ``SystemdCgroup = false`` (there is no
+  systemd: cgroupfs, as kubelet's ``cgroupDriver``) and ``ShimCgroup =
+  "/shims"``: each shim moves itself into k4sinit's ``/shims`` leaf, out of
+  containerd's service cgroup, so stopping or restarting containerd (which
+  empties that cgroup) leaves the pods running. CNI from ``node.cniBinDir``
+  and ``node.cniConfDir``;
+* the snapshotters that cannot work on a diskless node (btrfs, zfs,
+  devmapper, blockfile, erofs) disabled, so containerd does not log their
+  failures at every start.
 
 On a single node it also writes the pod network: a CNI conflist with a
 ``bridge`` (cni0, gateway, masquerade) whose ``host-local`` IPAM hands out
@@ -45,7 +50,7 @@ NAME = "containerd"
 ROOT = "/var/lib/containerd"
 STATE = "/run/containerd"
 SOCKET = f"{STATE}/containerd.sock"
-SHIM_CGROUP = "/shims/containerd"
+SHIM_CGROUP = "/shims"  # k4sinit's leaf for shims (cgroups.CgroupTree.shims)
 CNI_CONFLIST = "10-k4sinit.conflist"
 BRIDGE = "cni0"
 
@@ -82,33 +87,44 @@ def _toml(value: str) -> str:
 
 
 def config_toml(node: NodeSettings) -> str:
-    cri = 'plugins."io.containerd.grpc.v1.cri"'
+    images = "plugins.'io.containerd.cri.v1.images'"
+    runtime = "plugins.'io.containerd.cri.v1.runtime'"
+    runc = f"{runtime}.containerd.runtimes.runc"
     return f"""\
 # Written by k4sinit at boot for node {node.name}; changes here are overwritten.
-version = 2
+version = 3
 root = {_toml(ROOT)}
 state = {_toml(STATE)}
-disabled_plugins = []
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.snapshotter.v1.zfs",
+]
 
 [grpc]
   address = {_toml(SOCKET)}
 
-[{cri}]
-  sandbox_image = {_toml(node.pause_image)}
-
-[{cri}.containerd]
+[{images}]
   snapshotter = "overlayfs"
+
+[{images}.pinned_images]
+  sandbox = {_toml(node.pause_image)}
+
+[{runtime}.containerd]
   default_runtime_name = "runc"
 
-[{cri}.containerd.runtimes.runc]
+[{runc}]
   runtime_type = "io.containerd.runc.v2"
+  disable_pause_image_pull = true
 
-[{cri}.containerd.runtimes.runc.options]
+[{runc}.options]
   SystemdCgroup = false
   ShimCgroup = {_toml(SHIM_CGROUP)}
 
-[{cri}.cni]
-  bin_dir = {_toml(node.cni_bin_dir)}
+[{runtime}.cni]
+  bin_dirs = [{_toml(node.cni_bin_dir)}]
   conf_dir = {_toml(node.cni_conf_dir)}
 """
 

@@ -1,4 +1,4 @@
-"""The kube-controller-manager role (Kubernetes v1.31).
+"""The kube-controller-manager role (Kubernetes v1.37).
 
 Flags after k0s ``pkg/component/controller/controllermanager.go`` and k3s
 ``pkg/daemons/control/server.go`` (``controllerManager``):
@@ -15,7 +15,7 @@ Flags after k0s ``pkg/component/controller/controllermanager.go`` and k3s
 * serving on 127.0.0.1:10257 with the controller-manager-server certificate;
   ``--leader-elect=false`` for a single node (see scheduler.py); no profiling.
 
-Readiness is ``/healthz`` over HTTPS. Grace: the default 10 s.
+Readiness is ``/healthz`` over HTTPS (timeout 15 s, kubeadm's). Grace: the default 10 s.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def service(node: NodeSettings) -> ServiceSpec:
         args=args,
         env=node.env,
         depends_on=((apiserver.NAME, Condition.READY),),
-        readiness_probe=Probe(https_get(PORT, "/healthz", tls)),
+        readiness_probe=Probe(https_get(PORT, "/healthz", tls), timeout=15.0),
     )
 
 

@@ -5,17 +5,17 @@ node is their one client, and loopback needs no TLS (k3s does the same for
 kine; k0s puts kine on a unix socket). The service is named after the
 binary, ``kine`` or ``etcd``, by ``node.datastore``.
 
-Flags (kine 0.13, etcd 3.5), after k0s ``pkg/component/controller/kine.go``
-and ``etcd.go``:
+Flags (kine 0.17, etcd 3.7: both roles of the k4s binary), after k0s
+``pkg/component/controller/kine.go`` and ``etcd.go``:
 
-* kine: ``--listen-address``, ``--endpoint`` (SQLite in WAL mode with a busy
-  timeout, as k3s writes it), ``--metrics-bind-address`` moved from kine's
-  ``:8080`` (every interface) to loopback.
+* kine: ``--listen-address``, ``--endpoint`` (SQLite with kine's own default
+  parameters: WAL, a 30 s busy timeout, synchronous NORMAL, immediate
+  transactions; k4s is built without cgo, so the driver is modernc.org/sqlite,
+  pure Go), ``--metrics-bind-address`` moved from kine's ``:8080`` (every
+  interface) to loopback.
 * etcd: ``--name`` (the node), ``--data-dir``, client and peer URLs on
   loopback, ``--initial-cluster`` of itself, metrics on 127.0.0.1:2381 (as
-  kubeadm), no pprof. Debian 12's etcd 3.4.23 takes the same flags
-  (tests/test_node.py runs it); it warns once that its default logger,
-  capnslog, is deprecated (3.5 has only zap).
+  kubeadm), no pprof.
 
 Readiness: kine answers etcd's gRPC but has no HTTP health endpoint, so an
 accepted TCP connection it is; etcd's ``/health`` says whether it has a
@@ -37,8 +37,9 @@ if TYPE_CHECKING:
     from k4sinit.node import NodeSettings
 
 CLIENT_PORT = 2379
-# go-sqlite3 options as k3s writes them: WAL, and wait on a lock instead of failing.
-SQLITE_OPTIONS = "_journal=WAL&cache=shared&_busy_timeout=30000"
+# kine's own sqlite.DefaultParams, less what modernc.org/sqlite ignores (cache=shared,
+# _stmt_cache_size): WAL, wait on a lock instead of failing, immediate transactions.
+SQLITE_OPTIONS = "_journal_mode=WAL&_busy_timeout=30000&_synchronous=NORMAL&_txlock=immediate"
 
 
 def name(node: NodeSettings) -> str:

@@ -1,4 +1,4 @@
-"""The kubelet role (Kubernetes v1.31).
+"""The kubelet role (Kubernetes v1.37).
 
 Flags after k0s ``pkg/component/worker/kubelet.go`` and k3s
 ``pkg/daemons/agent``: since v1.27 nearly everything is in the
@@ -25,8 +25,12 @@ The ``KubeletConfiguration`` (kubelet.config.k8s.io/v1beta1):
   a node with the cluster PKI; a worker serves a self-signed one from its
   cert dir and rotates its client certificate;
 * health on 127.0.0.1:10248 (the readiness probe), ``failSwapOn: false``,
-  ``staticPodPath`` <dataDir>/manifests, the containerd socket as
-  ``containerRuntimeEndpoint`` (a config field since v1.27).
+  ``staticPodPath`` <dataDir>/pod-manifests (``<dataDir>/manifests`` is the
+  ``manifests`` role's: objects applied to the cluster), the containerd socket
+  as ``containerRuntimeEndpoint`` (a config field since v1.27). The cgroup
+  driver is said twice on purpose: since v1.36 kubelet takes it from
+  containerd 2, which reports cgroupfs (``SystemdCgroup = false``); the field
+  is what an older runtime would be matched against.
 
 Dependencies: containerd and the network ready, and on a single node the
 apiserver ready (it registers the node at once). Grace 30 s: kubelet leaves
@@ -91,7 +95,7 @@ def service(node: NodeSettings) -> ServiceSpec:
         args=args,
         env=node.env,
         depends_on=tuple(depends_on),
-        readiness_probe=Probe(HTTPGetAction(port=HEALTHZ_PORT, path="/healthz")),
+        readiness_probe=Probe(HTTPGetAction(port=HEALTHZ_PORT, path="/healthz"), timeout=5.0),
         termination_grace_period=30.0,
     )
 
@@ -108,7 +112,7 @@ def directories(node: NodeSettings) -> tuple[str, ...]:
 
 
 def static_pod_path(node: NodeSettings) -> str:
-    return f"{node.data_dir}/manifests"
+    return f"{node.data_dir}/pod-manifests"
 
 
 def _dump(header: str, data: dict[str, Any]) -> str:

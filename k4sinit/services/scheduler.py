@@ -1,4 +1,4 @@
-"""The kube-scheduler role (Kubernetes v1.31).
+"""The kube-scheduler role (Kubernetes v1.37).
 
 Flags after k0s ``pkg/component/controller/scheduler.go``: its kubeconfig
 for the apiserver and for delegated authentication/authorization, serving
@@ -7,7 +7,8 @@ verifies it against the cluster CA), ``--leader-elect=false`` on a
 single-node control plane (nothing to elect; a controller profile keeps
 Kubernetes' default, true, so a second controller can join), no profiling.
 
-Readiness is ``/healthz`` over HTTPS (always allowed without credentials).
+Readiness is ``/healthz`` over HTTPS, always allowed without credentials
+(timeout 15 s, as kubeadm's probes).
 Grace: the default 10 s; it holds no state.
 """
 
@@ -48,7 +49,7 @@ def service(node: NodeSettings) -> ServiceSpec:
         args=args,
         env=node.env,
         depends_on=((apiserver.NAME, Condition.READY),),
-        readiness_probe=Probe(https_get(PORT, "/healthz", tls)),
+        readiness_probe=Probe(https_get(PORT, "/healthz", tls), timeout=15.0),
     )
 
 
