@@ -1,9 +1,16 @@
 """Boot figures of the single-node image (what ``scripts/run-node`` boots), in qemu.
 
 Builds the image with ``rootfs/node.py`` (cached in ``rootfs/out/node``), boots it
-``--runs`` times with the control port relayed to the host, waits until every role
-is ready (polling ``status`` over the port), reads the roles' events, then powers
-the node off. Prints, per run and as medians:
+``--runs`` times with the control port relayed to the host and the apiserver
+forwarded, waits until every role is ready (polling ``status`` over the port), then
+until the node is Ready and a first pod (busybox, from the air-gap image) Running
+(kubectl on the host), reads the roles' events and memory, then powers the node
+off. Prints, per run and as medians:
+
+* qemu start -> every role ready, -> node Ready, -> first pod Running (host clock);
+* the machine's memory in use at node Ready (MemTotal - MemAvailable), and each
+  role's resident memory (its main process) and its cgroup's ``memory.current``;
+* the sizes of the k4s binary and of the image, with k3s' figures beside them;
 
 * milestones on the guest's clock (seconds since the kernel started, from printk
   and from k4sinit's log timestamps anchored on its first line's ``monotonic=``),
@@ -22,8 +29,10 @@ qemu is killed by pid if anything goes wrong; consoles are kept in
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import re
+import socket
 import statistics
 import sys
 import tempfile
@@ -95,13 +104,36 @@ def role_times(machine: vm.VM, anchor: tuple[float, float]) -> dict[str, dict[st
     return found
 
 
-def one_run(image: Path, log: Path, timeout: float) -> dict[str, Any]:
+#: A first pod: busybox from the air-gap directory, doing nothing.
+FIRST_POD = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: first}
+spec:
+  containers:
+  - {name: sleep, image: k4sinit.local/busybox:1, imagePullPolicy: Never, command: [sleep, "3600"]}
+"""
+#: Published figures to print beside ours (see FACTS.md): k3s v1.37's one binary,
+#: compressed, and the resident memory its docs give for a server with its agent.
+K3S_BINARY_MB = 81
+K3S_SERVER_RESIDENT_GB = 1.6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def one_run(image: Path, log: Path, timeout: float, k4s: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="k4sinit-bench-node-") as tmp:
+        port = free_port()
         machine = vm.VM(
             image,
             log_path=log,
             control_socket=Path(tmp, "control.sock"),
             memory_mb=node.NODE_MEMORY_MB,
+            forward=[(port, node.API_PORT)],
         )
         with machine:
             deadline = time.monotonic() + timeout
@@ -117,12 +149,36 @@ def one_run(image: Path, log: Path, timeout: float) -> dict[str, Any]:
             else:
                 raise RuntimeError(f"not all ready within {timeout:g}s; see {log}")
             all_ready_host = time.monotonic() - machine.started
+            assert machine.control_socket is not None
+            cluster = node.Cluster(machine.control_socket, k4s, port, Path(tmp, "kubeconfig"))
+            cluster.refresh()
+            cluster.wait("node Ready", cluster.node_ready, timeout)
+            node_ready_host = time.monotonic() - machine.started
+            status = machine.request("status", timeout=30)
+            memory = status["memory"]["total"] - status["memory"]["available"]
+            resident = {}
+            for name in ROLES:
+                detail = machine.request("status", name)
+                cgroup = (detail.get("cgroup") or {}).get("memory_bytes")
+                resident[name] = (detail.get("rss_bytes"), cgroup)
+            cluster.run("apply", "-f", "-", stdin=FIRST_POD)
+            cluster.wait("pod first Ready", lambda: cluster.pod_ready("first"), timeout)
+            pod_host = time.monotonic() - machine.started
             rss = status["daemon"]["rss_bytes"]
             roles = role_times(machine, guest_clock(machine))
             machine.request("poweroff", timeout=120)
             machine.wait(120)
         marks = milestones(machine)
-    return {"marks": marks, "roles": roles, "rss": rss, "all_ready_host": all_ready_host}
+    return {
+        "marks": marks,
+        "roles": roles,
+        "rss": rss,
+        "all_ready_host": all_ready_host,
+        "node_ready_host": node_ready_host,
+        "pod_host": pod_host,
+        "memory": memory,
+        "resident": resident,
+    }
 
 
 def critical_path(roles: dict[str, dict[str, Any]]) -> list[str]:
@@ -138,21 +194,27 @@ def critical_path(roles: dict[str, dict[str, Any]]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--timeout", type=float, default=600, help="per boot, seconds")
-    parser.add_argument("--k4s", help="a real k4s multicall binary (default: test stand-ins)")
+    parser.add_argument("--timeout", type=float, default=900, help="per wait, seconds")
     args = parser.parse_args(argv)
 
-    image = node.build_image(k4s=args.k4s)
+    userland = node.build_userland()
+    image = node.build_image()
     key = json.loads(image.with_name(image.name + ".key").read_text())
+    k4s_mb = userland.k4s.stat().st_size / 1e6
+    k4s_gz_mb = len(gzip.compress(userland.k4s.read_bytes(), 6)) / 1e6
+    print(
+        f"k4s binary: {k4s_mb:.1f} MB, {k4s_gz_mb:.1f} MB gzipped "
+        f"(k3s v1.37: one binary of {K3S_BINARY_MB} MB compressed)"
+    )
     print(
         f"image: {image}: {image.stat().st_size / 1e6:.1f} MB gzip, "
         f"{int(key['cpio_bytes']) / 1e6:.1f} MB cpio"
     )
     print(f"accel: {' '.join(vm.accelerator())}; memory {node.NODE_MEMORY_MB} MiB")
-    print(f"roles: {'k4s ' + args.k4s if args.k4s else 'test stand-ins (not Kubernetes)'}\n")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in userland.versions.items()) + "\n")
 
     runs = [
-        one_run(image, node.NODE_OUT / f"bench-console-{i + 1}.log", args.timeout)
+        one_run(image, node.NODE_OUT / f"bench-console-{i + 1}.log", args.timeout, userland.k4s)
         for i in range(args.runs)
     ]
 
@@ -164,9 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         guests = [g for r in runs if (g := r["marks"].get(name, (0, None))[1]) is not None]
         hosts = [r["marks"][name][0] for r in runs if name in r["marks"]]
         print(f"  {name:<28} guest {med(guests) if guests else '      -'}   host {med(hosts)}")
-    print(
-        f"  {'all roles ready (host)':<28} guest       -   host {med([r['all_ready_host'] for r in runs])}"
-    )
+    for label, key in (
+        ("all roles ready", "all_ready_host"),
+        ("node Ready", "node_ready_host"),
+        ("first pod Running", "pod_host"),
+    ):
+        print(f"  {label + ' (host)':<28} guest       -   host {med([r[key] for r in runs])}")
 
     print("\nrole (guest s; median)        started  waited*  own**  ready")
     for name in runs[0]["roles"]:
@@ -188,6 +253,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nrun {i + 1} critical path: {' -> '.join(path)}: roles' own {own:.2f}s")
     rss = [r["rss"] / 2**20 for r in runs]
     print(f"\nk4sinit RSS with the node running: {statistics.median(rss):.1f} MiB (median)")
+    memory = statistics.median(r["memory"] for r in runs) / 2**20
+    print(
+        f"guest memory in use at node Ready (MemTotal - MemAvailable): {memory:.0f} MiB "
+        f"(k3s' docs: ~{K3S_SERVER_RESIDENT_GB} GB resident for a server with its agent)"
+    )
+    print("\nrole at node Ready (median MiB)   resident  cgroup memory.current")
+    for name in ROLES:
+        rows = [r["resident"][name] for r in runs if name in r["resident"]]
+        rss_values = [x[0] / 2**20 for x in rows if x[0] is not None]
+        cgroup_values = [x[1] / 2**20 for x in rows if x[1] is not None]
+        resident = f"{statistics.median(rss_values):8.1f}" if rss_values else "       -"
+        current = f"{statistics.median(cgroup_values):8.1f}" if cgroup_values else "       -"
+        print(f"  {name:<30} {resident}  {current}")
     return 0
 
 

@@ -11,31 +11,32 @@ Kubernetes node image. The image holds:
 * ``/init`` and ``/usr/bin/k4sinit``, two copies of a small launcher that calls
   ``k4sinit.cli.entry()``;
 * busybox-static as ``/bin/busybox`` with a symlink per applet in ``/bin``;
-* the k4s multicall binary at ``/bbin/k4s``, u-root style, with a symlink
-  ``/bbin/<role> -> k4s`` per Kubernetes role (kine, kube-apiserver,
-  kube-controller-manager, kube-scheduler, kubelet): the binary given with
-  ``--k4s PATH``, or else the TEST STAND-INS of ``tests/standins/kube.py``
-  (``/bbin/k4s`` is then a launcher of ``/usr/lib/k4sinit/standins/kube.py``,
-  which dispatches on the name it was run as);
+* the node's Go userland, built from the pinned modules of ``rootfs/k4s`` by
+  ``rootfs/k4s/gobuild.py`` (``userland``): the k4s multicall binary at
+  ``/bbin/k4s``, u-root style, with a symlink ``/bbin/<role> -> k4s`` per role
+  (kine, etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubelet,
+  kube-proxy, kubectl, containerd, ctr, coredns), containerd's shim and runc in
+  ``/usr/bin``, the CNI plugins in ``/opt/cni/bin``, and Kubernetes' pause as the
+  pod sandbox image;
 * the kernel modules of Debian's kernel that the caller asks for and that the
   config lists under ``modules:``, with their dependencies and a ``depmod``-made
   ``modules.dep`` for just those;
 * ``/etc/k4sinit/config.yaml`` (the config given), ``/etc/k4sinit/image.json``
-  (what the image holds, read by k4sinit at boot: see ``k4sinit/image.py``),
-  ``/etc/passwd``, ``/etc/group``, ``/etc/hosts``, and empty mount points;
-* binaries at their host paths with their ldd closures (default: Debian's etcd,
-  containerd, its runc v2 shim, ctr, runc, and iptables-nft with its extensions and
-  ``iptables``/``ip6tables`` (``-save``, ``-restore``) links), and with containerd
-  ``/etc/containerd/config.toml``; the CNI plugins a single node's pod network
-  uses (Debian's containernetworking-plugins) in ``/opt/cni/bin``;
+  (what the image holds and the upstream versions, read by k4sinit at boot: see
+  ``k4sinit/image.py``), ``/etc/passwd``, ``/etc/group``, ``/etc/hosts``, and
+  empty mount points;
+* binaries at their host paths with their ldd closures (default: Debian's
+  iptables-nft with its extensions and ``iptables``/``ip6tables`` (``-save``,
+  ``-restore``) links, which kube-proxy and the CNI plugins run);
 * air-gap image archives in ``/var/lib/k4sinit/images``, which the node's
-  ``images`` oneshot imports into containerd: ``hello.tar`` (busybox that
-  echoes a line) and ``pause.tar``, ``k4sinit.local/pause:3.10``, a stand-in
-  for registry.k8s.io/pause (see ``oci.py``).
+  ``images`` oneshot imports into containerd: ``pause.tar`` (Kubernetes'
+  pause, built from its source) and ``busybox.tar``, ``k4sinit.local/busybox:1``
+  (busybox-static with every applet: sh, wget, httpd, nc, ...), for pods that
+  need no registry (see ``oci.py``).
 
 The tree is staged in ``OUT/rootfs`` (kept, for inspection), checked under
-``chroot`` (k4sinit, its dependencies and the stand-ins import from bytecode;
-each stand-in role answers ``--version`` through its ``/bbin`` link), and packed
+``chroot`` (k4sinit and its dependencies import from bytecode; ``/bbin/k4s``
+runs and lists its roles, runc and a CNI plugin run), and packed
 to ``OUT/k4sinit.cpio.gz``. A build whose inputs did not change since the last
 one returns at once. Needs root (chroot) and the Debian packages listed in
 ``scripts/vm-deps``. See ``rootfs/README.md`` for the layout and for putting the
@@ -45,7 +46,6 @@ image on top of a u-root initramfs.
 from __future__ import annotations
 
 import argparse
-import ast
 import gzip
 import hashlib
 import importlib.metadata
@@ -65,6 +65,8 @@ import yaml
 from packaging.requirements import Requirement
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "k4s"))
+import gobuild  # rootfs/k4s/gobuild.py: the Go userland
 import oci  # rootfs/ is a directory of scripts, not a package
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,17 +98,9 @@ DEFAULT_MODULES = (
     "veth",
 )
 
-#: Host binaries copied to the same paths, with their shared libraries (Debian's
-#: containerd 1.6, runc 1.1 and etcd 3.4 are dynamically linked: ``scripts/vm-deps``
-#: installs them).
-DEFAULT_BINARIES = (
-    "/usr/bin/containerd",
-    "/usr/bin/containerd-shim-runc-v2",
-    "/usr/bin/ctr",
-    "/usr/sbin/runc",
-    "/usr/bin/etcd",
-    "/usr/sbin/xtables-nft-multi",
-)
+#: Host binaries copied to the same paths, with their shared libraries
+#: (``scripts/vm-deps`` installs them): Debian's iptables.
+DEFAULT_BINARIES = ("/usr/sbin/xtables-nft-multi",)
 
 #: iptables (nf_tables backend): the CNI bridge plugin's masquerade and portmap's
 #: hostPort rules run it, as kube-proxy does. One multicall binary dispatched by
@@ -123,65 +117,38 @@ IPTABLES_NAMES = (
 )
 XTABLES_DIR = Path("/usr/lib/x86_64-linux-gnu/xtables")
 
-#: Debian's containernetworking-plugins keeps the plugins here ...
-CNI_SOURCE = Path("/usr/lib/cni")
-#: ... and the node looks for them here (``node.cniBinDir``'s default).
+#: The node looks for the CNI plugins here (``node.cniBinDir``'s default).
 CNI_BIN_DIR = "/opt/cni/bin"
-#: The plugins of the single node's pod network (``k4sinit/services/containerd.py``
-#: writes a conflist of ``bridge`` with ``host-local`` IPAM, and ``portmap``), and
-#: ``loopback``, which containerd's CRI runs for every pod by itself.
-DEFAULT_CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
-
 #: The k4s multicall binary, u-root style: ``/bbin/<role>`` links to it, and it
 #: dispatches on the name it was run as.
 K4S_PATH = "/bbin/k4s"
-K4S_ROLES = ("kine", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
-#: Without a k4s binary: the test stand-ins (kube.py and flags/) go here in the
-#: image, and /bbin/k4s is :data:`STANDIN_LAUNCHER`.
-STANDINS = ROOT / "tests/standins"
-STANDINS_DIR = "/usr/lib/k4sinit/standins"  # in the image
+#: containerd starts ``containerd-shim-runc-v2`` from its PATH, and the shim runs
+#: ``runc`` from its own: both are in /usr/bin, on k4sinit's PATH.
+SHIM_PATH = "/usr/bin/containerd-shim-runc-v2"
+RUNC_PATH = "/usr/bin/runc"
 IMAGE_JSON = "/etc/k4sinit/image.json"
 
-#: Written to /etc/containerd/config.toml when containerd is among the binaries.
-#: No CRI plugin (nothing talks CRI yet; it is the slowest plugin to start), and no
-#: snapshotters that cannot work here (aufs, btrfs, zfs, devmapper): overlayfs
-#: (the default; it works on the tmpfs root) and native remain.
-#:
-#: The CRI section records the runc options the node wants once the CRI plugin is
-#: enabled. It is inert now: only the CRI plugin reads it; ``ctr`` sends no
-#: ShimCgroup (containerd 1.6 has no other place for it), so a ``ctr``-started
-#: shim stays in containerd's cgroup (``/services/containerd``) and its container
-#: goes to ``/<namespace>/<id>``. Note that ``/shims`` as k4sinit makes it has
-#: controllers enabled for its children, so the kernel refuses a process in it
-#: (EBUSY, seen in the VM): the shim would fail to join until k4sinit makes it
-#: joinable (no controllers in its ``subtree_control``) or a leaf below it
-#: exists for shims.
+#: /etc/containerd/config.toml, for a containerd started without the node's role
+#: (``containerd`` alone, as tests/test_vm.py does): containerd 2's format, no CRI
+#: plugin (nothing talks CRI there; it is the slowest plugin to start), and no
+#: snapshotters that cannot work here. The node's ``containerd`` role writes and
+#: uses its own config (k4sinit/services/containerd.py).
 CONTAINERD_CONFIG_PATH = "/etc/containerd/config.toml"
 CONTAINERD_CONFIG = """\
-# containerd 1.6 for k4sinit (written by rootfs/build.py)
-version = 2
+# containerd 2 for k4sinit without the node's role (written by rootfs/build.py)
+version = 3
 root = "/var/lib/containerd"
 state = "/run/containerd"
 disabled_plugins = [
+  "io.containerd.cri.v1.images",
+  "io.containerd.cri.v1.runtime",
   "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.erofs",
 ]
 
 [grpc]
   address = "/run/containerd/containerd.sock"
-
-[plugins."io.containerd.grpc.v1.cri".containerd]
-  default_runtime_name = "runc"
-
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-  SystemdCgroup = false
-  ShimCgroup = "/shims"
 """
 
 #: Distributions copied besides k4sinit's own requirements (and theirs):
@@ -236,25 +203,6 @@ from k4sinit.cli import entry
 entry()
 """
 
-#: /bbin/k4s of an image built without a k4s binary. The kernel runs it as
-#: ``python3.11 -IS /bbin/<role> ARGS`` through a role's link, so ``sys.argv[0]``
-#: is the link's path and kube.py's ``role_of`` finds the role in its basename;
-#: kube.py, imported from its own directory, finds ``flags/<role>.txt`` next to
-#: itself and PyYAML in k4sinit's site-packages (so it never re-executes itself).
-STANDIN_LAUNCHER = f"""\
-#!{PYTHON} -IS
-# /bbin/k4s of a k4sinit node image built WITHOUT a k4s binary (rootfs/build.py):
-# TEST STAND-INS (tests/standins/kube.py in k4sinit's repository), NOT Kubernetes,
-# for {", ".join(K4S_ROLES)}.
-# /bbin/<role> links here; the role is the name it was run as.
-import sys
-
-sys.path[:0] = ["{STANDINS_DIR}", "{SITE}"]
-import kube
-
-sys.exit(kube.main(sys.argv))
-"""
-
 #: Applets not linked: busybox itself, and its init, which the kernel would run
 #: (from /bin/init) if /init failed; then it falls back to /bin/sh on the console.
 BUSYBOX_SKIP = frozenset({"busybox", "init", "linuxrc"})
@@ -263,6 +211,8 @@ ETC_FILES = {
     "/etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
     "/etc/group": "root:x:0:\nnogroup:x:65534:\n",
     "/etc/hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    # kubelet reports PRETTY_NAME as the node's OS image.
+    "/etc/os-release": 'NAME="k4sinit"\nID=k4sinit\nPRETTY_NAME="k4sinit diskless node"\n',
 }
 EMPTY_DIRS = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var", "/root", "/mnt", "/bbin")
 IMAGES_DIR = "/var/lib/k4sinit/images"  # the node's imagesDir: air-gap archives
@@ -283,11 +233,9 @@ def build(
     modules: Sequence[str] = DEFAULT_MODULES,
     extra_files: ExtraFiles | None = None,
     *,
+    userland: gobuild.Outputs | None,
     binaries: Sequence[str] = DEFAULT_BINARIES,
-    k4s: str | os.PathLike[str] | None = None,
-    cni_plugins: Sequence[str] = DEFAULT_CNI_PLUGINS,
-    hello_image: bool = True,
-    pause_image: bool = True,
+    busybox_image: bool = True,
     kernel_version: str | None = None,
     compress: bool = True,
     force: bool = False,
@@ -295,6 +243,9 @@ def build(
 ) -> Path:
     """Build the image into ``out_dir`` and return its path.
 
+    ``userland`` is a build of ``rootfs/k4s`` (:func:`gobuild.build`): k4s and its
+    role links, the shim, runc, the CNI plugins and the pause image go in; None
+    makes an image of k4sinit alone (no Kubernetes, no containerd).
     ``modules`` and the config's own ``modules:`` list (read from the file) are
     all in the image, with their dependencies. ``extra_files`` maps absolute
     paths in the image to their content: ``str`` or ``bytes`` (mode 0755 if it
@@ -303,15 +254,9 @@ def build(
     ``compress=False`` writes a plain ``k4sinit.cpio``.
 
     ``binaries`` are host executables copied to the same paths in the image (a
-    symlink's target's content), with every shared library they load; when
-    ``/usr/bin/containerd`` is one of them, ``/etc/containerd/config.toml`` is
-    :data:`CONTAINERD_CONFIG`. ``cni_plugins`` are copied from
-    :data:`CNI_SOURCE` to :data:`CNI_BIN_DIR`. ``k4s`` is a host k4s multicall
-    binary for ``/bbin/k4s``; without one, the test stand-ins take its place
-    (and ``/etc/k4sinit/image.json`` says so). ``hello_image`` and
-    ``pause_image`` add the ``k4sinit.local/hello:1`` and
-    ``k4sinit.local/pause:3.10`` docker archives to ``/var/lib/k4sinit/images``
-    (see ``oci.py``).
+    symlink's target's content), with every shared library they load.
+    ``busybox_image`` adds ``k4sinit.local/busybox:1`` to the air-gap images
+    (with a userland; see ``oci.py``).
 
     Raises :class:`BuildError` when an input is missing (run ``scripts/vm-deps``),
     a module is not in the kernel, or a check in the built tree fails. Skips the
@@ -326,10 +271,8 @@ def build(
     kver = kernel_version or debian_kernel_version()
     image = out / (IMAGE_NAME if compress else IMAGE_NAME.removesuffix(".gz"))
     key_file = image.with_name(image.name + ".key")
-    k4s_file = Path(k4s) if k4s is not None else None
-    plugins = [CNI_SOURCE / name for name in cni_plugins]
 
-    _require_inputs(kver, binaries, [str(p) for p in plugins], k4s_file)
+    _require_inputs(kver, binaries, userland)
     from_config = config_modules(config)
     wanted_modules = list(dict.fromkeys([*modules, *from_config]))
     dists = distributions()
@@ -340,9 +283,8 @@ def build(
         kver,
         dists,
         binaries=binaries,
-        plugins=plugins,
-        k4s=k4s_file,
-        images=(hello_image, pause_image),
+        userland=userland,
+        images=(busybox_image,),
     )
     if not force and image.exists() and key_file.exists():
         previous = json.loads(key_file.read_text())
@@ -364,39 +306,20 @@ def build(
     _copy_site_packages(tree, dists)
     for binary in binaries:
         _copy_file(Path(binary).resolve(), tree / binary.lstrip("/"))
-    for plugin in plugins:
-        _copy_file(plugin.resolve(), tree / CNI_BIN_DIR.lstrip("/") / plugin.name)
-    k4s_info = _install_k4s(tree, k4s_file)
     xtables = _install_iptables(tree) if IPTABLES in binaries else []
     _copy_ldd_closure(
         tree,
-        [
-            PYTHON,
-            *copied_stdlib,
-            *_shared_objects(tree / SITE[1:]),
-            *binaries,
-            *map(str, plugins),
-            *([str(k4s_file)] if k4s_file else []),
-            *xtables,
-        ],
+        [PYTHON, *copied_stdlib, *_shared_objects(tree / SITE[1:]), *binaries, *xtables],
     )
     _install_busybox(tree)
-    if "/usr/bin/containerd" in binaries:
-        _write(tree, CONTAINERD_CONFIG_PATH, CONTAINERD_CONFIG, 0o644)
-    archives = []
-    if hello_image:
-        _write(tree, oci.HELLO_PATH, oci.hello_archive(BUSYBOX), 0o644)
-        archives.append({"path": oci.HELLO_PATH, "ref": oci.HELLO_REF})
-    if pause_image:
-        _write(tree, oci.PAUSE_PATH, oci.pause_archive(BUSYBOX), 0o644)
-        archives.append(
-            {
-                "path": oci.PAUSE_PATH,
-                "ref": oci.PAUSE_REF,
-                "standInFor": "registry.k8s.io/pause:3.10",
-            }
-        )
     _mkdir(tree, IMAGES_DIR)
+    description: dict[str, object] = {
+        "builtBy": "rootfs/build.py",
+        "k4sinit": importlib.metadata.version("k4sinit"),
+        "kernel": kver,
+    }
+    if userland is not None:
+        description |= _install_userland(tree, userland, busybox_image=busybox_image)
     for path in ("/init", "/usr/bin/k4sinit"):
         _write(tree, path, LAUNCHER, 0o755)
     _write(tree, "/etc/k4sinit/config.yaml", config.read_bytes(), 0o644)
@@ -404,33 +327,26 @@ def build(
         _write(tree, path, text, 0o644)
     origin = {name: f"{config.name}'s modules" for name in from_config}
     installed = _install_modules(tree, kver, wanted_modules, origin)
-    description = {
-        "builtBy": "rootfs/build.py",
-        "k4sinit": importlib.metadata.version("k4sinit"),
-        "kernel": kver,
-        "k4s": k4s_info,
-        "modules": wanted_modules,
-        "binaries": list(binaries),
-        "cniPlugins": [f"{CNI_BIN_DIR}/{p.name}" for p in plugins],
-        "images": archives,
-    }
+    description |= {"modules": wanted_modules, "binaries": list(binaries)}
     _write(tree, IMAGE_JSON, json.dumps(description, indent=2) + "\n", 0o644)
     for path, content in extra.items():
         _write_extra(tree, path, content)
     say(f"build: staged in {time.monotonic() - started:.1f}s, compiling")
 
     _compile(tree)
-    _check_imports(tree, standins=k4s_file is None)
-    if k4s_file is None:
-        _check_standins(tree)
+    _check_imports(tree)
+    if userland is not None:
+        _check_userland(tree)
     say(f"build: checks in the tree passed ({time.monotonic() - started:.1f}s); packing")
 
     tmp = image.with_name(image.name + ".tmp")
     raw_size = pack(tree, tmp, compress=compress)
     tmp.replace(image)
     key_file.write_text(json.dumps({"key": key, "cpio_bytes": raw_size}))
+    versions = description.get("versions") or {}
     say(
-        f"build: {image} ({len(installed)} modules for {kver}, k4s: {k4s_info['kind']}): "
+        f"build: {image} ({len(installed)} modules for {kver}; "
+        f"{', '.join(f'{k} {v}' for k, v in versions.items()) or 'no Kubernetes'}): "  # type: ignore[attr-defined]
         f"{_sizes(raw_size, image)} in {time.monotonic() - started:.1f}s"
     )
     return image
@@ -465,21 +381,20 @@ def _version_key(v: str) -> list[int | str]:
 
 
 def _require_inputs(
-    kver: str,
-    binaries: Sequence[str] = (),
-    plugins: Sequence[str] = (),
-    k4s: Path | None = None,
+    kver: str, binaries: Sequence[str] = (), userland: gobuild.Outputs | None = None
 ) -> None:
     relative = [b for b in binaries if not b.startswith("/")]
     if relative:
         raise BuildError(f"binaries must be absolute paths: {', '.join(relative)}")
-    if k4s is not None and not (k4s.is_file() and os.access(k4s, os.X_OK)):
-        raise BuildError(f"--k4s {k4s}: not an executable file")
-    standins = [] if k4s is not None else [str(STANDINS / "kube.py")]
-    required = (PYTHON, BUSYBOX, str(STDLIB / "os.py"), *binaries, *plugins, *standins)
+    required = [PYTHON, BUSYBOX, str(STDLIB / "os.py"), *binaries]
+    if userland is not None:
+        required += map(str, _userland_files(userland))
     missing = [p for p in required if not Path(p).exists()]
     if missing:
-        raise BuildError(f"missing {', '.join(missing)}: run scripts/vm-deps (as root)")
+        raise BuildError(
+            f"missing {', '.join(missing)}: run scripts/vm-deps (as root), "
+            "and rootfs/k4s/gobuild.py for the userland"
+        )
     if not Path("/lib/modules", kver, "modules.dep").exists():
         raise BuildError(f"no /lib/modules/{kver}: run scripts/vm-deps (as root)")
     if os.geteuid() != 0:
@@ -529,11 +444,6 @@ def config_modules(config: Path) -> list[str]:
     return names
 
 
-def _standin_files() -> list[Path]:
-    """kube.py and its flags files: what the image's stand-ins are made of."""
-    return [STANDINS / "kube.py", *sorted((STANDINS / "flags").glob("*.txt"))]
-
-
 def _k4sinit_sources() -> Iterator[Path]:
     pkg = ROOT / "k4sinit"
     for path in sorted(pkg.rglob("*")):
@@ -549,8 +459,7 @@ def _input_key(
     dists: list[importlib.metadata.Distribution],
     *,
     binaries: Sequence[str] = (),
-    plugins: Sequence[Path] = (),
-    k4s: Path | None = None,
+    userland: gobuild.Outputs | None = None,
     images: tuple[bool, ...] = (),
 ) -> str:
     """A digest of everything the image is made of: equal keys, equal images."""
@@ -564,17 +473,14 @@ def _input_key(
         add(str(path), st.st_size, st.st_mtime_ns)
 
     add(Path(__file__).read_bytes(), config.read_bytes(), list(modules), kver)
-    add(Path(oci.__file__).read_bytes(), list(binaries), [str(p) for p in plugins], images)
+    add(Path(oci.__file__).read_bytes(), list(binaries), images)
     for path in (PYTHON, BUSYBOX, f"/lib/modules/{kver}/modules.dep"):
         add_file(Path(path))
-    executables = [*binaries, *map(str, plugins), *([str(k4s)] if k4s else [])]
-    for path in (*executables, *ldd_closure(executables)):  # a package upgrade changes these
+    for path in (*binaries, *ldd_closure(binaries)):  # a package upgrade changes these
         add_file(Path(path).resolve())
-    if k4s is not None:
-        add("k4s", str(k4s), _sha256(k4s))
-    else:
-        for standin in _standin_files():
-            add(str(standin.relative_to(ROOT)), standin.read_bytes())
+    if userland is not None:
+        for path in _userland_files(userland):
+            add_file(path)
     add([(d.metadata["Name"], d.version) for d in dists])
     for src in _k4sinit_sources():
         add_file(src)
@@ -628,34 +534,48 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _install_k4s(tree: Path, k4s: Path | None) -> dict[str, object]:
-    """``/bbin/k4s`` and a ``/bbin/<role> -> k4s`` link per role; returns the
-    ``k4s`` object of image.json.
+def _userland_files(userland: gobuild.Outputs) -> list[Path]:
+    return [
+        userland.k4s,
+        userland.shim,
+        userland.runc,
+        userland.pause,
+        *userland.cni.values(),
+        userland.dir / "versions.json",
+    ]
 
-    ``k4s`` is copied as it is; without it the stand-ins go to
-    :data:`STANDINS_DIR` and ``/bbin/k4s`` is :data:`STANDIN_LAUNCHER`.
-    """
+
+def _install_userland(
+    tree: Path, userland: gobuild.Outputs, *, busybox_image: bool
+) -> dict[str, object]:
+    """The Go userland (see the module docstring); returns image.json's part for it."""
     target = tree / K4S_PATH.lstrip("/")
-    if k4s is not None:
-        _copy_file(k4s.resolve(), target)
-        kind = "supplied"
-        source = str(k4s)
-    else:
-        dest = tree / STANDINS_DIR.lstrip("/")
-        for path in _standin_files():
-            _copy_file(path, dest / path.relative_to(STANDINS))
-        (dest / "kube.py").chmod(0o644)  # imported by the launcher, never executed
-        _write(tree, K4S_PATH, STANDIN_LAUNCHER, 0o755)
-        kind = "standins"
-        source = str((STANDINS / "kube.py").relative_to(ROOT))
-    for role in K4S_ROLES:
+    _copy_file(userland.k4s, target)
+    roles = userland.roles()
+    for role in roles:
         (target.parent / role).symlink_to(target.name)
+    _copy_file(userland.shim, tree / SHIM_PATH.lstrip("/"))
+    _copy_file(userland.runc, tree / RUNC_PATH.lstrip("/"))
+    for name, plugin in userland.cni.items():
+        _copy_file(plugin, tree / CNI_BIN_DIR.lstrip("/") / name)
+    _write(tree, CONTAINERD_CONFIG_PATH, CONTAINERD_CONFIG, 0o644)
+    versions = userland.versions
+    pause_ref = oci.pause_ref(versions["pause"])
+    _write(tree, oci.PAUSE_PATH, oci.pause_archive(userland.pause, pause_ref), 0o644)
+    archives = [{"path": oci.PAUSE_PATH, "ref": pause_ref, "source": "Kubernetes' pause.c"}]
+    if busybox_image:
+        _write(tree, oci.BUSYBOX_PATH, oci.busybox_archive(BUSYBOX), 0o644)
+        archives.append({"path": oci.BUSYBOX_PATH, "ref": oci.BUSYBOX_REF})
     return {
-        "kind": kind,
-        "path": K4S_PATH,
-        "sha256": _sha256(target),
-        "roles": list(K4S_ROLES),
-        "source": source,
+        "k4s": {
+            "path": K4S_PATH,
+            "sha256": _sha256(target),
+            "roles": roles,
+            "source": "rootfs/k4s (gobuild.py)",
+        },
+        "versions": versions,
+        "userland": [SHIM_PATH, RUNC_PATH, *(f"{CNI_BIN_DIR}/{n}" for n in userland.cni)],
+        "images": archives,
     }
 
 
@@ -873,7 +793,6 @@ def _compile(tree: Path) -> None:
             "/",
             str(tree / str(STDLIB)[1:]),
             str(tree / SITE[1:]),
-            *([str(standins)] if (standins := tree / STANDINS_DIR[1:]).is_dir() else []),
         ],
         capture_output=True,
         text=True,
@@ -896,10 +815,6 @@ names += [
 ]
 for name in names:
     importlib.import_module(name)
-for module, attributes in {from_imports!r}:
-    imported = __import__(module, fromlist=attributes)
-    for attribute in attributes:
-        getattr(imported, attribute)
 missing = sorted(
     m.__name__ for m in list(sys.modules.values())
     if getattr(m, "__file__", None) and m.__file__.endswith(".py")
@@ -913,21 +828,6 @@ print(len(sys.modules), "modules imported")
 """
 
 
-def standin_imports(source: Path = STANDINS / "kube.py") -> list[tuple[str, list[str]]]:
-    """Every absolute import in ``source``, function-level ones included, as
-    ``(module, [names imported from it])``: what the stand-ins need of the image."""
-    imports: dict[str, list[str]] = {}
-    for node in ast.walk(ast.parse(source.read_text(), str(source))):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                imports.setdefault(alias.name, [])
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module == "__future__":
-                continue
-            imports.setdefault(node.module, []).extend(a.name for a in node.names)
-    return sorted(imports.items())
-
-
 def _chroot(tree: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [shutil.which("chroot") or "/usr/sbin/chroot", str(tree), *argv],
@@ -938,31 +838,30 @@ def _chroot(tree: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _check_imports(tree: Path, *, standins: bool = False) -> None:
+def _check_imports(tree: Path) -> None:
     """Import k4sinit (every module) and its dependencies inside the tree, by chroot,
-    without writing bytecode: proves the stdlib trim, the ldd closure and the .pyc.
-    With ``standins``, also the stand-ins' ``kube`` module and everything it imports
-    (function-level imports included: they run only once a role serves)."""
-    paths = [STANDINS_DIR, SITE] if standins else [SITE]
-    names = [*IMPORT_CHECK, "kube"] if standins else list(IMPORT_CHECK)
-    code = _CHECK.format(
-        paths=paths, names=names, from_imports=standin_imports() if standins else []
-    )
+    without writing bytecode: proves the stdlib trim, the ldd closure and the .pyc."""
+    code = _CHECK.format(paths=[SITE], names=list(IMPORT_CHECK))
     proc = _chroot(tree, PYTHON, "-I", "-S", "-B", "-c", code)
     if proc.returncode != 0:
         raise BuildError(f"import check in the image failed:\n{proc.stdout}{proc.stderr}")
 
 
-def _check_standins(tree: Path) -> None:
-    """Run each role's link in the tree, by chroot: ``/bbin/<role> --version`` must
-    exit 0 with the stand-in's version. Proves the launcher's ``#!`` line, the
-    dispatch on the link's name and that ``flags/<role>.txt`` is found."""
-    for role in K4S_ROLES:
-        proc = _chroot(tree, f"/bbin/{role}", "--version")
-        if proc.returncode != 0 or "k4sinit-standin" not in proc.stdout:
+def _check_userland(tree: Path) -> None:
+    """Run the userland in the tree, by chroot: ``k4s --list`` through its path and
+    ``kubectl version --client`` through a role link, ``runc --version``, the bridge
+    plugin's ``version``. Proves the binaries are whole and need nothing from the host."""
+    for argv in (
+        [K4S_PATH, "--list"],
+        ["/bbin/kubectl", "version", "--client"],
+        [RUNC_PATH, "--version"],
+        [f"{CNI_BIN_DIR}/bridge", "--version"],
+    ):
+        proc = _chroot(tree, *argv)
+        if proc.returncode != 0:
             raise BuildError(
-                f"stand-in /bbin/{role} --version in the image failed "
-                f"(exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
+                f"{' '.join(argv)} in the image failed (exit {proc.returncode}):\n"
+                f"{proc.stdout}{proc.stderr}"
             )
 
 
@@ -1056,26 +955,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(empty: none); default: %(default)s",
     )
     parser.add_argument(
-        "--k4s",
-        metavar="PATH",
-        help=f"a k4s multicall binary for {K4S_PATH} (default: the test stand-ins "
-        "of tests/standins, NOT Kubernetes)",
-    )
-    parser.add_argument(
-        "--cni-plugins",
-        default=",".join(DEFAULT_CNI_PLUGINS),
-        help=f"comma-separated plugins of {CNI_SOURCE} to put in {CNI_BIN_DIR}; "
-        "default: %(default)s",
-    )
-    parser.add_argument(
-        "--no-hello-image",
+        "--no-userland",
         action="store_true",
-        help=f"leave out the test container image {oci.HELLO_PATH}",
+        help="leave out the Go userland (k4s, runc, CNI plugins, pause): k4sinit alone",
     )
     parser.add_argument(
-        "--no-pause-image",
+        "--userland",
+        default=str(gobuild.DEFAULT_OUT),
+        metavar="DIR",
+        help="where rootfs/k4s/gobuild.py builds the userland (built if out of date; "
+        "default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-busybox-image",
         action="store_true",
-        help=f"leave out the pause stand-in {oci.PAUSE_PATH} ({oci.PAUSE_REF})",
+        help=f"leave out the debugging image {oci.BUSYBOX_PATH} ({oci.BUSYBOX_REF})",
     )
     parser.add_argument("--kernel-version", help="default: the newest in /boot")
     parser.add_argument("--no-compress", action="store_true", help="write a plain .cpio")
@@ -1088,21 +982,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--file {item!r}: expected IMAGE_PATH=HOST_PATH")
         extra[dest] = Path(src)
     try:
+        userland = None if args.no_userland else gobuild.build(args.userland, say=_say)
         image = build(
             args.config,
             args.out,
             modules=[m for m in args.modules.split(",") if m],
             extra_files=extra,
             binaries=[b for b in args.binaries.split(",") if b],
-            k4s=args.k4s,
-            cni_plugins=[p for p in args.cni_plugins.split(",") if p],
-            hello_image=not args.no_hello_image,
-            pause_image=not args.no_pause_image,
+            userland=userland,
+            busybox_image=not args.no_busybox_image,
             kernel_version=args.kernel_version,
             compress=not args.no_compress,
             force=args.force,
         )
-    except BuildError as exc:
+    except (BuildError, gobuild.GoBuildError) as exc:
         print(f"build: {exc}", file=sys.stderr)
         return 1
     print(image)

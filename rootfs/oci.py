@@ -5,19 +5,18 @@ image config JSON and one tar per layer; ``ctr images import`` reads it. The
 archives here are reproducible: every entry is owned by root with mtime 0, so
 the same inputs give the same bytes (and the same image digest).
 
-:func:`hello_archive` is the test image the node image carries at
-``/var/lib/k4sinit/images/hello.tar``: busybox-static as ``/bin/busybox``, ``/bin/sh``
-and ``/bin/echo`` linking to it, and ``Cmd ["/bin/sh", "-c", "echo hello from a
-container"]``.
-
 :func:`pause_archive` is the pod sandbox image the node image carries at
-``/var/lib/k4sinit/images/pause.tar``, tagged ``k4sinit.local/pause:3.10``: a
-**stand-in for registry.k8s.io/pause**, which cannot be fetched here (no
-registry in reach). It behaves like pause at its interface: as PID 1 of its
-container it sleeps forever, reaps the zombies the pod's processes leave it,
-and exits 0 at once on SIGTERM or SIGINT. It is busybox-static's ``sh``
-running :data:`PAUSE_SCRIPT`, not the real pause (a tiny static C program);
-a node that uses it names it in ``node.pauseImage``.
+``/var/lib/k4sinit/images/pause.tar``: Kubernetes' own pause program (compiled
+from ``build/pause/linux/pause.c`` of the pinned k8s.io/kubernetes module by
+``rootfs/k4s/gobuild.py``), tagged ``k4sinit.local/pause:<its TAG>``, with
+upstream's entrypoint and user. The name is k4sinit's because the bytes are
+not the registry's image; the node's config names it in ``node.pauseImage``
+and containerd's ``pinned_images.sandbox``.
+
+:func:`busybox_archive` is ``k4sinit.local/busybox:1``, at
+``/var/lib/k4sinit/images/busybox.tar``: busybox-static with a link per applet
+(sh, wget, httpd, nc, nslookup, ...), so a user can run a debugging pod, or a
+small web server, with no registry in reach.
 """
 
 from __future__ import annotations
@@ -25,31 +24,26 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
 import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-HELLO_REF = "k4sinit.local/hello:1"
-HELLO_PATH = "/var/lib/k4sinit/images/hello.tar"  # in the node image
-HELLO_CMD = ("/bin/sh", "-c", "echo hello from a container")
 BUSYBOX = "/bin/busybox"
-
-PAUSE_REF = "k4sinit.local/pause:3.10"  # 3.10: registry.k8s.io/pause of Kubernetes v1.31
+BUSYBOX_REF = "k4sinit.local/busybox:1"
+BUSYBOX_PATH = "/var/lib/k4sinit/images/busybox.tar"  # in the node image
 PAUSE_PATH = "/var/lib/k4sinit/images/pause.tar"  # in the node image
-#: PID 1 of a pod sandbox. The kernel drops a signal to a container's PID 1 that
-#: has no handler for it, hence the ``trap``; ``wait`` returns as soon as a trapped
-#: signal arrives, so the exit is prompt. Orphans of the pod's processes are
-#: reparented to this shell, and ash's ``wait`` reaps any child that exits, not
-#: only its own ``sleep``. Measured with busybox 1.35 as PID 1 of a pid namespace:
-#: three orphans reaped (no zombie left), SIGTERM and SIGINT each exit 0 in ~1 ms.
-PAUSE_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep 86400 & wait $!; done"
-PAUSE_CMD = ("/bin/sh", "-c", PAUSE_SCRIPT)
-PAUSE_DESCRIPTION = (
-    "stand-in for registry.k8s.io/pause:3.10 made by k4sinit's rootfs/oci.py: "
-    "busybox sh that sleeps, reaps zombies and exits 0 on SIGTERM or SIGINT"
-)
+#: Applets a container has no use for (busybox's init would only confuse).
+BUSYBOX_SKIP = frozenset({"busybox", "init", "linuxrc"})
 
-#: A layer's content: image path -> file bytes (mode 0755), or ``("symlink", target)``.
+
+def pause_ref(tag: str) -> str:
+    """The name of the pause image built from Kubernetes' pause ``tag`` (3.10.2)."""
+    return f"k4sinit.local/pause:{tag}"
+
+
+#: A layer's content: image path -> file bytes (mode 0755), ``("symlink", target)``,
+#: or ``("dir", "1777")`` (a directory with that octal mode).
 LayerFiles = Mapping[str, "bytes | tuple[str, str]"]
 
 
@@ -68,6 +62,8 @@ def layer_tar(files: LayerFiles) -> bytes:
             content = entries[name]
             if content is None:
                 _add(tar, name, tarfile.DIRTYPE, 0o755)
+            elif isinstance(content, tuple) and content[0] == "dir":
+                _add(tar, name, tarfile.DIRTYPE, int(content[1], 8))
             elif isinstance(content, tuple):
                 _add(tar, name, tarfile.SYMTYPE, 0o777, link=content[1])
             else:
@@ -80,6 +76,8 @@ def docker_archive(
     layers: Sequence[bytes],
     cmd: Sequence[str],
     *,
+    entrypoint: Sequence[str] = (),
+    user: str | None = None,
     env: Sequence[str] = ("PATH=/bin",),
     architecture: str = "amd64",
     labels: Mapping[str, str] | None = None,
@@ -87,6 +85,10 @@ def docker_archive(
     """A docker-archive tarball of one image tagged ``ref`` (``host/name:tag``)."""
     diff_ids = [hashlib.sha256(layer).hexdigest() for layer in layers]
     image_config: dict[str, object] = {"Env": list(env), "Cmd": list(cmd)}
+    if entrypoint:
+        image_config["Entrypoint"] = list(entrypoint)
+    if user is not None:
+        image_config["User"] = user
     if labels:
         image_config["Labels"] = dict(labels)
     config = {
@@ -111,35 +113,34 @@ def docker_archive(
     return buf.getvalue()
 
 
-def hello_archive(busybox: str | Path = BUSYBOX) -> bytes:
-    """The ``k4sinit.local/hello:1`` image: busybox-static and a shell that says hello."""
-    layer = layer_tar(
-        {
-            "bin/busybox": Path(busybox).read_bytes(),
-            "bin/sh": ("symlink", "busybox"),
-            "bin/echo": ("symlink", "busybox"),
-        }
+def busybox_archive(busybox: str | Path = BUSYBOX) -> bytes:
+    """``k4sinit.local/busybox:1``: busybox-static, a link per applet, ``sh`` as command."""
+    applets = subprocess.run(
+        [str(busybox), "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    files: dict[str, bytes | tuple[str, str]] = {"bin/busybox": Path(busybox).read_bytes()}
+    for applet in applets:
+        if applet not in BUSYBOX_SKIP:
+            files[f"bin/{applet}"] = ("symlink", "busybox")
+    files["tmp"] = ("dir", "1777")
+    files["etc"] = ("dir", "755")
+    layer = layer_tar(files)
+    return docker_archive(BUSYBOX_REF, [layer], ["sh"])
+
+
+def pause_archive(pause: str | Path, ref: str) -> bytes:
+    """Kubernetes' pause binary at ``/pause`` as upstream's image has it: its
+    entrypoint, run as 65535 (nobody needs more to hold a pod's namespaces)."""
+    layer = layer_tar({"pause": Path(pause).read_bytes()})
+    labels = {
+        "org.opencontainers.image.description": (
+            "Kubernetes' pause (build/pause/linux/pause.c), built by k4sinit's "
+            "rootfs/k4s/gobuild.py"
+        )
+    }
+    return docker_archive(
+        ref, [layer], [], entrypoint=["/pause"], user="65535:65535", env=(), labels=labels
     )
-    return docker_archive(HELLO_REF, [layer], HELLO_CMD)
-
-
-def pause_archive(busybox: str | Path = BUSYBOX) -> bytes:
-    """The ``k4sinit.local/pause:3.10`` image: a stand-in for registry.k8s.io/pause.
-
-    busybox-static with ``/bin/sh`` and ``/bin/sleep`` linking to it and
-    :data:`PAUSE_CMD` as its command (see the module docstring for what it does
-    and what it is not); its label ``org.opencontainers.image.description``
-    says it is a stand-in.
-    """
-    layer = layer_tar(
-        {
-            "bin/busybox": Path(busybox).read_bytes(),
-            "bin/sh": ("symlink", "busybox"),
-            "bin/sleep": ("symlink", "busybox"),
-        }
-    )
-    labels = {"org.opencontainers.image.description": PAUSE_DESCRIPTION}
-    return docker_archive(PAUSE_REF, [layer], PAUSE_CMD, labels=labels)
 
 
 def _add(

@@ -79,12 +79,15 @@ def qemu_command(
     quiet: bool = True,
     terminal: bool = False,
     control_port: str | os.PathLike[str] | None = None,
+    forward: Sequence[tuple[int, int]] = (),
 ) -> list[str]:
     """The qemu command line (see the module docstring). The serial console is
     qemu's stdio: a plain pipe (what :class:`VM` reads), or with ``terminal`` an
     interactive terminal with qemu's monitor behind Ctrl-A c. ``control_port``: a
     unix socket path at which qemu serves k4sinit's control port (a virtio-serial
-    port named ``org.k4sinit.control``; see k4sinit/controlport.py)."""
+    port named ``org.k4sinit.control``; see k4sinit/controlport.py). ``forward``:
+    ``(host port, guest port)`` pairs of TCP ports forwarded from the host's
+    loopback into the guest (the apiserver, for kubectl on the host)."""
     cmdline = " ".join(p for p in (BASE_APPEND, "quiet" if quiet else "", append) if p)
     return [
         QEMU,
@@ -113,7 +116,8 @@ def qemu_command(
             ]
         ),
         "-netdev",
-        "user,id=n0,restrict=on",
+        "user,id=n0,restrict=on"
+        + "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in forward),
         "-device",
         "virtio-net-pci,netdev=n0,romfile=",  # no iPXE ROM: nothing boots from the net
         "-device",

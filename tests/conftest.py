@@ -302,15 +302,11 @@ def _missing_vm_tools() -> list[str]:
     missing = [t for t in ("qemu-system-x86_64", "cpio") if shutil.which(t) is None]
     required = (build.PYTHON, build.BUSYBOX, *build.DEFAULT_BINARIES)
     missing += [p for p in required if not Path(p).exists()]
-    missing += [
-        str(build.CNI_SOURCE / plugin)
-        for plugin in build.DEFAULT_CNI_PLUGINS
-        if not (build.CNI_SOURCE / plugin).exists()
-    ]
+    missing += [t for t in ("gcc", "pkg-config") if shutil.which(t) is None]
     return missing + ([] if kernel else ["/boot/vmlinuz-*"])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def vm_tools() -> None:
     """qemu, a Debian kernel and the packages the image is made of: install them
     with scripts/vm-deps, or skip."""
@@ -327,3 +323,18 @@ def vm_tools() -> None:
             f"cannot install {', '.join(_missing_vm_tools())} with scripts/vm-deps: "
             f"{(proc.stdout + proc.stderr).strip()[-500:]}"
         )
+
+
+@pytest.fixture(scope="session")
+def userland(vm_tools: None) -> Any:
+    """The Go userland (k4s, runc, the shim, CNI plugins, pause) built from rootfs/k4s by
+    rootfs/k4s/gobuild.py: cached, so only the first test of a fresh machine waits for
+    the cold build (many minutes; it prints its progress). A failed build fails the
+    test: nothing stands in for it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "rootfs" / "k4s"))
+    import gobuild
+
+    try:
+        return gobuild.build(say=lambda line: print(line, file=sys.stderr, flush=True))
+    except gobuild.GoBuildError as exc:
+        pytest.fail(f"the k4s build failed: {exc}", pytrace=False)

@@ -12,8 +12,11 @@ import hashlib
 import io
 import json
 import os
+import signal
+import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +33,27 @@ sys.path.insert(0, str(ROOT / "rootfs"))  # build.py and oci.py: scripts, not a 
 import build  # noqa: E402
 import oci  # noqa: E402
 
-ROLES = ["kine", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet"]
-STANDINS = {
-    "builtBy": "rootfs/build.py",
-    "kernel": "6.1.0-56-amd64",
-    "k4s": {"kind": "standins", "path": "/bbin/k4s", "sha256": "ab" * 32, "roles": ROLES},
+VERSIONS = {
+    "kubernetes": "v1.37.2",
+    "containerd": "v2.4.2",
+    "kine": "v0.17.5",
+    "etcd": "v3.7.3",
+    "coredns": "v1.15.0",
+    "runc": "v1.5.3",
+    "cni-plugins": "v1.10.0",
+    "go": "go1.26.8",
+    "pause": "3.10.2",
 }
+DESCRIPTION = {
+    "builtBy": "rootfs/build.py",
+    "kernel": "6.1.0-57-amd64",
+    "k4s": {"path": "/bbin/k4s", "sha256": "ab" * 32, "roles": ["kine", "kubelet"]},
+    "versions": VERSIONS,
+}
+SUMMARY = (
+    "kubernetes v1.37.2, containerd v2.4.2, kine v0.17.5, etcd v3.7.3, coredns v1.15.0, "
+    "runc v1.5.3, cni-plugins v1.10.0, pause 3.10.2"
+)
 
 
 def write(tmp_path: Path, content: str | bytes) -> str:
@@ -51,25 +69,22 @@ def test_no_file_means_no_description(tmp_path: Path) -> None:
     assert image.load(str(tmp_path / "absent.json")) is None
 
 
-def test_stand_ins_are_named_plainly(tmp_path: Path) -> None:
-    info = image.load(write(tmp_path, json.dumps(STANDINS)))
-    assert info is not None and info.error is None
-    assert info.kind == "standins" and info.roles == ROLES
-    assert info.notice() == (
-        "kine, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet are "
-        "TEST STAND-INS (tests/standins/kube.py in k4sinit's repository), not Kubernetes: "
-        "built without a k4s binary (rootfs/build.py --k4s PATH)"
-    )
-
-
-def test_a_supplied_k4s_needs_no_notice(tmp_path: Path) -> None:
-    data = {**STANDINS, "k4s": {**STANDINS["k4s"], "kind": "supplied"}}
-    info = image.load(write(tmp_path, json.dumps(data)))
-    assert info is not None and info.notice() is None
+def test_the_summary_names_the_versions_inside(tmp_path: Path) -> None:
+    info = image.load(write(tmp_path, json.dumps(DESCRIPTION)))
+    assert info is not None and info.error is None and info.notice() is None
+    assert info.roles == ["kine", "kubelet"] and info.versions == VERSIONS
+    assert info.summary() == SUMMARY  # Kubernetes first, then its parts; not the Go version
     as_json = info.to_json()
-    assert as_json["k4s"]["kind"] == "supplied" and as_json["notice"] is None
-    assert as_json["kernel"] == "6.1.0-56-amd64" and as_json["error"] is None
+    assert as_json["summary"] == SUMMARY and as_json["notice"] is None
+    assert as_json["kernel"] == "6.1.0-57-amd64" and as_json["error"] is None
     assert json.loads(json.dumps(as_json)) == as_json
+
+
+def test_an_image_without_versions_says_so(tmp_path: Path) -> None:
+    path = write(tmp_path, json.dumps({"kernel": "6.1.0-57-amd64"}))
+    info = image.load(path)
+    assert info is not None and info.notice() is None
+    assert info.summary() == f"{path} names no Kubernetes components"
 
 
 @pytest.mark.parametrize(
@@ -78,6 +93,7 @@ def test_a_supplied_k4s_needs_no_notice(tmp_path: Path) -> None:
         ("{not json", "not JSON"),
         ("[1, 2]", "not a JSON object but list"),
         ('{"k4s": "standins"}', "k4s is not an object"),
+        ('{"versions": ["v1"]}', "versions is not an object"),
         (b"\xff\xfe{}", "not UTF-8"),
     ],
 )
@@ -90,21 +106,13 @@ def test_a_malformed_file_gives_a_notice_naming_it_never_an_exception(
     notice = info.notice()
     assert notice is not None and path in notice and why in notice, notice
     assert info.to_json()["notice"] == notice
+    assert info.summary() == notice  # the banner says what is wrong instead
 
 
 def test_an_unreadable_path_gives_a_notice(tmp_path: Path) -> None:
     info = image.load(str(tmp_path))  # a directory
     assert info is not None
     assert info.notice() == f"image description {tmp_path} is unreadable: Is a directory"
-
-
-def test_an_unknown_kind_is_said(tmp_path: Path) -> None:
-    data = {"k4s": {"kind": "mystery"}}
-    info = image.load(write(tmp_path, json.dumps(data)))
-    assert info is not None
-    assert (
-        info.notice() == f"image description {tmp_path / 'image.json'}: unknown k4s kind 'mystery'"
-    )
 
 
 # --- k4sinit status: the daemon's snapshot and the CLI's rendering ----------------------
@@ -139,31 +147,28 @@ def run_status(
     return code, capsys.readouterr().out
 
 
-def test_status_prints_the_stand_in_notice_on_its_own_line(
+def test_status_prints_what_the_image_holds_on_its_own_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    info = image.load(write(tmp_path, json.dumps(STANDINS)))
+    info = image.load(write(tmp_path, json.dumps(DESCRIPTION)))
     assert info is not None
     code, out = run_status(monkeypatch, capsys, status_result(info.to_json()))
     assert code == 0
-    assert f"\nimage: {info.notice()}\n" in out
+    assert f"\nimage: {SUMMARY}\n" in out
     code, out = run_status(monkeypatch, capsys, status_result(info.to_json()), "--json")
-    assert json.loads(out)["image"]["notice"] == info.notice()
+    assert json.loads(out)["image"]["versions"] == VERSIONS
 
 
-@pytest.mark.parametrize("image_json", [None, {"k4s": {"kind": "supplied"}, "notice": None}])
-def test_status_has_no_image_line_without_a_notice(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    image_json: dict[str, Any] | None,
+def test_status_has_no_image_line_without_an_image(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out = run_status(monkeypatch, capsys, status_result(image_json))
+    code, out = run_status(monkeypatch, capsys, status_result(None))
     assert code == 0 and "image:" not in out
-    assert cli.format_image_line(image_json) is None
+    assert cli.format_image_line(None) is None
 
 
 async def test_the_daemons_status_snapshot_carries_the_image(tmp_path: Path) -> None:
-    info = image.load(write(tmp_path, json.dumps(STANDINS)))
+    info = image.load(write(tmp_path, json.dumps(DESCRIPTION)))
     replies: list[Any] = []
 
     async def send(reply: Any) -> None:
@@ -175,58 +180,38 @@ async def test_the_daemons_status_snapshot_carries_the_image(tmp_path: Path) -> 
         assert replies.pop()["result"]["image"] == expected
 
 
-# --- the build side: /bbin, the stand-in launcher, image.json ---------------------------
+# --- the build side: the Go userland in the tree, image.json ----------------------------
 
 
-def test_stand_ins_fill_bbin_like_a_u_root_k4s(tmp_path: Path) -> None:
-    description = build._install_k4s(tmp_path, None)
-    bbin = tmp_path / "bbin"
-    assert sorted(p.name for p in bbin.iterdir()) == sorted(["k4s", *ROLES])
-    for role in ROLES:
-        assert os.readlink(bbin / role) == "k4s"
-    launcher = (bbin / "k4s").read_text()
-    assert launcher.startswith("#!/usr/bin/python3.11 -IS\n") and "TEST STAND-INS" in launcher
-    assert os.access(bbin / "k4s", os.X_OK)
-    standins = tmp_path / build.STANDINS_DIR.lstrip("/")
-    assert (standins / "kube.py").read_bytes() == (ROOT / "tests/standins/kube.py").read_bytes()
-    assert {p.name for p in (standins / "flags").iterdir()} == {f"{r}.txt" for r in ROLES}
-    assert description == {
-        "kind": "standins",
-        "path": "/bbin/k4s",
-        "sha256": hashlib.sha256(launcher.encode()).hexdigest(),
-        "roles": ROLES,
-        "source": "tests/standins/kube.py",
-    }
-    info = image.load(write(tmp_path, json.dumps({"k4s": description})))
-    assert info is not None and "TEST STAND-INS" in (info.notice() or "")
-
-
-def test_a_supplied_k4s_is_copied_and_linked(tmp_path: Path) -> None:
-    k4s = tmp_path / "k4s-binary"
-    k4s.write_bytes(b"\x7fELF not really")
-    k4s.chmod(0o755)
+def test_the_userland_fills_bbin_like_a_u_root_k4s(tmp_path: Path, userland: Any) -> None:
     tree = tmp_path / "tree"
-    description = build._install_k4s(tree, k4s)
-    assert (tree / "bbin/k4s").read_bytes() == k4s.read_bytes()
-    assert not (tree / build.STANDINS_DIR.lstrip("/")).exists()
-    assert description["kind"] == "supplied"
-    assert description["sha256"] == hashlib.sha256(k4s.read_bytes()).hexdigest()
-    assert all(os.readlink(tree / "bbin" / role) == "k4s" for role in ROLES)
+    description = build._install_userland(tree, userland, busybox_image=True)
+    bbin = tree / "bbin"
+    roles = userland.roles()
+    assert sorted(p.name for p in bbin.iterdir()) == sorted(["k4s", *roles])
+    assert all(os.readlink(bbin / role) == "k4s" for role in roles)
+    assert (bbin / "k4s").read_bytes() == userland.k4s.read_bytes()
+    for path in (build.SHIM_PATH, build.RUNC_PATH, "/opt/cni/bin/bridge", "/opt/cni/bin/loopback"):
+        assert os.access(tree / path.lstrip("/"), os.X_OK), path
+    assert description["k4s"] == {
+        "path": "/bbin/k4s",
+        "sha256": hashlib.sha256(userland.k4s.read_bytes()).hexdigest(),
+        "roles": roles,
+        "source": "rootfs/k4s (gobuild.py)",
+    }
+    assert description["versions"] == userland.versions
+    refs = [archive["ref"] for archive in description["images"]]
+    assert refs == [f"k4sinit.local/pause:{userland.versions['pause']}", oci.BUSYBOX_REF]
+    info = image.load(write(tmp_path, json.dumps(description)))
+    assert info is not None and info.summary().startswith("kubernetes v1.37.")
 
 
-def test_the_roles_linked_are_the_roles_k4sinit_runs_from_bbin() -> None:
+def test_k4s_has_every_role_k4sinit_runs_from_bbin(userland: Any) -> None:
     from k4sinit import nodespec
 
-    runs = {nodespec.Datastore.KINE.value, *nodespec.ALL_ROLES} - {"etcd", "containerd", "images"}
-    assert sorted(runs) == list(build.K4S_ROLES) == ROLES
-
-
-def test_the_import_check_covers_what_the_stand_ins_import() -> None:
-    imports = dict(build.standin_imports())
-    for module in ("ssl", "sqlite3", "http.server", "yaml", "socketserver", "ipaddress"):
-        assert module in imports, module
-    assert "hashes" in imports["cryptography.hazmat.primitives"]  # a function-level import
-    assert "__future__" not in imports
+    runs = {*nodespec.ALL_ROLES} - {"images", "manifests"}  # a shell script; k4sinit itself
+    assert runs <= set(userland.roles())
+    assert {"kubectl", "ctr"} <= set(userland.roles())  # the manifests and images roles run them
 
 
 def test_the_configs_modules_go_into_the_image(tmp_path: Path) -> None:
@@ -256,24 +241,53 @@ def test_a_module_the_kernel_lacks_is_named(vm_tools: None) -> None:
     assert names.index("crc32c_generic.ko") < names.index("libcrc32c.ko")
 
 
-# --- the pause stand-in (rootfs/oci.py) ---------------------------------------------------
+# --- the air-gap images (rootfs/oci.py) ----------------------------------------------------
 
 
-def test_the_pause_stand_in_is_busybox_sh_that_traps_and_waits() -> None:
-    # busybox-static: scripts/setup installs it
-    archive = oci.pause_archive()
-    assert archive == oci.pause_archive(), "reproducible"
+def read_archive(
+    archive: bytes,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, tarfile.TarInfo]]:
+    """The manifest, the image config and the layer's members of a one-layer archive."""
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         (manifest,) = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
         config = json.load(tar.extractfile(manifest["Config"]))  # type: ignore[arg-type]
         (layer_name,) = manifest["Layers"]
         layer = tar.extractfile(layer_name).read()  # type: ignore[union-attr]
-    assert manifest["RepoTags"] == ["k4sinit.local/pause:3.10"]
-    assert config["config"]["Cmd"] == ["/bin/sh", "-c", oci.PAUSE_SCRIPT]
-    assert "trap 'exit 0' TERM INT" in oci.PAUSE_SCRIPT
-    label = config["config"]["Labels"]["org.opencontainers.image.description"]
-    assert "stand-in for registry.k8s.io/pause" in label
     with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
         members = {m.name: m for m in tar.getmembers()}
-    for applet in ("sh", "sleep"):
+    return manifest, config, members
+
+
+def test_the_pause_image_is_kubernetes_pause_as_upstream_runs_it(userland: Any) -> None:
+    ref = oci.pause_ref(userland.versions["pause"])
+    archive = oci.pause_archive(userland.pause, ref)
+    assert archive == oci.pause_archive(userland.pause, ref), "reproducible"
+    manifest, config, members = read_archive(archive)
+    assert manifest["RepoTags"] == [ref]
+    assert config["config"]["Entrypoint"] == ["/pause"]
+    assert config["config"]["User"] == "65535:65535"
+    assert list(members) == ["pause"] and members["pause"].mode == 0o755
+    # The program itself: Kubernetes' pause.c says its version, and exits 0 on SIGTERM.
+    out = subprocess.run([str(userland.pause), "-v"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"pause.c v{userland.versions['pause']}"
+    proc = subprocess.Popen([str(userland.pause)])
+    try:
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_busybox_image_has_every_applet_a_debugging_pod_wants() -> None:
+    archive = oci.busybox_archive()
+    assert archive == oci.busybox_archive(), "reproducible"
+    manifest, config, members = read_archive(archive)
+    assert manifest["RepoTags"] == ["k4sinit.local/busybox:1"]
+    assert config["config"]["Cmd"] == ["sh"]
+    for applet in ("sh", "wget", "httpd", "nc", "nslookup"):
         assert members[f"bin/{applet}"].issym() and members[f"bin/{applet}"].linkname == "busybox"
+    assert "bin/init" not in members
+    assert members["tmp"].isdir() and members["tmp"].mode == 0o1777

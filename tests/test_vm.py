@@ -4,26 +4,27 @@ to a clean power-off.
 One image is built and booted once per module (TCG: ~35 s); the tests then read
 that boot's console. The services: ``hello`` prints a line and sleeps; ``probe``
 (after hello is Ready) runs ``k4sinit status`` and prints what PID 1 set up;
-``containerd`` (Debian's, ready when its socket accepts) and ``ctr-run`` (after
-containerd is Ready: imports the image's ``hello.tar`` and runs it with
-``ctr run --rm``, whose output is the service's); ``poweroff`` (after all of them)
-runs ``k4sinit poweroff``, which must end qemu with exit code 0 after the kernel's
-power-off message. Needs root, qemu, Debian's kernel, busybox-static, containerd
-and runc: installed by ``scripts/vm-deps`` when missing, else skipped.
+``containerd`` (the k4s build's containerd 2, with runc and the shim beside it,
+ready when its socket accepts) and ``ctr-run`` (after containerd is Ready: imports
+the image's ``busybox.tar`` and runs an echo in it with ``ctr run --rm``, whose
+output is the service's); ``poweroff`` (after all of them) runs ``k4sinit
+poweroff``, which must end qemu with exit code 0 after the kernel's power-off
+message. Needs root, qemu, Debian's kernel, busybox-static: installed by
+``scripts/vm-deps`` when missing, else skipped; and the Go userland
+(rootfs/k4s/gobuild.py), built when out of date.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import re
 import shutil
 import sys
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,8 +106,8 @@ services:
     command: [sh, -c]
     args:
       - >-
-        ctr -n k8s.io images import /var/lib/k4sinit/images/hello.tar &&
-        ctr -n k8s.io run --rm k4sinit.local/hello:1 hello
+        ctr -n k8s.io images import /var/lib/k4sinit/images/busybox.tar &&
+        ctr -n k8s.io run --rm k4sinit.local/busybox:1 hello echo hello from a container
     dependsOn: {containerd: Ready}
     restartPolicy: Never
   poweroff:
@@ -140,7 +141,7 @@ BOOT_TIMEOUT = 300  # TCG on 2 busy cores: ~35 s when quiet, minutes when loaded
 
 
 @pytest.fixture(scope="module")
-def image(vm_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def image(vm_tools: None, userland: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("vm-image")
     config = out / "config.yaml"
     config.write_text(CONFIG)
@@ -151,6 +152,7 @@ def image(vm_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
             "/etc/k4sinit/broken.yaml": BROKEN.encode(),
             "/etc/k4sinit/netonly.yaml": NETONLY.encode(),
         },
+        userland=userland,
         quiet=True,
     )
     shutil.rmtree(out / "rootfs")  # the staged tree (~170 MB); the image is all we need
@@ -210,10 +212,10 @@ def test_image_holds_the_runtime_and_the_config(image: Path) -> None:
     for binary in build.DEFAULT_BINARIES:
         mode, data = files[binary.lstrip("/")]
         assert mode & 0o111 and data == Path(binary).resolve().read_bytes(), binary
-    assert "lib/x86_64-linux-gnu/libseccomp.so.2" in files  # runc's
     containerd_config = files["etc/containerd/config.toml"][1].decode()
-    assert 'disabled_plugins = [\n  "io.containerd.grpc.v1.cri",' in containerd_config
-    assert files["var/lib/k4sinit/images/hello.tar"][1] == oci.hello_archive()
+    assert "version = 3" in containerd_config
+    assert '  "io.containerd.grpc.v1.cri",' in containerd_config  # disabled without the role
+    assert files["var/lib/k4sinit/images/busybox.tar"][1] == oci.busybox_archive()
     for empty in ("proc", "sys", "dev", "run", "tmp", "bbin"):
         assert empty in files
     assert not any("/test/" in p or p.startswith("usr/lib/python3.11/tkinter") for p in files)
@@ -225,20 +227,25 @@ def test_image_holds_the_runtime_and_the_config(image: Path) -> None:
     assert re.search(rb"^alias virtio:d00000001v\* virtio_net$", modules_alias, re.M)
 
 
-def test_image_holds_the_k4s_roles_cni_plugins_and_the_pause_stand_in(image: Path) -> None:
+def test_image_holds_the_go_userland_and_the_pause_image(image: Path, userland: Any) -> None:
     files = read_cpio(image)
-    mode, launcher = files["bbin/k4s"]
-    assert mode & 0o111 and launcher.startswith(b"#!/usr/bin/python3.11 -IS\n")
-    for role in build.K4S_ROLES:
+    mode, k4s = files["bbin/k4s"]
+    assert mode & 0o111 and k4s == userland.k4s.read_bytes()
+    for role in userland.roles():
         assert files[f"bbin/{role}"][1] == b"k4s", role
-    assert "usr/lib/k4sinit/standins/__pycache__/kube.cpython-311.pyc" in files
+    for path, built in (
+        (build.SHIM_PATH, userland.shim),
+        (build.RUNC_PATH, userland.runc),
+        *((f"/opt/cni/bin/{name}", plugin) for name, plugin in userland.cni.items()),
+    ):
+        assert files[path.lstrip("/")][1] == built.read_bytes(), path
     description = json.loads(files["etc/k4sinit/image.json"][1])
-    assert description["k4s"]["kind"] == "standins"
-    assert description["k4s"]["sha256"] == hashlib.sha256(launcher).hexdigest()
-    for plugin in build.DEFAULT_CNI_PLUGINS:
-        assert files[f"opt/cni/bin/{plugin}"][1] == (build.CNI_SOURCE / plugin).read_bytes()
-    assert files["var/lib/k4sinit/images/pause.tar"][1] == oci.pause_archive()
+    assert description["k4s"]["sha256"] == hashlib.sha256(k4s).hexdigest()
+    assert description["versions"] == userland.versions
+    pause = oci.pause_archive(userland.pause, oci.pause_ref(userland.versions["pause"]))
+    assert files["var/lib/k4sinit/images/pause.tar"][1] == pause
     assert files["sbin/modprobe"][1] == b"/bin/busybox"
+    assert not any(p.startswith("usr/lib/k4sinit/standins") for p in files)  # no stand-ins
 
 
 def test_kernel_runs_k4sinit_as_pid_1(booted: vm.VM) -> None:
@@ -298,25 +305,6 @@ def test_cgroup_limits_are_enforced(booted: vm.VM) -> None:
     )
 
 
-def test_hello_archive_is_a_docker_archive_of_busybox() -> None:
-    archive = oci.hello_archive()
-    assert archive == oci.hello_archive(), "reproducible"
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        (manifest,) = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
-        assert manifest["RepoTags"] == ["k4sinit.local/hello:1"]
-        config = json.load(tar.extractfile(manifest["Config"]))  # type: ignore[arg-type]
-        (layer_name,) = manifest["Layers"]
-        layer = tar.extractfile(layer_name).read()  # type: ignore[union-attr]
-    assert config["config"]["Cmd"] == ["/bin/sh", "-c", "echo hello from a container"]
-    assert (config["os"], config["architecture"]) == ("linux", "amd64")
-    assert config["rootfs"]["diff_ids"] == [f"sha256:{hashlib.sha256(layer).hexdigest()}"]
-    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
-        members = {m.name: m for m in tar.getmembers()}
-    assert members["bin/busybox"].size == Path(build.BUSYBOX).stat().st_size
-    assert members["bin/sh"].issym() and members["bin/sh"].linkname == "busybox"
-    assert members["bin/echo"].issym() and members["bin/echo"].linkname == "busybox"
-
-
 def test_a_container_started_by_ctr_under_the_supervised_containerd_prints(
     booted: vm.VM,
 ) -> None:
@@ -330,7 +318,7 @@ def test_a_container_started_by_ctr_under_the_supervised_containerd_prints(
         r"\] hello from a container\s+pid=\d+ service=ctr-run stream=stdout$", console, re.M
     )
     assert re.search(r"reason='exit code 0' service=ctr-run state=completed", console)
-    assert "unpacking k4sinit.local/hello:1" in console
+    assert re.search(r"k4sinit\.local/busybox:1\s+saved", console)  # containerd 2's ctr import
     lines = console.splitlines()
     assert not [line for line in lines if "service=containerd" in line and "level=error" in line]
 
