@@ -161,7 +161,7 @@ def one_run(image: Path, log: Path, timeout: float, k4s: Path) -> dict[str, Any]
                 detail = machine.request("status", name)
                 cgroup = (detail.get("cgroup") or {}).get("memory_bytes")
                 resident[name] = (detail.get("rss_bytes"), cgroup)
-            cluster.run("apply", "-f", "-", stdin=FIRST_POD)
+            cluster.apply_pods(FIRST_POD, timeout)
             cluster.wait("pod first Ready", lambda: cluster.pod_ready("first"), timeout)
             pod_host = time.monotonic() - machine.started
             rss = status["daemon"]["rss_bytes"]

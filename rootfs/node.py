@@ -196,6 +196,17 @@ class Cluster:
                 return item  # type: ignore[no-any-return]
         return None
 
+    def apply_pods(self, manifests: str, timeout: float = 300) -> None:
+        """``kubectl apply`` once the namespace's default ServiceAccount exists: in a
+        fresh cluster the controller-manager makes it a moment after it starts, and the
+        apiserver refuses pods until then."""
+        self.wait(
+            "the default ServiceAccount",
+            lambda: self.run("get", "serviceaccount", "default", check=False).returncode == 0,
+            timeout,
+        )
+        self.run("apply", "-f", "-", stdin=manifests)
+
     def pod_ready(self, name: str) -> dict[str, Any] | None:
         """Pod ``name`` once its Ready condition is True, or None."""
         pod = self.json("get", "pod", name)

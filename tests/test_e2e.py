@@ -125,17 +125,6 @@ class Kube(node.Cluster):
         stat = self.run("exec", pod, "--", "cat", "/proc/1/stat").stdout
         return stat.rpartition(")")[2].split()[19]
 
-    def apply_pods(self, manifests: str) -> None:
-        """Apply once the namespace's default ServiceAccount exists: in a fresh cluster
-        the controller-manager makes it a moment after it starts, and the apiserver
-        refuses pods until then."""
-        self.wait(
-            "the default ServiceAccount",
-            lambda: self.run("get", "serviceaccount", "default", check=False).returncode == 0,
-            POD_TIMEOUT,
-        )
-        self.run("apply", "-f", "-", stdin=manifests)
-
 
 def free_port() -> int:
     with socket.socket() as s:
