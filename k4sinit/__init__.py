@@ -18,7 +18,8 @@ The modules, bottom to top (each imports only those above it in this list):
 * ``control``: the socket protocol, server and client; ``controlport``: the same
   carried over a virtio-serial port between a VM and its host; ``log``: structlog setup
 * ``daemon``: everything composed; ``boot``: PID 1; ``devenv``: PID 1 of a
-  container; ``cli``: the ``k4sinit`` command
+  container; ``applier``: ``k4sinit apply-manifests``, the manifests role's
+  program (a process of its own); ``cli``: the ``k4sinit`` command
 """
 
 __version__ = "0.1.0"
