@@ -155,6 +155,30 @@ async def test_kill_and_wait_empties_the_cgroup_double_forked_and_nested_too(
 
 
 @needs_cgroup2
+async def test_a_node_stop_kills_every_cgroup_but_k4sinits_own(
+    cgroup_dir: Path, sleeper: Spawn
+) -> None:
+    tree = CgroupTree(cgroup_dir)
+    for group in ("init", "services/containerd", "shims", "kubepods/besteffort/pod1"):
+        (cgroup_dir / group).mkdir(parents=True)
+    ours = sleeper(cgroup_dir / "init")  # k4sinit itself lives here: it must survive
+    service = sleeper(cgroup_dir / "services/containerd")
+    shim = sleeper(cgroup_dir / "shims")
+    pod = sleeper(cgroup_dir / "kubepods/besteffort/pod1")  # made by kubelet, not by us
+    said: list[str] = []
+    with trio.fail_after(30):
+        assert await tree.kill_everything(within=20, say=said.append) is True
+    for pid in (service, shim, pod):
+        wait_until(lambda pid=pid: not pid_alive(pid), timeout=10, what=f"pid {pid} gone")
+    assert pid_alive(ours) and pids_of(cgroup_dir / "init") == [ours]
+    assert said == [
+        f"killing 1 process(es) left in {cgroup_dir}/services",
+        f"killing 1 process(es) left in {cgroup_dir}/shims",
+        f"killing 1 process(es) left in {cgroup_dir}/kubepods",
+    ]
+
+
+@needs_cgroup2
 def test_kill_then_populated_turns_false(cgroup_dir: Path, sleeper: Spawn) -> None:
     pid = sleeper(cgroup_dir)
     cgroup = Cgroup(cgroup_dir)
