@@ -135,13 +135,16 @@ def test_status_table_has_header_and_rows_in_dependency_order(start_daemon: Any)
         "REASON",
     ]
     assert "LAST EXIT" in lines[0]
-    names = [line.split()[0] for line in lines[1:-2]]
+    names = [line.split()[0] for line in lines[1:-3]]
     assert names.index("db") < names.index("web")
     assert sorted(names) == ["db", "tool", "web"]
-    assert lines[-2] == "network: ready"  # no network configured: loopback only
+    assert lines[-3] == "network: ready"  # no network configured: loopback only
     assert re.fullmatch(
         rf"k4sinit {re.escape(__version__)}: pid {d.proc.pid}, up \d+s, \d+\.\d MiB resident",
-        lines[-1],
+        lines[-2],
+    ), lines[-2]
+    assert re.fullmatch(
+        r"memory: \d+\.\d\d GiB in use of \d+\.\d\d GiB \(MemTotal - MemAvailable\)", lines[-1]
     ), lines[-1]
 
 
