@@ -189,12 +189,16 @@ class ServiceCgroup(Cgroup):
                 lambda m: f"{m * CPU_PERIOD_US // 1000} {CPU_PERIOD_US}",
             ),
             ("pids", "pids.max", resources.pids, str),
+            ("cpu", "cpu.weight", resources.cpu_weight, str),
         )
         for controller, file, value, render in wanted:
             if value is None:
                 continue
             if controller not in available:
-                warnings.append(f"{controller} limit not enforced: no {controller} controller here")
+                what = "weight" if file == "cpu.weight" else "limit"
+                warnings.append(
+                    f"{controller} {what} not enforced: no {controller} controller here"
+                )
                 continue
             self.write(file, render(value))
         if resources.memory is not None and "memory" in available:

@@ -540,6 +540,8 @@ def format_cgroup(cg: dict[str, Any]) -> str:
     cpu = "-" if cg["cpu_seconds"] is None else f"{cg['cpu_seconds']:.2f}s"
     if limits.get("cpu_millis"):
         cpu += f" (limit {limits['cpu_millis']}m)"
+    if limits.get("cpu_weight"):
+        cpu += f" (weight {limits['cpu_weight']})"
     pids = f"{cg['pids']} pids" + (f" of {limits['pids']}" if limits.get("pids") else "")
     ooms = f", {cg['oom_kills']} OOM kills" if cg.get("oom_kills") else ""
     return f"{cg['path']}: {memory}, cpu {cpu}, {pids}{ooms}"

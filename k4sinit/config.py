@@ -1262,20 +1262,36 @@ _MEMORY_UNITS = {
 }
 
 
+_CPU_UNITS: dict[str | None, int] = {None: 1000, "m": 1}
+_CPU_HINT = "cores (0.5, 2) or millicores (500m)"
+
+
 def _read_resources(r: _Reader) -> Resources | None:
-    """``resources: {limits: {memory, cpu, pids}}`` with Kubernetes quantities."""
+    """``resources: {limits: {memory, cpu, pids}, requests: {cpu}}``, Kubernetes quantities.
+
+    ``requests.cpu`` becomes cgroup2's cpu.weight at 100 per CPU (1000m: 100, the
+    kernel's default), within cpu.weight's 1-10000.
+    """
     resources = r.mapping("resources")
     if resources is None:
         return None
     limits = resources.mapping("limits", hint="write it as limits: {memory: 256Mi, cpu: 500m}")
+    requests = resources.mapping("requests", hint="write it as requests: {cpu: 2}")
     resources.finish()
-    if limits is None:
+    memory = cpu = pids = weight = None
+    if limits is not None:
+        memory = _quantity(limits, "memory", _MEMORY_UNITS, "bytes, or 256Mi / 1Gi / 500M")
+        cpu = _quantity(limits, "cpu", _CPU_UNITS, _CPU_HINT)
+        pids = limits.integer("pids", 1)
+        limits.finish()
+    if requests is not None:
+        request = _quantity(requests, "cpu", _CPU_UNITS, _CPU_HINT)
+        requests.finish()
+        if request is not None:
+            weight = min(max(round(request / 10), 1), 10000)
+    if limits is None and requests is None:
         return None
-    memory = _quantity(limits, "memory", _MEMORY_UNITS, "bytes, or 256Mi / 1Gi / 500M")
-    cpu = _quantity(limits, "cpu", {None: 1000, "m": 1}, "cores (0.5, 2) or millicores (500m)")
-    pids = limits.integer("pids", 1)
-    limits.finish()
-    return Resources(memory=memory, cpu_millis=cpu, pids=pids)
+    return Resources(memory=memory, cpu_millis=cpu, pids=pids, cpu_weight=weight)
 
 
 def _quantity(r: _Reader, key: str, units: dict[str | None, int], hint: str) -> int | None:

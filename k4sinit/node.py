@@ -515,8 +515,11 @@ def _describe_service(spec: ServiceSpec) -> dict[str, Any]:
         limits["cpu"] = f"{r.cpu_millis}m"
     if r.pids is not None:
         limits["pids"] = r.pids
-    if limits:
-        out["resources"] = {"limits": limits}
+    resources: dict[str, Any] = {"limits": limits} if limits else {}
+    if r.cpu_weight is not None:
+        resources["requests"] = {"cpu": f"{r.cpu_weight * 10}m"}
+    if resources:
+        out["resources"] = resources
     return out
 
 

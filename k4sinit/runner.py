@@ -436,6 +436,7 @@ class ServiceRunner:
                 "memory": limits.memory,
                 "cpu_millis": limits.cpu_millis,
                 "pids": limits.pids,
+                "cpu_weight": limits.cpu_weight,
             },
             **self._cgroup.stats().to_json(),
         }

@@ -143,15 +143,19 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class Resources:
-    """``resources.limits``, as cgroup2 enforces them (None: no limit).
+    """``resources``, as cgroup2 enforces them (None: no limit, the default weight).
 
-    ``memory`` in bytes (memory.max), ``cpu`` in millicores (cpu.max),
-    ``pids`` a count (pids.max). Names and units mirror Kubernetes.
+    Limits: ``memory`` in bytes (memory.max), ``cpu_millis`` in millicores
+    (cpu.max), ``pids`` a count (pids.max). ``cpu_weight`` (cpu.weight, 1-10000)
+    is the share of CPU under contention, from ``requests.cpu`` at 100 per CPU:
+    a service without a request weighs as the kernel's default, 100, one CPU's
+    worth. Names and units mirror Kubernetes.
     """
 
     memory: int | None = None
     cpu_millis: int | None = None
     pids: int | None = None
+    cpu_weight: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

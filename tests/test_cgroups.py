@@ -216,13 +216,16 @@ def test_remove_keeps_busy_cgroups_quietly(cgroup_dir: Path, sleeper: Spawn) -> 
 def test_apply_without_controllers_warns_limits_not_enforced(cgroup_dir: Path) -> None:
     # A fresh cgroup delegates nothing, so its child has no controller at all.
     service = ServiceCgroup(cgroup_dir / "svc")
-    warnings = service.apply(Resources(memory=64 * 1024 * 1024, cpu_millis=500, pids=10))
+    warnings = service.apply(
+        Resources(memory=64 * 1024 * 1024, cpu_millis=500, pids=10, cpu_weight=1000)
+    )
     assert (cgroup_dir / "svc").is_dir()
     assert service.controllers() == set()
     assert warnings == [
         "memory limit not enforced: no memory controller here",
         "cpu limit not enforced: no cpu controller here",
         "pids limit not enforced: no pids controller here",
+        "cpu weight not enforced: no cpu controller here",
     ]
     assert ServiceCgroup(cgroup_dir / "other").apply(Resources()) == []
     assert (cgroup_dir / "other").is_dir()

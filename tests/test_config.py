@@ -719,6 +719,26 @@ services:
     assert errors[3].hint == "did you mean 'shell'?"
 
 
+def test_a_cpu_request_is_a_cgroup_weight_at_100_per_cpu() -> None:
+    def weight(request: str) -> int | None:
+        text = f"services: {{a: {{command: [x], resources: {{requests: {{cpu: {request}}}}}}}}}"
+        return load(text).services["a"].resources.cpu_weight
+
+    assert weight("1") == 100  # a CPU's worth: the kernel's default weight
+    assert weight("250m") == 25
+    assert weight("10") == 1000
+    assert weight("1m") == 1  # cpu.weight's floor
+    assert weight("500") == 10000  # and its ceiling
+    both = load(
+        "services: {a: {command: [x], resources: {limits: {memory: 1Gi}, requests: {cpu: 2}}}}"
+    )
+    assert both.services["a"].resources == Resources(memory=1 << 30, cpu_weight=200)
+    errors = errors_of(
+        "services: {a: {command: [x], resources: {requests: {cpu: lots, memory: 1Gi}}}}"
+    )
+    assert [e.field for e in errors] == ["resources.requests.cpu", "resources.requests.memory"]
+
+
 def test_boot_coldplug_is_on_unless_turned_off() -> None:
     assert load("services: {a: {command: [x]}}").system.coldplug is True
     assert load("boot: {fallback: retry}\nservices: {a: {command: [x]}}").system.coldplug is True

@@ -42,6 +42,7 @@ modules: [virtio_pci, virtio_net, br_netfilter, overlay, veth, nf_tables, nft_co
 services:
   hello:
     command: [sh, -c, 'echo hello from the vm; exec sleep 1000']
+    resources: {requests: {cpu: 3}}
   probe:
     command: [sh, -c]
     args:
@@ -52,6 +53,7 @@ services:
           iptables -t nat -S POSTROUTING | sed "s/^/probe: iptables: /"
         grep " / / " /proc/self/mountinfo | sed "s/^/probe: root mount: /"
         sh -c 'echo $$ > /sys/fs/cgroup/shims/cgroup.procs' && echo "probe: shims takes a process"
+        echo "probe: hello's cpu.weight $(cat /sys/fs/cgroup/services/hello/cpu.weight)"
         ip -4 -o addr show eth0 | awk '{print "probe: eth0 " $4}'
         ip -4 route show default | sed "s/^/probe: route /"
         sed "s/^/probe: resolv.conf: /" /etc/resolv.conf
@@ -287,6 +289,7 @@ def test_the_shim_cgroup_can_hold_containerds_shims(booted: vm.VM) -> None:
 
 def test_cgroup_limits_are_enforced(booted: vm.VM) -> None:
     console = booted.console
+    assert "probe: hello's cpu.weight 300" in console  # requests.cpu: 3
     # pids.max 10: the loop cannot fork 30 sleeps; the cgroup holds at most 10.
     assert "pidcap: fork failed: Resource temporarily unavailable" in console
     (forked, count) = re.findall(r"pidcap: forked (\d+), (\d+) pids", console)[0]

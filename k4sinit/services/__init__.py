@@ -27,9 +27,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from k4sinit.spec import HTTPGetAction, TLSConfig
+from k4sinit.spec import HTTPGetAction, Resources, TLSConfig
 
-__all__ = ["flags", "https_get"]
+__all__ = ["CONTROL_PLANE_FIRST", "flags", "https_get"]
+
+#: The CPU share of the datastore and the apiserver, which every other role and every
+#: client waits for: ten times a default service's (cgroup2 cpu.weight 1000, as
+#: ``requests.cpu: 10``). It only matters under contention: on an emulated node
+#: (TCG) the idle cluster alone keeps ~70% of the CPU busy, and an apiserver
+#: restarted among its reconnecting clients got a third of it, took over a minute
+#: to serve, and then failed its own one-minute post-start hook
+#: (start-service-ip-repair-controllers), again and again.
+CONTROL_PLANE_FIRST = Resources(cpu_weight=1000)
 
 
 def flags(values: Mapping[str, str | None]) -> tuple[str, ...]:

@@ -32,7 +32,8 @@ objects, which on an emulated machine takes two minutes; it looks every 2 s (120
 times, not kubeadm's 24 x 10 s), so the node does not wait up to 10 s more for
 an apiserver that is up. Then liveness ``/livez`` every 10 s, killed after
 8 failures in a row: an apiserver wedged on its storage recovers by
-restarting, a slow start is not mistaken for that. Grace 30 s: on SIGTERM it
+restarting, a slow start is not mistaken for that. CPU: ``CONTROL_PLANE_FIRST``
+(see k4sinit/services/__init__.py). Grace 30 s: on SIGTERM it
 drains requests in flight; watches end at once, so it is done in a few seconds.
 """
 
@@ -40,7 +41,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from k4sinit.services import datastore, flags, https_get
+from k4sinit.services import CONTROL_PLANE_FIRST, datastore, flags, https_get
 from k4sinit.spec import Condition, Probe, ServiceSpec, TLSConfig
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ def service(node: NodeSettings) -> ServiceSpec:
             failure_threshold=8,
         ),
         termination_grace_period=30.0,
+        resources=CONTROL_PLANE_FIRST,
     )
 
 

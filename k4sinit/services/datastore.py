@@ -22,7 +22,7 @@ accepted TCP connection it is; etcd's ``/health`` says whether it has a
 leader. Grace 30 s: both flush their database on SIGTERM and exit in well
 under a second; a SIGKILL mid-write could leave a torn WAL on a persistent
 data dir, so the ceiling is generous. No liveness probe: etcd's /health also
-fails on a NOSPACE alarm, which a restart does not cure.
+fails on a NOSPACE alarm, which a restart does not cure. CPU: ``CONTROL_PLANE_FIRST``, as the apiserver.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from k4sinit.nodespec import Datastore
-from k4sinit.services import flags
+from k4sinit.services import CONTROL_PLANE_FIRST, flags
 from k4sinit.spec import HTTPGetAction, Probe, ServiceSpec, TCPSocketAction
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ def service(node: NodeSettings) -> ServiceSpec:
         env=node.env,
         readiness_probe=readiness,
         termination_grace_period=30.0,
+        resources=CONTROL_PLANE_FIRST,
     )
 
 
