@@ -174,8 +174,18 @@ class Cluster:
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "-o", "json").stdout)
 
-    def wait(self, what: str, condition: Callable[[], _T | None], timeout: float) -> _T:
-        """Until ``condition()`` is truthy (kubectl failing counts as not yet); its value."""
+    def wait(
+        self,
+        what: str,
+        condition: Callable[[], _T | None],
+        timeout: float,
+        explain: Sequence[str] = (),
+    ) -> _T:
+        """Until ``condition()`` is truthy (kubectl failing counts as not yet); its value.
+
+        On timeout the ClusterError carries what the cluster says: the recent events,
+        the nodes, and ``kubectl describe`` of each object in ``explain`` ("pod/web").
+        """
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
@@ -186,7 +196,27 @@ class Cluster:
             if value:
                 return value
             time.sleep(2)
-        raise ClusterError(f"{what}: not within {timeout:g}s; last error: {last}")
+        raise ClusterError(
+            f"{what}: not within {timeout:g}s; last error: {last}\n{self.diagnose(explain)}"
+        )
+
+    def diagnose(self, objects: Sequence[str] = ()) -> str:
+        """What kubectl can tell about a stuck cluster; never raises."""
+        queries = [
+            ("get", "nodes", "-o", "wide"),
+            ("get", "events", "-A", "--sort-by=.lastTimestamp"),
+        ]
+        queries += [("describe", obj) for obj in objects]
+        parts = []
+        for args in queries:
+            try:
+                out = self.run(*args, timeout=60, check=False)
+                text = (out.stdout + out.stderr).strip()
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                text = f"({exc})"
+            lines = text.splitlines()
+            parts.append(f"--- kubectl {' '.join(args)}\n" + "\n".join(lines[-40:]))
+        return "\n".join(parts)
 
     def node_ready(self) -> dict[str, Any] | None:
         """The first node whose Ready condition is True, or None."""
@@ -206,6 +236,12 @@ class Cluster:
             timeout,
         )
         self.run("apply", "-f", "-", stdin=manifests)
+
+    def wait_pod_ready(self, name: str, timeout: float) -> dict[str, Any]:
+        """Pod ``name`` once Ready; a timeout's error describes the pod and the events."""
+        return self.wait(
+            f"pod {name} Ready", lambda: self.pod_ready(name), timeout, [f"pod/{name}"]
+        )
 
     def pod_ready(self, name: str) -> dict[str, Any] | None:
         """Pod ``name`` once its Ready condition is True, or None."""

@@ -255,7 +255,7 @@ def test_the_node_registers_and_becomes_ready(machine: vm.VM, kube: Kube, userla
 
 def test_a_pod_from_the_air_gap_image_runs_on_the_cni_bridge(machine: vm.VM, kube: Kube) -> None:
     kube.apply_pods(WEB)
-    pod = kube.wait("pod web Ready", lambda: kube.pod_ready("web"), POD_TIMEOUT)
+    pod = kube.wait_pod_ready("web", POD_TIMEOUT)
     TIMES["qemu start to first pod Running"] = time.monotonic() - machine.started
     assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network("10.244.0.0/16")
     assert "serving" in kube.run("logs", "web").stdout
@@ -266,7 +266,7 @@ def test_a_pod_from_the_air_gap_image_runs_on_the_cni_bridge(machine: vm.VM, kub
 
 def test_a_cluster_ip_service_reaches_the_pod_through_kube_proxy(kube: Kube) -> None:
     kube.apply_pods(CLIENT)
-    kube.wait("pod client Ready", lambda: kube.pod_ready("client"), POD_TIMEOUT)
+    kube.wait_pod_ready("client", POD_TIMEOUT)
     cluster_ip = kube.json("get", "service", "web")["spec"]["clusterIP"]
     assert ipaddress.ip_address(cluster_ip) in ipaddress.ip_network("10.96.0.0/12")
     # busybox's wget -T crashes (Debian 1.35); its timeout applet bounds the wait instead.
@@ -373,7 +373,7 @@ def test_poweroff_stops_the_node_first_and_leaves_no_pod_behind(
     machine: vm.VM, kube: Kube, capsys: pytest.CaptureFixture[str]
 ) -> None:
     kube.apply_pods(WEB)
-    kube.wait("pod web Ready", lambda: kube.pod_ready("web"), POD_TIMEOUT)
+    kube.wait_pod_ready("web", POD_TIMEOUT)
     position = len(machine.console)
     started = time.monotonic()
     out = machine.k4sinit("poweroff", timeout=300)
