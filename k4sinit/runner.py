@@ -171,11 +171,17 @@ class ServiceRunner:
         return True
 
     async def stop(self, reason: str = "stopped by request") -> None:
-        """Stop the service and wait until its processes are gone. Idempotent."""
-        if self._life_scope is not None:
-            self._life_scope.cancel()
-        await self._life_done.wait()
-        if not self.state.down:
+        """Stop the service and wait until its processes are gone. Idempotent.
+
+        Stops the life that is current when called. A :meth:`start` that comes in
+        while it ends (the same scheduling batch as this wake-up) begins a new
+        life: the later request wins, and this stop leaves that life's state alone.
+        """
+        scope, done = self._life_scope, self._life_done
+        if scope is not None:
+            scope.cancel()
+        await done.wait()
+        if self._life_done is done and not self.state.down:
             self._set(State.STOPPED, reason, ready=False)
 
     # --- the life task ----------------------------------------------------------
