@@ -207,6 +207,34 @@ def test_without_cgroups_the_daemons_exit_kills_every_escapee(
         daemon.stop()
 
 
+def test_without_cgroups_escapees_that_clear_their_environment_die_with_the_daemon(
+    tmp_path: Path, escapees: Path
+) -> None:
+    # `env -i` drops the tag that names the service: the stop of the service
+    # cannot know them (best effort, as the start-up warning says), but they are
+    # still below k4sinit, the subreaper, and die when it exits.
+    untagged = ESCAPING.replace("setsid sh -c", "env -i setsid sh -c")
+    text = services_config(
+        {"escaper": {"command": ["sh", "-c", untagged, "escaper", str(escapees)]}}
+    )
+    daemon = run_without_cgroups(tmp_path, text)
+    try:
+        daemon.wait_socket()
+        wait_until(lambda: len(read_pids(escapees)) == ESCAPEES, what="50 escapees")
+        pids = read_pids(escapees)
+        out = daemon.cli("stop", "escaper")
+        assert out.returncode == 0, out.stderr
+        assert all(pid_alive(p) for p in pids)
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=60) == 0, daemon.log_text()
+        assert not [p for p in pids if pid_alive(p)]
+        assert any(
+            e.get("event") == "killing processes left below k4sinit" for e in daemon.log_events()
+        )
+    finally:
+        daemon.stop()
+
+
 # --- k4sinit dev: the container ends with it ------------------------------------------------
 
 needs_container = pytest.mark.skipif(
