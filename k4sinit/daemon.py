@@ -14,13 +14,14 @@ import resource
 import signal
 import socket
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import psutil
 import trio
 
 from . import __version__, control, escapees, preflight
-from .cgroups import Cgroup, CgroupTree, CgroupUnavailable
+from .cgroups import CGROUP_MOUNT, Cgroup, CgroupTree, CgroupUnavailable
 from .control import POWER_OPS, Request, RequestError, Send, error, ok
 from .controlport import GuestBridge
 from .identity import AlwaysReady, NodePKI
@@ -112,7 +113,9 @@ def serving(socket_path: str) -> bool:
     return True
 
 
-def survivors(socket_path: str, *, cgroups: bool = True) -> dict[str, list[int]]:
+def survivors(
+    socket_path: str, *, cgroups: bool = True, mount: Path = CGROUP_MOUNT
+) -> dict[str, list[int]]:
     """Services of an earlier k4sinit at ``socket_path`` that still run: name -> pids.
 
     What a ``k4sinit run`` killed by SIGKILL leaves: its services, re-parented
@@ -123,7 +126,7 @@ def survivors(socket_path: str, *, cgroups: bool = True) -> dict[str, list[int]]
     found: dict[str, set[int]] = {}
     if cgroups:
         try:
-            tree: CgroupTree | None = CgroupTree.discover()
+            tree: CgroupTree | None = CgroupTree.discover(mount)
         except (CgroupUnavailable, OSError):
             tree = None
         if tree is not None and tree.services.path.is_dir():

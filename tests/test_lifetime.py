@@ -27,8 +27,9 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
+from k4sinit.cgroups import own_cgroup
 from k4sinit.config import load_config_text
-from k4sinit.daemon import Daemon
+from k4sinit.daemon import Daemon, describe_survivors, survivors
 from k4sinit.devenv import host_cgroup2_mount
 from k4sinit.netspec import NetworkSpec
 from k4sinit.network import Network
@@ -132,6 +133,25 @@ def test_a_second_run_refuses_while_services_of_a_killed_one_survive(
         assert all(pid_alive(p) for p in survivors)
     finally:
         kill_pids(survivors)
+
+
+def test_survivors_are_found_in_the_cgroups_of_an_earlier_run(tmp_path: Path) -> None:
+    # A cgroup2 hierarchy as k4sinit leaves it when killed: the services' cgroups
+    # still hold their processes (here: files, as cgroupfs shows them).
+    mount = tmp_path / "cgroup"
+    base = mount / own_cgroup().lstrip("/")
+    base.mkdir(parents=True)
+    (mount / "cgroup.controllers").write_text("")
+    for name, procs in (("etcd", "4242\n4243\n"), ("kubelet", ""), ("api", "77\n")):
+        (base / "services" / name).mkdir(parents=True)
+        (base / "services" / name / "cgroup.procs").write_text(procs)
+    socket = str(tmp_path / "k.sock")
+    found = survivors(socket, mount=mount)
+    assert found == {"api": [77], "etcd": [4242, 4243]}
+    assert survivors(socket, cgroups=False, mount=mount) == {}
+    message = describe_survivors(socket, found)
+    assert f"earlier k4sinit at {socket} still run: api (pid 77), etcd (pids 4242, 4243)" in message
+    assert message.endswith("(kill 77 4242 4243)")
 
 
 # --- without cgroups: processes that leave the service's process group -------------------
