@@ -284,12 +284,16 @@ class Daemon:
         """Kill what outlived the services: their cgroups, then every process below us.
 
         Bounded (10 s each). Without cgroups the second is what catches
-        escapees (setsid'd, re-parented to us as the subreaper).
+        escapees (setsid'd, re-parented to us as the subreaper). Not as PID 1:
+        everything is below it, and its shutdown (boot.py) gives every other
+        process a SIGTERM and a grace period first.
         """
         if self.cgroups is not None and not await self.cgroups.kill_everything(
             say=lambda line: self.log.info(line)
         ):
             self.log.error("processes survived the final kill", cgroup=str(self.cgroups.base.path))
+        if os.getpid() == 1:
+            return
         left = await trio.to_thread.run_sync(escapees.descendants)
         if not left:
             return
