@@ -3,9 +3,11 @@
 Commands and exit codes:
 
 =================================  ==================================================
-``run --config FILE``              supervise until SIGTERM/SIGINT/``stop --all``; 0
-                                   after an orderly stop, 2 on an invalid config,
-                                   1 if the daemon could not start
+``run --config FILE``              supervise until a stop signal (SIGTERM, SIGINT,
+                                   SIGHUP, SIGQUIT, SIGUSR1/2, SIGALRM) or ``stop
+                                   --all``; 0 after an orderly stop, 2 on an invalid
+                                   config, 1 if the daemon could not start (services
+                                   of a killed run at the socket still running)
 ``check --config FILE``            0 when valid; 1 and every error otherwise
 ``config --config FILE [--profile P]``
                                    print the config with the node's roles expanded,
