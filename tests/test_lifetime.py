@@ -73,10 +73,11 @@ def test_each_signal_stops_run_in_order_and_removes_the_socket(
             }
         )
     )
+    pids: list[int] = []
     try:
         daemon.wait_for(lambda s: all(x["state"] == "running" for x in s.values()))
         wait_until(grandchild.exists, what="the grandchild's pid file")
-        pids = [
+        pids += [
             *read_pids(pid_file),
             *read_pids(grandchild),
             *(s["pid"] for s in daemon.status().values()),
@@ -92,7 +93,7 @@ def test_each_signal_stops_run_in_order_and_removes_the_socket(
         assert not [p for p in pids if pid_alive(p)]
         assert not daemon.socket.exists()
     finally:
-        kill_pids(read_pids(grandchild))
+        kill_pids(pids or read_pids(grandchild))  # what a daemon killed by the signal left
 
 
 def test_a_second_run_refuses_while_services_of_a_killed_one_survive(
@@ -266,24 +267,39 @@ CONTAINER = services_config({"sleeper": {"command": ["sleep", "1000"]}})
 
 
 def container_pids(cgroup: Path) -> list[int]:
-    return [int(p) for procs in cgroup.rglob("cgroup.procs") for p in procs.read_text().split()]
+    """Every process in the container's host cgroup tree (none once it is gone)."""
+    pids = []
+    with contextlib.suppress(OSError):  # removed while we look
+        for procs in cgroup.rglob("cgroup.procs"):
+            pids += [int(p) for p in procs.read_text().split()]
+    return pids
 
 
 @needs_container
 @pytest.mark.parametrize("name", ["SIGHUP", "SIGKILL"])
 def test_dev_killed_or_hung_up_leaves_no_container_and_no_cgroup(boot: Any, name: str) -> None:
     node = boot(CONTAINER)
-    node.wait_ready()
-    pids = container_pids(node.cgroup)
-    assert node.init_pid in pids and len(pids) >= 3  # unshare, init, the service
-    node.proc.send_signal(getattr(signal, name))
-    node.proc.wait(timeout=60)
-    wait_until(
-        lambda: not [p for p in pids if pid_alive(p)], timeout=60, what="the container to end"
-    )
-    wait_until(lambda: not node.cgroup.exists(), timeout=30, what="the cgroup to be removed")
-    if name == "SIGHUP":  # an orderly stop of the container, not a kill
-        assert any(e.get("event") == "shutdown requested" for e in node.events()), node.log_text()
+    try:
+        node.wait_ready()
+        pids = container_pids(node.cgroup)
+        assert node.init_pid in pids and len(pids) >= 3  # unshare, init, the service
+        node.proc.send_signal(getattr(signal, name))
+        node.proc.wait(timeout=60)
+        wait_until(
+            lambda: not [p for p in pids if pid_alive(p)], timeout=60, what="the container to end"
+        )
+        wait_until(lambda: not node.cgroup.exists(), timeout=30, what="the cgroup to be removed")
+        if name == "SIGHUP":  # an orderly stop of the container, not a kill
+            events = node.events()
+            assert any(e.get("event") == "shutdown requested" for e in events), node.log_text()
+    finally:
+        # What a failure left: the fixture's SIGTERM to a dead `dev` would not reach it.
+        with contextlib.suppress(OSError):
+            (node.cgroup / "cgroup.kill").write_text("1")
+        wait_until(
+            lambda: not container_pids(node.cgroup),
+            what="the container's cgroup to empty",
+        )
 
 
 # --- a crash inside the daemon ------------------------------------------------------------
