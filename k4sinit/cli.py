@@ -3,9 +3,11 @@
 Commands and exit codes:
 
 =================================  ==================================================
-``run --config FILE``              supervise until SIGTERM/SIGINT/``stop --all``; 0
-                                   after an orderly stop, 2 on an invalid config,
-                                   1 if the daemon could not start
+``run --config FILE``              supervise until a stop signal (SIGTERM, SIGINT,
+                                   SIGHUP, SIGQUIT, SIGUSR1/2, SIGALRM) or ``stop
+                                   --all``; 0 after an orderly stop, 2 on an invalid
+                                   config, 1 if the daemon could not start (services
+                                   of a killed run at the socket still running)
 ``check --config FILE``            0 when valid; 1 and every error otherwise
 ``config --config FILE [--profile P]``
                                    print the config with the node's roles expanded,
@@ -56,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="YAML config file")
     run.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
     run.add_argument("--debug", action="store_true", help="log debug events too")
+    run.add_argument(
+        "--no-cgroups",
+        action="store_true",
+        help="do not use cgroup2 even where it is usable (tracking is then best effort)",
+    )
 
     check = commands.add_parser("check", help="validate a config and print every error")
     check.add_argument("--config", required=True, help="YAML config file")
@@ -224,14 +231,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     from . import log
-    from .daemon import Daemon, setup_cgroups
+    from .daemon import Daemon, describe_survivors, serving, setup_cgroups, survivors
     from .network import Network
 
     writer = log.configure(args.log_format, debug=args.debug)
     logger = log.get_logger()
+    socket = control.socket_path(args.socket)
+    # A run killed by SIGKILL leaves its services running: never start them twice.
+    # (A live daemon at the socket is refused by the control server, by that name.)
+    left = {} if serving(socket) else survivors(socket, cgroups=not args.no_cgroups)
+    if left:
+        logger.error(describe_survivors(socket, left), survivors=left)
+        writer.close()
+        return 1
 
     async def serve() -> None:
-        cgroups = setup_cgroups(logger)
+        cgroups = None if args.no_cgroups else setup_cgroups(logger)
         # The host's network is left alone unless the config has a network section.
         configured = config.network.configured
         network = Network(
@@ -242,7 +257,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         await Daemon(
             config,
-            control.socket_path(args.socket),
+            socket,
             logger,
             cgroups=cgroups,
             network=network,

@@ -12,14 +12,16 @@ import os
 import random
 import resource
 import signal
+import socket
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import psutil
 import trio
 
-from . import __version__, control, preflight
-from .cgroups import CgroupTree, CgroupUnavailable
+from . import __version__, control, escapees, preflight
+from .cgroups import CGROUP_MOUNT, Cgroup, CgroupTree, CgroupUnavailable
 from .control import POWER_OPS, Request, RequestError, Send, error, ok
 from .controlport import GuestBridge
 from .identity import AlwaysReady, NodePKI
@@ -37,7 +39,19 @@ from .supervisor import Supervisor, UnknownService
 # What each signal asks for: "stop" ends `k4sinit run`; PID 1 follows busybox
 # init (SIGTERM reboot, SIGUSR1 halt, SIGUSR2 power-off; SIGINT is ctrl-alt-del,
 # which reboots) and treats SIGPWR (a UPS, a container manager) as power-off.
-RUN_SIGNALS: dict[int, str] = {signal.SIGTERM: "stop", signal.SIGINT: "stop"}
+# `run` also stops in order on every other signal whose default would kill it
+# at once and leave its services running: SIGHUP (a terminal hang-up; there is
+# no reload), SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM. (PID 1 needs no such list: the
+# kernel never delivers a signal it has no handler for.)
+RUN_SIGNALS: dict[int, str] = {
+    signal.SIGTERM: "stop",
+    signal.SIGINT: "stop",
+    signal.SIGHUP: "stop",
+    signal.SIGQUIT: "stop",
+    signal.SIGUSR1: "stop",
+    signal.SIGUSR2: "stop",
+    signal.SIGALRM: "stop",
+}
 INIT_SIGNALS: dict[int, str] = {
     signal.SIGTERM: "reboot",
     signal.SIGINT: "reboot",
@@ -89,6 +103,54 @@ def setup_cgroups(log: Any) -> CgroupTree | None:
     return tree
 
 
+def serving(socket_path: str) -> bool:
+    """Whether a daemon answers at ``socket_path`` now (a plain connect, no request)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(socket_path)
+        except OSError:
+            return False
+    return True
+
+
+def survivors(
+    socket_path: str, *, cgroups: bool = True, mount: Path = CGROUP_MOUNT
+) -> dict[str, list[int]]:
+    """Services of an earlier k4sinit at ``socket_path`` that still run: name -> pids.
+
+    What a ``k4sinit run`` killed by SIGKILL leaves: its services, re-parented
+    to the host's init. Found in k4sinit's cgroup subtree (``services/NAME``,
+    where cgroup2 is usable and ``cgroups``) and by the environment tag every
+    service process carries (escapees.py). Blocking (reads /proc and cgroupfs).
+    """
+    found: dict[str, set[int]] = {}
+    if cgroups:
+        try:
+            tree: CgroupTree | None = CgroupTree.discover(mount)
+        except (CgroupUnavailable, OSError):
+            tree = None
+        if tree is not None and tree.services.path.is_dir():
+            for path in sorted(p for p in tree.services.path.iterdir() if p.is_dir()):
+                if pids := Cgroup(path).all_pids():
+                    found.setdefault(path.name, set()).update(pids)
+    for name, procs in escapees.tagged(os.path.abspath(socket_path)).items():
+        found.setdefault(name, set()).update(p.pid for p in procs)
+    return {name: sorted(pids) for name, pids in sorted(found.items())}
+
+
+def describe_survivors(socket_path: str, found: Mapping[str, Sequence[int]]) -> str:
+    """Why ``run`` refuses to start: the survivors by name and pid, and what to do."""
+    listed = ", ".join(
+        f"{name} (pid{'s' if len(pids) > 1 else ''} {', '.join(map(str, pids))})"
+        for name, pids in found.items()
+    )
+    every = " ".join(str(pid) for pids in found.values() for pid in pids)
+    return (
+        f"cannot start: services of an earlier k4sinit at {socket_path} still run: {listed}; "
+        f"starting them again would run them twice: stop them first (kill {every})"
+    )
+
+
 def memory_snapshot() -> dict[str, int]:
     """The machine's memory: ``total`` and ``available`` (/proc/meminfo's MemTotal and
     MemAvailable), in bytes; in use is their difference."""
@@ -126,9 +188,11 @@ class Daemon:
         self.action = "stop"  # what the shutdown asked for; read after run()
         self.cgroups = cgroups
         self.reaper = Reaper(on_orphan=self._orphan_reaped)
+        # Every service's processes name this daemon in their environment (escapees.py).
+        self._tag = os.path.abspath(socket_path)
         ctx = RunnerContext(
             reaper=self.reaper,
-            base_env=default_env(),
+            base_env={**default_env(), escapees.DAEMON_ENV: self._tag},
             cgroups=cgroups,
             log=log,
             rng=rng or random.Random(),
@@ -164,13 +228,37 @@ class Daemon:
             self._shutdown.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Supervise until asked to stop, then stop everything in reverse order."""
+        """Supervise until asked to stop, then stop everything in reverse order.
+
+        On the way out, orderly or not (an exception from a daemon task), every
+        service is stopped while the reaper still collects their exits and the
+        signal handlers still stand; then whatever k4sinit started and is still
+        alive is killed: its cgroups, and every process below it.
+        """
         raise_fd_limit()
-        if os.getpid() != 1 and not become_subreaper():
+        subreaper = os.getpid() == 1 or become_subreaper()
+        if not subreaper:
             self.log.warning("could not become a child subreaper; orphans go to our init")
+        if self.cgroups is None:
+            self.log.warning(
+                "no cgroups: tracking a service's processes is best effort",
+                detail="a stop signals the service's process group; processes that left it "
+                "(setsid) are found by the environment k4sinit gave them and killed "
+                "when the service ends, and every process below k4sinit when it exits"
+                + ("" if subreaper else " (those re-parented to our init are lost)"),
+            )
+        async with trio.open_nursery() as outer:
+            await outer.start(self.reaper.run)
+            outer.start_soon(self._watch_signals)
+            try:
+                await self._supervise(task_status)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._kill_leftovers()
+                outer.cancel_scope.cancel()
+
+    async def _supervise(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.reaper.run)
-            nursery.start_soon(self._watch_signals)
             await nursery.start(self.control.serve)
             if self.port_bridge is not None:
                 nursery.start_soon(self.port_bridge.run)
@@ -184,18 +272,34 @@ class Daemon:
             task_status.started()
             await self._shutdown.wait()
             await self.supervisor.stop_all()
-            if self.cgroups is not None and not await self.cgroups.kill_everything(
-                say=lambda line: self.log.info(line)
-            ):
-                self.log.error(
-                    "processes survived the final kill", cgroup=str(self.cgroups.base.path)
-                )
+            await self._kill_leftovers()
             self._stopped.set()
             if self._stop_requested_by_client:
                 with trio.move_on_after(2):
                     await self._stop_reply_sent.wait()
             self.log.info("all services stopped")
             nursery.cancel_scope.cancel()
+
+    async def _kill_leftovers(self) -> None:
+        """Kill what outlived the services: their cgroups, then every process below us.
+
+        Bounded (10 s each). Without cgroups the second is what catches
+        escapees (setsid'd, re-parented to us as the subreaper). Not as PID 1:
+        everything is below it, and its shutdown (boot.py) gives every other
+        process a SIGTERM and a grace period first.
+        """
+        if self.cgroups is not None and not await self.cgroups.kill_everything(
+            say=lambda line: self.log.info(line)
+        ):
+            self.log.error("processes survived the final kill", cgroup=str(self.cgroups.base.path))
+        if os.getpid() == 1:
+            return
+        left = await trio.to_thread.run_sync(escapees.descendants)
+        if not left:
+            return
+        self.log.info("killing processes left below k4sinit", pids=[p.pid for p in left])
+        if alive := await escapees.kill(left):
+            self.log.error("processes survived the final kill", pids=alive)
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(*self._signals) as signals:

@@ -10,10 +10,23 @@ control socket is on the host's filesystem (the container shares it), so
 
 This process is a plain CLI, not the daemon: it waits for unshare with
 subprocess, then kills whatever is left in the container's cgroup and removes it.
+
+The container never outlives it:
+
+- SIGTERM, SIGHUP (a terminal hang-up), SIGQUIT and SIGALRM become SIGTERM to
+  the container's init, an orderly stop (SIGUSR1, SIGUSR2 go through: halt,
+  power-off);
+- if it is killed (SIGKILL), unshare gets SIGKILL from the kernel
+  (PR_SET_PDEATHSIG, set in the child before it executes), and unshare's
+  ``--kill-child`` passes it on to the container's init, which ends the pid
+  namespace; a watcher process it forked beforehand (in its own session)
+  sees its end and kills and removes the container's cgroup.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -39,6 +52,51 @@ UNSHARE = [
     "--propagation",
     "private",
 ]
+
+
+PR_SET_PDEATHSIG = 1
+# What a signal to `k4sinit dev` becomes for the container's init.
+FORWARDED: dict[int, int] = {
+    signal.SIGTERM: signal.SIGTERM,
+    signal.SIGHUP: signal.SIGTERM,
+    signal.SIGQUIT: signal.SIGTERM,
+    signal.SIGALRM: signal.SIGTERM,
+    signal.SIGUSR1: signal.SIGUSR1,
+    signal.SIGUSR2: signal.SIGUSR2,
+}
+
+
+def die_with_parent() -> None:
+    """In a forked child before exec: SIGKILL when the parent dies (survives exec)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def watch_cgroup(cgroup: Cgroup) -> int:
+    """Fork a watcher that cleans ``cgroup`` up once this process has ended, however.
+
+    Returns the write end of a pipe that only this process holds (it is not
+    inherited): the watcher reads EOF when this process exits, even by SIGKILL,
+    then kills what is left in the cgroup and removes it. The watcher is in its
+    own session (a terminal hang-up does not reach it), forked twice so that it
+    is not our child (our only child is unshare: see :func:`container_init`),
+    and exits afterwards.
+    """
+    read_end, write_end = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(write_end)
+            os.setsid()
+            if os.fork() == 0:
+                while os.read(read_end, 1):
+                    pass
+                cleanup(cgroup)
+        finally:
+            os._exit(0)
+    os.close(read_end)
+    os.waitpid(middle, 0)
+    return write_end
 
 
 def host_cgroup2_mount() -> Path | None:
@@ -76,20 +134,28 @@ def run_dev(config: str, socket: str, log_format: str = "auto") -> int:
         "--log-format",
         log_format,
     ]
+    watcher: int | None = None
     if cgroup is not None:
         cgroup.create()
+        watcher = watch_cgroup(cgroup)
         # Join the container's cgroup before unsharing, so it roots the cgroup namespace.
         argv = ["/bin/sh", "-c", 'echo 0 > "$0" && exec "$@"', cgroup.procs_file, *argv]
     else:
         print("k4sinit dev: no cgroup2 on this host; services run without cgroups", file=sys.stderr)
-    proc = subprocess.Popen(argv)
+    # preexec_fn is safe here: this CLI runs no threads.
+    proc = subprocess.Popen(argv, preexec_fn=die_with_parent)
 
     def forward(signum: int, _frame: object) -> None:
         init = container_init(proc.pid)
         if init is not None:
-            os.kill(init, signum)  # SIGTERM to PID 1: an orderly stop, then the namespace ends
+            # SIGTERM to PID 1: an orderly stop, then the namespace ends.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(init, FORWARDED[signum])
+        elif proc.poll() is None:
+            proc.kill()  # no init yet: nothing to stop in order; unshare takes its child along
 
-    signal.signal(signal.SIGTERM, forward)
+    for signum in FORWARDED:
+        signal.signal(signum, forward)
     try:
         while True:
             try:
@@ -105,6 +171,8 @@ def run_dev(config: str, socket: str, log_format: str = "auto") -> int:
             proc.wait()
         if cgroup is not None:
             cleanup(cgroup)
+        if watcher is not None:
+            os.close(watcher)  # the watcher finds the cgroup gone and exits
     # unshare reports its child's death by a signal as 128+N; reboot(2) in a pid
     # namespace ends its init by SIGHUP (reboot) or SIGINT (power-off, halt).
     return (

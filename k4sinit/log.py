@@ -104,19 +104,25 @@ def configure(
     target = stream or sys.stdout
     if fmt == "auto":
         fmt = "console" if _isatty(target) else "json"
-    renderer: Any
+    # A traceback (log.exception, exc_info=...) is rendered once: as the text of
+    # an "exception" field in JSON, by the console renderer itself on a console
+    # (which would render it a second time after format_exc_info).
+    renderers: list[Any]
     if fmt == "json":
-        renderer = structlog.processors.JSONRenderer()
+        renderers = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     else:
-        renderer = structlog.dev.ConsoleRenderer(
-            colors=_isatty(target) if colors is None else colors
-        )
+        renderers = [
+            structlog.dev.ConsoleRenderer(
+                colors=_isatty(target) if colors is None else colors,
+                exception_formatter=structlog.dev.plain_traceback,
+            )
+        ]
     writer = NonBlockingWriter(target)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
+            *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.DEBUG if debug else logging.INFO

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import psutil
 import trio
 
-from . import probes, process
+from . import escapees, probes, process
 from .cgroups import CgroupTree
 from .output import pump_lines
 from .reaper import Child, ExitStatus, Reaper
@@ -171,11 +171,17 @@ class ServiceRunner:
         return True
 
     async def stop(self, reason: str = "stopped by request") -> None:
-        """Stop the service and wait until its processes are gone. Idempotent."""
-        if self._life_scope is not None:
-            self._life_scope.cancel()
-        await self._life_done.wait()
-        if not self.state.down:
+        """Stop the service and wait until its processes are gone. Idempotent.
+
+        Stops the life that is current when called. A :meth:`start` that comes in
+        while it ends (the same scheduling batch as this wake-up) begins a new
+        life: the later request wins, and this stop leaves that life's state alone.
+        """
+        scope, done = self._life_scope, self._life_done
+        if scope is not None:
+            scope.cancel()
+        await done.wait()
+        if self._life_done is done and not self.state.down:
             self._set(State.STOPPED, reason, ready=False)
 
     # --- the life task ----------------------------------------------------------
@@ -191,6 +197,8 @@ class ServiceRunner:
                         # Retrying cannot help a missing binary: a clear state, no crash loop.
                         self._set(State.FAILED, f"cannot start: {exc}", ready=False)
                         return
+                    finally:
+                        await self._kill_escapees()
                     decision = self._restarts.on_exit(status, stable, why)
                     if not decision.restart:
                         self._set(State(decision.final_state), decision.reason, ready=False)
@@ -210,6 +218,31 @@ class ServiceRunner:
         finally:
             self.next_restart = None
             done.set()
+
+    async def _kill_escapees(self) -> None:
+        """Without a cgroup: kill what the run left outside its process group.
+
+        Those are the processes among k4sinit's descendants that carry this
+        service's tag (escapees.py): setsid'd or double-forked children, which
+        the stop signal to the process group does not reach. Runs shielded,
+        bounded; with a cgroup, the cgroup's kill has done this already.
+        """
+        daemon = self._ctx.base_env.get(escapees.DAEMON_ENV)
+        if self._cgroup is not None or daemon is None:
+            return
+        with trio.CancelScope(shield=True):
+            found = await trio.to_thread.run_sync(
+                lambda: escapees.tagged(daemon, self.name, escapees.descendants())
+            )
+            left = found.get(self.name, [])
+            if not left:
+                return
+            self._log.info(
+                "killing processes the service left outside its process group",
+                pids=[p.pid for p in left],
+            )
+            if alive := await escapees.kill(left):
+                self._log.error("processes of the service will not die", pids=alive)
 
     async def _wait_for_dependencies(self) -> None:
         while True:

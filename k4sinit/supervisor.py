@@ -12,11 +12,13 @@ depends on it is down, so independent branches stop concurrently.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import trio
 
+from .escapees import SERVICE_ENV
 from .graph import DependencyGraph
 from .runner import Dependency, RunnerContext, ServiceRunner
 from .spec import Config
@@ -49,8 +51,14 @@ class Supervisor:
         """``builtins`` provides the built-in dependencies (``network``) by name."""
         self.config = config
         self.graph = DependencyGraph(config.services)
+        # Each service's processes carry its name in their environment: without
+        # cgroups that is how its escapees are found (escapees.py).
         self.runners: dict[str, ServiceRunner] = {
-            name: ServiceRunner(config.services[name], ctx) for name in self.graph.order()
+            name: ServiceRunner(
+                config.services[name],
+                dataclasses.replace(ctx, base_env={**ctx.base_env, SERVICE_ENV: name}),
+            )
+            for name in self.graph.order()
         }
         provided: dict[str, Dependency] = {**(builtins or {}), **self.runners}
         for runner in self.runners.values():

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,10 @@ def child_cmd(*args: str) -> list[str]:
 class DaemonProcess:
     """A ``k4sinit run`` started by a test, with helpers to talk to it."""
 
-    def __init__(self, config: Path, socket: Path, log: Path) -> None:
+    def __init__(
+        self, config: Path, socket: Path, log: Path, extra_args: Sequence[str] = ()
+    ) -> None:
+        """``extra_args`` go after ``run``'s own (``--no-cgroups``)."""
         self.config = config
         self.socket = socket
         self.log_path = log
@@ -48,6 +51,7 @@ class DaemonProcess:
                 str(socket),
                 "--log-format",
                 "json",
+                *extra_args,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,

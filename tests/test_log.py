@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import threading
@@ -13,7 +14,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from k4sinit import boot
+from k4sinit import boot, log
 from k4sinit.config import ConfigError, ConfigErrors
 from k4sinit.log import NonBlockingWriter
 
@@ -189,3 +190,49 @@ def test_report_failure_of_an_unexpected_exception_logs_its_traceback() -> None:
     assert any("in stage" in event for event in events)
     assert events[-1] == "  KeyError: 'surprise'"
     assert all(e["log_level"] == "error" and "\n" not in e["event"] for e in logs)
+
+
+# --- log.exception: the traceback reaches the log, once ------------------------------
+
+
+def _log_an_exception(fmt: str) -> str:
+    """Configure the daemon's logging into a buffer, log.exception once; the text written."""
+    target = io.StringIO()
+    writer = log.configure(fmt, stream=target, colors=False)
+    try:
+
+        def failing_stage() -> None:
+            raise ZeroDivisionError("the divisor was zero")
+
+        try:
+            failing_stage()
+        except ZeroDivisionError:
+            log.get_logger(service="etcd").exception("service life failed")
+        assert writer.wait_idle(timeout=10)
+    finally:
+        writer.close(timeout=10)
+        structlog.reset_defaults()
+    return target.getvalue()
+
+
+def test_log_exception_writes_its_traceback_into_the_json_line_once() -> None:
+    text = _log_an_exception("json")
+    lines = text.splitlines()
+    assert len(lines) == 1, text
+    event = json.loads(lines[0])
+    assert event["event"] == "service life failed"
+    assert event["service"] == "etcd"
+    assert "exc_info" not in event
+    trace = event["exception"]
+    assert trace.startswith("Traceback (most recent call last):")
+    assert "in failing_stage" in trace
+    assert trace.rstrip().endswith("ZeroDivisionError: the divisor was zero")
+    assert text.count("ZeroDivisionError: the divisor was zero") == 1
+
+
+def test_log_exception_on_the_console_shows_the_traceback_once() -> None:
+    text = _log_an_exception("console")
+    assert "service life failed" in text
+    assert "exc_info" not in text
+    assert "failing_stage" in text
+    assert text.count("ZeroDivisionError: the divisor was zero") == 1
