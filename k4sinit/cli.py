@@ -251,14 +251,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         trio.run(serve)
-    except OSError as exc:
-        logger.error("cannot start", error=str(exc))
+    except (OSError, BaseExceptionGroup) as exc:
+        # trio's nurseries wrap an error (the control socket that cannot be bound)
+        # in exception groups: report the OSErrors inside, re-raise anything else.
+        errors = _os_errors(exc)
+        if errors is None:
+            raise
+        for err in errors:
+            logger.error("cannot start", error=str(err))
         return 1
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         return 130
     finally:
         writer.close()
     return 0
+
+
+def _os_errors(exc: BaseException) -> list[OSError] | None:
+    """The OSErrors that ``exc`` is (or that an exception group holds), or None if
+    it holds anything else."""
+    if isinstance(exc, OSError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        found: list[OSError] = []
+        for inner in exc.exceptions:
+            errors = _os_errors(inner)
+            if errors is None:
+                return None
+            found += errors
+        return found
+    return None
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
