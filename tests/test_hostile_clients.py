@@ -8,6 +8,7 @@ last test floods the PID 1 of a ``k4sinit dev`` container.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -24,7 +25,17 @@ import psutil
 import pytest
 import trio
 
-from k4sinit.control import Request
+from k4sinit.config import load_config_text
+from k4sinit.control import (
+    ACCEPT_BACKOFF,
+    MAX_CONNECTIONS,
+    MAX_FOLLOWERS,
+    REQUEST_TIMEOUT,
+    SEND_TIMEOUT,
+    ControlServer,
+    Request,
+    ok,
+)
 from k4sinit.daemon import Daemon
 from k4sinit.log import get_logger
 from k4sinit.spec import Config
@@ -140,3 +151,183 @@ def stop_by_pid(proc: subprocess.Popen[bytes]) -> None:
     for p in descendants:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
+
+
+# --- logs -f leaves nothing behind (item 6) --------------------------------------------
+
+
+async def test_a_gone_follower_of_a_quiet_service_leaves_no_listener(tmp_path: Path) -> None:
+    config = load_config_text(services_config({"quiet": {"command": ["sleep", "1000"]}}), "t")
+    daemon = Daemon(config, str(tmp_path / "sock"), get_logger())
+    runner = daemon.supervisor["quiet"]
+    replies: list[dict[str, Any]] = []
+
+    async def send(reply: dict[str, Any]) -> None:
+        replies.append(reply)
+
+    for _ in range(3):
+        with trio.move_on_after(1):  # the client hangs up: the server cancels the reply
+            await daemon.handle(Request("logs", name="quiet", lines=0, follow=True), send)
+        assert runner._log_listeners == set()
+    assert replies == [{"ok": True, "result": []}] * 3
+
+
+# --- the control server on the virtual clock (item 5) --------------------------------
+
+
+class Handler:
+    """``status`` answers ``size`` bytes; ``logs -f`` waits forever; ``stop`` answers."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self.stopped = 0
+
+    async def __call__(self, request: Request, send: Any) -> None:
+        if request.op == "status":
+            await send(ok("x" * self.size))
+        elif request.op == "logs":
+            await send(ok([]))
+            await trio.sleep_forever()
+        elif request.op == "stop":
+            self.stopped += 1
+            await send(ok({"name": request.name, "state": "stopped"}))
+
+
+async def serve(nursery: trio.Nursery, tmp_path: Path, handler: Handler) -> str:
+    path = str(tmp_path / "control.sock")
+    await nursery.start(ControlServer(path, handler, get_logger()).serve)
+    return path
+
+
+async def ask(path: str, line: bytes) -> list[dict[str, Any]]:
+    """One request, every reply line until the server closes."""
+    async with await trio.open_unix_socket(path) as stream:
+        await stream.send_all(line)
+        data = b""
+        while chunk := await stream.receive_some(1 << 20):
+            data += chunk
+    return [json.loads(reply) for reply in data.splitlines()]
+
+
+STATUS = b'{"op": "status"}\n'
+STOP = b'{"op": "stop", "name": "a"}\n'
+FOLLOW = b'{"op": "logs", "name": "a", "lines": 0, "follow": true}\n'
+
+
+async def test_non_reading_clients_are_dropped_and_never_keep_out_the_operator(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    handler = Handler(size=4 << 20)  # far more than a socket buffer holds
+    async with trio.open_nursery() as nursery:
+        path = await serve(nursery, tmp_path, handler)
+        hogs = []
+        for _ in range(MAX_CONNECTIONS):  # ask for the large answer, never read it
+            hog = await trio.open_unix_socket(path)
+            await hog.send_all(STATUS)
+            hogs.append(hog)
+        await trio.sleep(1)
+        assert await ask(path, STATUS) == [
+            {"ok": False, "error": f"busy: {MAX_CONNECTIONS} readers are being served; try again"}
+        ]
+        assert await ask(path, STOP) == [{"ok": True, "result": {"name": "a", "state": "stopped"}}]
+        # The hogs are dropped when their send timeout runs out; readers are served again.
+        await trio.sleep(SEND_TIMEOUT)
+        handler.size = 16
+        assert await ask(path, STATUS) == [{"ok": True, "result": "x" * 16}]
+        for hog in hogs:
+            await hog.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_idle_and_slow_clients_time_out_and_never_keep_out_the_operator(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    handler = Handler()
+    async with trio.open_nursery() as nursery:
+        path = await serve(nursery, tmp_path, handler)
+        idle = [await trio.open_unix_socket(path) for _ in range(200)]
+        slow = [await trio.open_unix_socket(path) for _ in range(200)]
+        for stream in slow:
+            await stream.send_all(STATUS[:5])  # and never the rest of the line
+        assert await ask(path, STOP) == [{"ok": True, "result": {"name": "a", "state": "stopped"}}]
+        assert await ask(path, STATUS) == [{"ok": True, "result": "x" * 16}]
+        start = trio.current_time()
+        for stream in idle + slow:
+            assert json.loads(await stream.receive_some(4096)) == {
+                "ok": False,
+                "error": f"no request within {REQUEST_TIMEOUT:g}s",
+            }
+            await stream.aclose()
+        assert trio.current_time() - start <= REQUEST_TIMEOUT
+        nursery.cancel_scope.cancel()
+
+
+async def test_idle_followers_fill_only_the_followers_pool(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    handler = Handler()
+    async with trio.open_nursery() as nursery:
+        path = await serve(nursery, tmp_path, handler)
+        followers = []
+        for _ in range(MAX_FOLLOWERS):
+            stream = await trio.open_unix_socket(path)
+            await stream.send_all(FOLLOW)
+            assert json.loads(await stream.receive_some(4096)) == {"ok": True, "result": []}
+            followers.append(stream)
+        await trio.sleep(3600)  # idle followers of a quiet service stay
+        assert await ask(path, FOLLOW) == [
+            {"ok": False, "error": f"busy: {MAX_FOLLOWERS} followers are being served; try again"}
+        ]
+        assert await ask(path, STATUS) == [{"ok": True, "result": "x" * 16}]
+        assert await ask(path, STOP) == [{"ok": True, "result": {"name": "a", "state": "stopped"}}]
+        await followers.pop().aclose()  # a follower that leaves frees its place at once
+        await trio.sleep(0.1)
+        async with await trio.open_unix_socket(path) as stream:
+            await stream.send_all(FOLLOW)
+            assert json.loads(await stream.receive_some(4096)) == {"ok": True, "result": []}
+        for stream in followers:
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+class FailingListener:
+    """A listener whose accept() fails with EMFILE ``failures`` times, then waits."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[float] = []
+
+    async def accept(self) -> trio.SocketStream:
+        self.calls.append(trio.current_time())
+        if len(self.calls) <= self.failures:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_accept_errors_are_backed_off_and_logged_not_fatal(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    logged: list[tuple[str, dict[str, Any]]] = []
+
+    class Log:
+        def error(self, event: str, **fields: Any) -> None:
+            logged.append((event, fields))
+
+    server = ControlServer(str(tmp_path / "s"), Handler(), Log())
+    waiting = trio.CancelScope()
+    server._waiting[object()] = waiting  # a client that has not sent its request yet
+    listener = FailingListener(failures=250)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server._accept_forever, listener, nursery)
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+    assert len(listener.calls) == 251
+    assert listener.calls[:3] == pytest.approx([0, ACCEPT_BACKOFF, 2 * ACCEPT_BACKOFF])
+    assert waiting.cancel_called  # dropped to free a descriptor
+    # Logged at most every 10 s: 250 failures over 25 s are three lines, the first at
+    # once. (0.1 s steps add up to a hair under 10 s: the 100th or the 101st logs.)
+    assert [event for event, _ in logged] == ["control: accept failed; backing off"] * 3
+    assert {f["error"] for _, f in logged} == {"Too many open files"}
+    assert logged[0][1]["failures"] == 1
+    assert all(f["failures"] in (100, 101) for _, f in logged[1:]), logged
