@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -37,6 +38,7 @@ from k4sinit.control import (
     ok,
 )
 from k4sinit.daemon import Daemon
+from k4sinit.devenv import host_cgroup2_mount
 from k4sinit.log import get_logger
 from k4sinit.spec import Config
 from tests.conftest import services_config, wait_until
@@ -331,3 +333,50 @@ async def test_accept_errors_are_backed_off_and_logged_not_fatal(
     assert {f["error"] for _, f in logged} == {"Too many open files"}
     assert logged[0][1]["failures"] == 1
     assert all(f["failures"] in (100, 101) for _, f in logged[1:]), logged
+
+
+# --- PID 1 of a container: the operator's poweroff through 1,000 hostile clients --------
+
+HOSTILE = 1000
+CHATTY = "l=$(head -c 8000 /dev/zero | tr '\\0' x); while :; do echo $l; sleep 0.01; done"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or host_cgroup2_mount() is None,
+    reason="a container needs root and a cgroup2 hierarchy on the host",
+)
+def test_poweroff_gets_through_a_thousand_hostile_connections(boot: Any) -> None:
+    """Idle, slow (half a request line), non-reading (``logs -n 200`` of 8000-byte
+    lines) and non-reading followers, 250 of each, all open while root's poweroff
+    is asked for: it is answered, and PID 1 powers off cleanly."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * HOSTILE)), hard))
+    node = boot(
+        services_config(
+            {"chatty": {"command": ["sh", "-c", CHATTY]}, "quiet": {"command": ["sleep", "1000"]}}
+        )
+    )
+    hostile: list[socket.socket] = []
+    try:
+        node.wait_ready()
+        requests = [
+            b"",  # idle: connects and says nothing
+            STATUS[:5],  # slow: half a request line, never the rest
+            b'{"op": "logs", "name": "chatty", "lines": 200}\n',  # never reads the answer
+            b'{"op": "logs", "name": "chatty", "lines": 0, "follow": true}\n',  # nor the lines
+        ]
+        for i in range(HOSTILE):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            hostile.append(sock)
+            sock.connect(str(node.socket))  # blocking: waits for the daemon's accept
+            sock.settimeout(30)
+            if requests[i % 4]:
+                sock.sendall(requests[i % 4])
+        out = node.cli("poweroff")
+        assert out.returncode == 0, (out.stderr, node.log_text()[-3000:])
+        assert out.stdout == "poweroff: 2 services stopped\n"
+        assert node.wait_exit() == 0
+    finally:
+        for sock in hostile:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
