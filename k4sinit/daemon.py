@@ -8,6 +8,7 @@ by SIGTERM, SIGINT or ``k4sinit stop --all``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import resource
@@ -302,7 +303,7 @@ class Daemon:
             size = 0
             for entry in backlog:
                 batch.append(entry.to_json())
-                size += len(entry.line) + 64
+                size += len(json.dumps(entry.line)) + 64  # as encoded: \x01 takes 6 bytes
                 if size >= control.REPLY_CHUNK:
                     await send(ok(batch))
                     batch, size = [], 0

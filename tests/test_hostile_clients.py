@@ -31,16 +31,20 @@ from k4sinit.control import (
     ACCEPT_BACKOFF,
     MAX_CONNECTIONS,
     MAX_FOLLOWERS,
+    REPLY_CHUNK,
     REQUEST_TIMEOUT,
     SEND_TIMEOUT,
     ControlServer,
     Request,
+    encode,
     ok,
 )
 from k4sinit.daemon import Daemon
 from k4sinit.devenv import host_cgroup2_mount
 from k4sinit.log import get_logger
+from k4sinit.output import MAX_LINE
 from k4sinit.spec import Config
+from k4sinit.state import LogLine
 from tests.conftest import services_config, wait_until
 
 
@@ -172,6 +176,26 @@ async def test_a_gone_follower_of_a_quiet_service_leaves_no_listener(tmp_path: P
             await daemon.handle(Request("logs", name="quiet", lines=0, follow=True), send)
         assert runner._log_listeners == set()
     assert replies == [{"ok": True, "result": []}] * 3
+
+
+async def test_a_long_logs_answer_goes_out_in_bounded_lines(tmp_path: Path) -> None:
+    """``logs -n 200`` of 8 KiB lines (6x as JSON) is not one 10 MB line held per client."""
+    config = load_config_text(services_config({"loud": {"command": ["sleep", "1000"]}}), "t")
+    daemon = Daemon(config, str(tmp_path / "sock"), get_logger())
+    runner = daemon.supervisor["loud"]
+    for i in range(200):
+        runner.logs.append(LogLine(0.0, "stdout", 7, f"{i:03d}" + "\x01" * MAX_LINE))
+    sent: list[bytes] = []
+
+    async def send(reply: dict[str, Any]) -> None:
+        sent.append(encode(reply))
+
+    await daemon.handle(Request("logs", name="loud", lines=200), send)
+    largest_entry = len(encode(ok([LogLine(0.0, "stdout", 7, "\x01" * MAX_LINE).to_json()])))
+    assert len(sent) > 1
+    assert all(len(line) <= REPLY_CHUNK + largest_entry for line in sent)
+    entries = [entry for line in sent for entry in json.loads(line)["result"]]
+    assert [entry["line"][:3] for entry in entries] == [f"{i:03d}" for i in range(200)]
 
 
 # --- the control server on the virtual clock (item 5) --------------------------------
