@@ -434,10 +434,28 @@ async def _until_hangup(stream: trio.SocketStream, streaming: Awaitable[None]) -
             pass  # a streaming client has nothing more to say; ignore chatter
         cancel_scope.cancel()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_client, nursery.cancel_scope)
-        await streaming
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_client, nursery.cancel_scope)
+            await streaming
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The nursery wraps a gone or non-reading client (BrokenResourceError,
+        # ClientNotReading) in a group; the caller's policy is for the bare error.
+        gone, rest = group.split((trio.BrokenResourceError, trio.ClosedResourceError))
+        if gone is None or rest is not None:
+            raise
+        leaves = list(_leaves(gone))
+        first = next((e for e in leaves if isinstance(e, ClientNotReading)), leaves[0])
+        raise first from None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 async def _receive_line(stream: trio.SocketStream, limit: int) -> bytes | None:

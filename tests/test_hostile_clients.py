@@ -404,3 +404,37 @@ def test_poweroff_gets_through_a_thousand_hostile_connections(boot: Any) -> None
         for sock in hostile:
             sock.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_a_follower_that_does_not_read_is_dropped(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    logged: list[str] = []
+
+    class Log:
+        def warning(self, event: str, **fields: Any) -> None:
+            logged.append(event)
+
+        def exception(self, event: str, **fields: Any) -> None:
+            logged.append(event)
+
+    async def chatty(request: Request, send: Any) -> None:
+        while True:  # a service that prints all the time
+            await send(ok([{"line": "x" * 8192}]))
+
+    path = str(tmp_path / "control.sock")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ControlServer(path, chatty, Log()).serve)
+        followers = []
+        for _ in range(MAX_FOLLOWERS):
+            stream = await trio.open_unix_socket(path)
+            await stream.send_all(FOLLOW)
+            followers.append(stream)
+        await trio.sleep(SEND_TIMEOUT + 1)
+        assert logged == ["control: client did not read its reply; dropped"] * MAX_FOLLOWERS
+        async with await trio.open_unix_socket(path) as stream:  # their places are free
+            await stream.send_all(FOLLOW)
+            assert json.loads((await stream.receive_some(65536)).split(b"\n")[0])["ok"] is True
+        for stream in followers:
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
