@@ -451,6 +451,24 @@ def test_a_dangling_symlink_at_the_socket_path_is_replaced(
     assert d.cli("status").returncode == 0
 
 
+def test_a_symlink_planted_in_a_sticky_directory_gets_a_clear_refusal(
+    shared_tmp: Path, tmp_path: Path
+) -> None:
+    """Item 11: in a shared sticky directory (like /tmp) anyone can plant at the socket
+    path, and squat it again after we remove it; the daemon says so and where to go."""
+    sock = shared_tmp / "control.sock"
+    nobody("ln", "-s", "/nonexistent", str(sock))
+    out = run_daemon_briefly(tmp_path, sock)
+    assert out.returncode == 1, out
+    text = out.stdout + out.stderr
+    assert (
+        f"control socket directory {shared_tmp} is writable by others (mode 1777); use a "
+        f"directory of its own (e.g. {shared_tmp}/k4sinit/) or chmod go-w it"
+    ) in text
+    assert "Traceback" not in text
+    assert os.readlink(sock) == "/nonexistent"
+
+
 def test_a_regular_file_at_the_socket_path_is_left_alone(tmp_path: Path) -> None:
     sock = tmp_path / "control.sock"
     sock.write_text("not a socket")
