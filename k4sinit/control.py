@@ -159,8 +159,10 @@ def decode_request(line: bytes) -> Request:
         raise RequestError("malformed request: JSON nested too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestError(f"malformed request: {exc}") from None
-    except ValueError:  # int() refusing a number of more than sys.int_info's digits
-        limit = sys.get_int_max_str_digits()
+    except ValueError as exc:
+        if "integer string conversion" not in str(exc):
+            raise RequestError(f"malformed request: {exc}") from None
+        limit = sys.get_int_max_str_digits()  # int() refuses longer numbers
         raise RequestError(f"malformed request: a number with more than {limit} digits") from None
     return Request.from_json(data)
 
