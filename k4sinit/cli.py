@@ -22,7 +22,11 @@ Commands and exit codes:
 
 Client commands take ``--socket PATH`` (after the command name) or
 ``$K4SINIT_SOCKET``; they print a one-line error and exit 1 when the daemon
-cannot be reached or refuses.
+cannot be reached, refuses, or is served by a uid other than root or the caller's.
+
+Service output is shown with its control characters escaped (``\\x1b``), always,
+not only on a terminal: ``logs`` and ``status NAME`` are for people, and output
+piped into ``less -R`` or a later ``cat`` must not steer a terminal either.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -93,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("name")
     logs.add_argument("-n", "--lines", type=int, default=50)
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.epilog = "Control characters in the output are shown escaped (\\x1b)."
 
     for name in ("start", "restart"):
         client(name, f"{name} a service").add_argument("name")
@@ -266,14 +272,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         trio.run(serve)
-    except OSError as exc:
-        logger.error("cannot start", error=str(exc))
+    except (OSError, BaseExceptionGroup) as exc:
+        # trio's nurseries wrap an error (the control socket that cannot be bound)
+        # in exception groups: report the OSErrors inside, re-raise anything else.
+        errors = _os_errors(exc)
+        if errors is None:
+            raise
+        for err in errors:
+            logger.error("cannot start", error=str(err))
         return 1
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         return 130
     finally:
         writer.close()
     return 0
+
+
+def _os_errors(exc: BaseException) -> list[OSError] | None:
+    """The OSErrors that ``exc`` is (or that an exception group holds), or None if
+    it holds anything else."""
+    if isinstance(exc, OSError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        found: list[OSError] = []
+        for inner in exc.exceptions:
+            errors = _os_errors(inner)
+            if errors is None:
+                return None
+            found += errors
+        return found
+    return None
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
@@ -353,7 +381,8 @@ def run_client(args: argparse.Namespace) -> int:
         req = control.Request("logs", name=args.name, lines=args.lines, follow=args.follow)
         for batch in control.stream_request(path, req, timeout=None if args.follow else 30.0):
             for entry in batch:
-                print(f"{entry['stream']}[{entry['pid']}]: {entry['line']}", flush=args.follow)
+                line = printable(entry["line"])
+                print(f"{entry['stream']}[{entry['pid']}]: {line}", flush=args.follow)
         return 0
     if args.command == "kubeconfig":
         result = control.request(path, control.Request("kubeconfig"))
@@ -401,6 +430,15 @@ def _healthy(service: dict[str, Any]) -> bool:
 
 
 # --- formatting -------------------------------------------------------------------
+
+
+_CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (C0 but tab, DEL, C1) shown as ``\\xNN``, so
+    that a service's output cannot send escape sequences to the operator's terminal."""
+    return _CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -484,7 +522,7 @@ def format_detail(s: dict[str, Any]) -> str:
         lines.append(f"    {stamp}  {event['state']}{ready}: {event['reason']}")
     lines.append("  last output:")
     for entry in s["logs"]:
-        lines.append(f"    {entry['stream']}[{entry['pid']}]: {entry['line']}")
+        lines.append(f"    {entry['stream']}[{entry['pid']}]: {printable(entry['line'])}")
     return "\n".join(lines)
 
 

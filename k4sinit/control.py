@@ -4,12 +4,30 @@ Protocol: over a unix stream socket the client sends ONE request, a JSON object
 on one line of at most :data:`MAX_REQUEST` bytes; the server answers with JSON
 lines, each ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``,
 then closes. Streaming requests (``logs`` with ``follow``) get one line per
-result until the client goes away. A request that is malformed, too big or
+result until the client goes away. ``logs`` may send its backlog as several
+result lines (lists to concatenate). A request that is malformed, too big or
 late gets an error line and the connection is closed; the daemon is never
 disturbed.
 
-Only peers whose uid (SO_PEERCRED) is root or the daemon's own are served; the
-socket itself is mode 0600 in a 0700 directory.
+Trust, both ways. The server serves only peers whose uid (SO_PEERCRED) is root
+or its own; its socket is mode 0600 in a directory that it owns and that no one
+else may write (it refuses to start otherwise: in someone else's or a shared
+directory the socket could be renamed and replaced). The client believes only a
+server whose uid is root or the client's own.
+
+Admission: no client can keep another out. The accept loop never waits for a
+slot, and an accept error (EMFILE...) is logged and backed off, never fatal. Every
+phase of a connection is bounded: the request line by :data:`REQUEST_TIMEOUT` and
+:data:`MAX_REQUEST`, every reply line by :data:`SEND_TIMEOUT` (a client that does
+not read is dropped), a reply by :data:`REPLY_CHUNK` bytes held at a time, a
+follower by the bounded channel of ``ServiceRunner.follow_logs``. Operator commands
+(:data:`OPERATOR_OPS`: power, stop, start, restart, kill) are served as soon as
+they are read and never wait for a slot; the read-only requests share
+:data:`MAX_CONNECTIONS` slots and followers :data:`MAX_FOLLOWERS`, and a client that
+finds them all taken is told "busy" at once. When the daemon runs out of file
+descriptors (accept fails), or when the socket holds a quarter of the daemon's
+RLIMIT_NOFILE, the oldest connection still waiting for its request line is dropped
+to make room: the daemon keeps descriptors for its services and for the next client.
 """
 
 from __future__ import annotations
@@ -18,8 +36,11 @@ import contextlib
 import errno
 import json
 import os
+import resource
 import socket
+import stat
 import struct
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from signal import Signals
@@ -29,8 +50,13 @@ import trio
 
 DEFAULT_SOCKET = "/run/k4sinit/control.sock"
 MAX_REQUEST = 64 * 1024
-REQUEST_TIMEOUT = 10.0
-MAX_CONNECTIONS = 64
+REQUEST_TIMEOUT = 10.0  # to send the request line
+SEND_TIMEOUT = 10.0  # for the client to take each reply line
+MAX_CONNECTIONS = 64  # read-only requests (status, logs, kubeconfig) served at once
+MAX_FOLLOWERS = 64  # ``logs -f`` clients at once
+REPLY_CHUNK = 64 * 1024  # a long reply (the logs backlog) is sent in lines of about this size
+ACCEPT_BACKOFF = 0.1  # after an accept error such as EMFILE
+ACCEPT_LOG_INTERVAL = 10.0  # a streak of accept errors is logged at most this often
 
 OPS = (
     "status",
@@ -47,6 +73,8 @@ OPS = (
 )
 POWER_OPS = ("reboot", "poweroff", "halt")
 NAMED_OPS = ("logs", "start", "stop", "restart", "kill")
+# What an operator must always get through with, however busy the socket is.
+OPERATOR_OPS = ("start", "stop", "restart", "kill", "stop_all", *POWER_OPS)
 
 
 class RequestError(Exception):
@@ -89,7 +117,7 @@ class Request:
             raise RequestError(f"request must be a JSON object, got {type(data).__name__}")
         op = data.get("op")
         if op not in OPS:
-            raise RequestError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+            raise RequestError(f"unknown op {_show(op)}; expected one of {', '.join(OPS)}")
         name = data.get("name")
         if name is not None and not isinstance(name, str):
             raise RequestError("'name' must be a string")
@@ -109,6 +137,36 @@ class Request:
         return request
 
 
+def _show(value: Any) -> str:
+    """A short rendering of a client's JSON value for an error message."""
+    if isinstance(value, list):
+        return "(a JSON array)"
+    if isinstance(value, dict):
+        return "(a JSON object)"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def decode_request(line: bytes) -> Request:
+    """Parse one request line; raises :class:`RequestError` naming what is wrong.
+
+    Hostile but well-formed JSON (nesting beyond the parser's recursion limit, an
+    integer of more digits than Python converts) is a malformed request too.
+    """
+    try:
+        data = json.loads(line)
+    except RecursionError:
+        raise RequestError("malformed request: JSON nested too deeply") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"malformed request: {exc}") from None
+    except ValueError as exc:
+        if "integer string conversion" not in str(exc):
+            raise RequestError(f"malformed request: {exc}") from None
+        limit = sys.get_int_max_str_digits()  # int() refuses longer numbers
+        raise RequestError(f"malformed request: a number with more than {limit} digits") from None
+    return Request.from_json(data)
+
+
 def encode(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
@@ -126,8 +184,19 @@ def error(message: str) -> dict[str, Any]:
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[[Request, Send], Awaitable[None]]
 
+# accept() errors that mean "no resources right now": wait and try again.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
-def peer_uid(sock: trio.socket.SocketType) -> int:
+
+class ControlSocketError(OSError):
+    """The control socket cannot be set up; the message names the path and the fix."""
+
+
+class ClientNotReading(trio.BrokenResourceError):
+    """A client did not take a reply line within :data:`SEND_TIMEOUT`; it was dropped."""
+
+
+def peer_uid(sock: trio.socket.SocketType | socket.socket) -> int:
     """The uid of the process at the other end of a unix socket (SO_PEERCRED)."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
@@ -139,7 +208,10 @@ class ControlServer:
 
     ``handler(request, send)`` sends result objects with ``send(ok(...))`` and
     raises :class:`RequestError` to refuse. Any other exception is logged and
-    answered with an error; it never reaches the daemon.
+    answered with an error; it never reaches the daemon. ``send`` raises
+    :class:`trio.BrokenResourceError` (:class:`ClientNotReading` after
+    :data:`SEND_TIMEOUT`) once the client is gone; the handler lets it propagate.
+    Admission is described in the module docstring.
     """
 
     def __init__(self, path: str, handler: Handler, log: Any) -> None:
@@ -148,35 +220,78 @@ class ControlServer:
         self._log = log
         self._allowed_uids = {0, os.getuid()}
         self.connections = 0
+        self._readers = trio.CapacityLimiter(MAX_CONNECTIONS)
+        self._followers = trio.CapacityLimiter(MAX_FOLLOWERS)
+        # Connections still waiting for their request line, oldest first.
+        self._waiting: dict[object, trio.CancelScope] = {}
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen until cancelled; ``started`` once the socket accepts connections."""
+        """Listen until cancelled; ``started`` once the socket accepts connections.
+
+        Raises :class:`ControlSocketError` (before ``started``) if the socket cannot
+        be set up; after that nothing a client does or an accept error ends it.
+        """
         listener = await self._bind()
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
                 async with listener:
-                    while True:
-                        stream = await listener.accept()
-                        nursery.start_soon(self._serve_one, stream)
+                    await self._accept_forever(listener, nursery)
         finally:
             _unlink_quietly(self.path)
 
+    async def _accept_forever(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        # The control socket's share of the daemon's descriptors: past it, the oldest
+        # connection still waiting for its request line makes room for a new one.
+        budget = max(16, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
+        logged_at: float | None = None
+        failures = 0
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                # Out of descriptors (EMFILE: services, RLIMIT_NOFILE) or anything
+                # else: the socket stays. Logged at most every ACCEPT_LOG_INTERVAL.
+                failures += 1
+                now = trio.current_time()
+                if logged_at is None or now - logged_at >= ACCEPT_LOG_INTERVAL:
+                    self._log.error(
+                        "control: accept failed; backing off",
+                        error=os.strerror(exc.errno) if exc.errno else str(exc),
+                        failures=failures,
+                        connections=self.connections,
+                    )
+                    logged_at, failures = now, 0
+                if exc.errno in ACCEPT_CAPACITY_ERRNOS:
+                    self._drop_oldest_waiting()
+                await trio.sleep(ACCEPT_BACKOFF)
+                continue
+            if self.connections >= budget:
+                self._drop_oldest_waiting()
+            nursery.start_soon(self._serve_one, stream)
+
+    def _drop_oldest_waiting(self) -> None:
+        """Free a descriptor: end the oldest connection that has not sent its request."""
+        for scope in self._waiting.values():
+            if not scope.cancel_called:
+                scope.cancel()
+                return
+
     async def _bind(self) -> trio.SocketListener:
-        directory = os.path.dirname(self.path) or "."
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        if await trio.Path(self.path).exists():
-            if await _is_live_socket(self.path):
-                raise OSError(errno.EADDRINUSE, f"another k4sinit is listening on {self.path}")
-            _unlink_quietly(self.path)  # stale socket of a previous run
+        await trio.to_thread.run_sync(_prepare_socket_path, self.path)
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)  # no window in which the socket is open to others
         try:
             await sock.bind(self.path)
+            os.chmod(self.path, 0o600)
+            sock.listen(socket.SOMAXCONN)
+        except OSError as exc:
+            sock.close()
+            raise ControlSocketError(
+                f"cannot bind the control socket {self.path}: {exc.strerror or exc}"
+            ) from None
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o600)
-        sock.listen(MAX_CONNECTIONS)
         return trio.SocketListener(sock)
 
     async def _serve_one(self, stream: trio.SocketStream) -> None:
@@ -184,6 +299,8 @@ class ControlServer:
             self.connections += 1
             try:
                 await self._converse(stream)
+            except ClientNotReading:
+                self._log.warning("control: client did not read its reply; dropped")
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the client went away; nothing to answer
             finally:
@@ -191,31 +308,37 @@ class ControlServer:
 
     async def _converse(self, stream: trio.SocketStream) -> None:
         async def send(obj: dict[str, Any]) -> None:
-            await stream.send_all(encode(obj))
+            with trio.move_on_after(SEND_TIMEOUT):
+                await stream.send_all(encode(obj))
+                return
+            raise ClientNotReading(f"client did not read for {SEND_TIMEOUT:g}s")
 
         uid = peer_uid(stream.socket)
         if uid not in self._allowed_uids:
             self._log.warning("control: refused peer", uid=uid)
             await send(error(f"permission denied for uid {uid}"))
             return
-        if self.connections > MAX_CONNECTIONS:
-            await send(error("too many connections; try again"))
-            return
         try:
-            line: bytes | None = None
-            with trio.move_on_after(REQUEST_TIMEOUT):
-                line = await _receive_line(stream, MAX_REQUEST)
-            if line is None:
-                raise RequestError(f"no request within {REQUEST_TIMEOUT:g}s")
-            try:
-                data = json.loads(line)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise RequestError(f"malformed request: {exc}") from None
-            request = Request.from_json(data)
-            if request.follow:
-                await _until_hangup(stream, self._handler(request, send))
-            else:
+            request = await self._read_request(stream)
+            if request.op in OPERATOR_OPS:
                 await self._handler(request, send)
+                return
+            pool, kind = (
+                (self._followers, "followers") if request.follow else (self._readers, "readers")
+            )
+            try:
+                pool.acquire_nowait()
+            except trio.WouldBlock:
+                raise RequestError(
+                    f"busy: {pool.total_tokens} {kind} are being served; try again"
+                ) from None
+            try:
+                if request.follow:
+                    await _until_hangup(stream, self._handler(request, send))
+                else:
+                    await self._handler(request, send)
+            finally:
+                pool.release()
         except RequestError as exc:
             await send(error(str(exc)))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -223,6 +346,82 @@ class ControlServer:
         except Exception as exc:  # a bug in one request must not reach the daemon
             self._log.exception("control: request failed")
             await send(error(f"internal error: {exc!r}"))
+
+    async def _read_request(self, stream: trio.SocketStream) -> Request:
+        """The request line, within :data:`REQUEST_TIMEOUT`; RequestError otherwise."""
+        key = object()
+        line: bytes | None = None
+        with trio.move_on_after(REQUEST_TIMEOUT) as scope:
+            self._waiting[key] = scope
+            try:
+                line = await _receive_line(stream, MAX_REQUEST)
+            finally:
+                del self._waiting[key]
+        if scope.cancelled_caught and trio.current_time() < scope.deadline:
+            raise RequestError("no request yet; dropped to make room for other clients")
+        if line is None:
+            raise RequestError(f"no request within {REQUEST_TIMEOUT:g}s")
+        return decode_request(line)
+
+
+def _prepare_socket_path(path: str) -> None:
+    """Check the socket's directory and clear ``path``; ControlSocketError if we may not."""
+    _ensure_private_directory(os.path.dirname(path) or ".")
+    _clear_socket_path(path)
+    if os.path.lexists(path):  # a socket, and a live one
+        raise ControlSocketError(f"another k4sinit is listening on {path}")
+
+
+def _ensure_private_directory(directory: str) -> None:
+    """Make ``directory`` (0700) or check that it is ours and that no one else can write it.
+
+    Anyone who can write the directory can rename our socket and put theirs in its
+    place; raises :class:`ControlSocketError` saying so.
+    """
+    try:
+        link: os.stat_result | None = os.lstat(directory)
+    except OSError:
+        link = None  # made below
+    if link is not None and stat.S_ISLNK(link.st_mode) and link.st_uid not in (0, os.geteuid()):
+        raise ControlSocketError(
+            f"control socket directory {directory} is a symlink owned by uid "
+            f"{link.st_uid}; remove it or choose another --socket"
+        )
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        info = os.stat(directory)
+    except OSError as exc:
+        raise ControlSocketError(
+            f"cannot make the control socket directory {directory}: {exc.strerror or exc}"
+        ) from None
+    if info.st_uid != os.geteuid():
+        raise ControlSocketError(
+            f"control socket directory {directory} is owned by uid {info.st_uid}, not by "
+            f"k4sinit's uid {os.geteuid()}; remove it or choose another --socket"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022:
+        raise ControlSocketError(
+            f"control socket directory {directory} is writable by others (mode {mode:04o}); "
+            f"use a directory of its own (e.g. {directory.rstrip('/')}/k4sinit/) or chmod go-w it"
+        )
+
+
+def _clear_socket_path(path: str) -> None:
+    """Remove what a previous run (or anyone) left at ``path``, unless it is live.
+
+    A stale socket or a symlink (dangling or not: never followed) is removed; a live
+    socket is left for the caller to refuse; anything else is refused.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode) or (stat.S_ISSOCK(info.st_mode) and not _is_live_socket(path)):
+        _unlink_quietly(path)
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ControlSocketError(f"{path} exists and is not a socket; remove it")
 
 
 async def _until_hangup(stream: trio.SocketStream, streaming: Awaitable[None]) -> None:
@@ -237,10 +436,28 @@ async def _until_hangup(stream: trio.SocketStream, streaming: Awaitable[None]) -
             pass  # a streaming client has nothing more to say; ignore chatter
         cancel_scope.cancel()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_client, nursery.cancel_scope)
-        await streaming
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_client, nursery.cancel_scope)
+            await streaming
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The nursery wraps a gone or non-reading client (BrokenResourceError,
+        # ClientNotReading) in a group; the caller's policy is for the bare error.
+        gone, rest = group.split((trio.BrokenResourceError, trio.ClosedResourceError))
+        if gone is None or rest is not None:
+            raise
+        leaves = list(_leaves(gone))
+        first = next((e for e in leaves if isinstance(e, ClientNotReading)), leaves[0])
+        raise first from None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 async def _receive_line(stream: trio.SocketStream, limit: int) -> bytes | None:
@@ -261,12 +478,14 @@ async def _receive_line(stream: trio.SocketStream, limit: int) -> bytes | None:
             return bytes(buffer)
 
 
-async def _is_live_socket(path: str) -> bool:
-    try:
-        stream = await trio.open_unix_socket(path)
-    except OSError:
-        return False
-    await stream.aclose()
+def _is_live_socket(path: str) -> bool:
+    """Whether something accepts connections at ``path`` (a quick local connect)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
     return True
 
 
@@ -301,6 +520,13 @@ def stream_request(path: str, request: Request, timeout: float | None = 30.0) ->
             raise ControlClientError(
                 f"cannot reach k4sinit at {path}: {exc.strerror or exc}"
             ) from None
+        server_uid = peer_uid(sock)
+        if server_uid not in (0, os.getuid()):
+            # Someone else's socket at our path (a hijacked directory): its answers
+            # are lies and our request (stop --all) must not reach it.
+            raise ControlClientError(
+                f"refusing to talk to {path}: it is served by uid {server_uid}, not by root or you"
+            )
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             # A refusal (wrong uid, too many clients) may come before we have
             # sent anything and close the socket: read it below, don't hide it.

@@ -8,6 +8,7 @@ by SIGTERM, SIGINT or ``k4sinit stop --all``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import resource
@@ -217,8 +218,10 @@ class Daemon:
         self._started = trio.current_time()
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
-        self._stop_reply_sent = trio.Event()
-        self._stop_requested_by_client = False
+        # stop --all / power requests waiting for their answer: run() lets each one
+        # answer (however many came, whenever) before it ends the control server.
+        self._stop_replies_pending = 0
+        self._stop_replies_changed = trio.Event()
 
     def request_shutdown(self, reason: str, action: str = "stop") -> None:
         """Begin the orderly stop; ``action`` (stop, reboot, poweroff, halt) is kept for the caller."""
@@ -274,9 +277,9 @@ class Daemon:
             await self.supervisor.stop_all()
             await self._kill_leftovers()
             self._stopped.set()
-            if self._stop_requested_by_client:
-                with trio.move_on_after(2):
-                    await self._stop_reply_sent.wait()
+            with trio.move_on_after(2):  # a client that does not read is not waited for
+                while self._stop_replies_pending:
+                    await self._stop_replies_changed.wait()
             self.log.info("all services stopped")
             nursery.cancel_scope.cancel()
 
@@ -351,15 +354,17 @@ class Daemon:
             elif request.op in POWER_OPS and not self._power:
                 raise RequestError(f"{request.op}: k4sinit is not PID 1 here; use 'stop --all'")
             elif request.op in ("stop_all", *POWER_OPS):
-                self._stop_requested_by_client = True
                 action = "stop" if request.op == "stop_all" else request.op
-                self.request_shutdown(f"k4sinit {request.op.replace('_all', ' --all')}", action)
-                await self._stopped.wait()
+                self._stop_replies_pending += 1
                 try:
+                    self.request_shutdown(f"k4sinit {request.op.replace('_all', ' --all')}", action)
+                    await self._stopped.wait()
                     await send(ok({"services": sup.snapshot()}))
                 finally:
                     # Also when the asker was itself a service, stopped meanwhile.
-                    self._stop_reply_sent.set()
+                    self._stop_replies_pending -= 1
+                    self._stop_replies_changed.set()
+                    self._stop_replies_changed = trio.Event()
         except UnknownService as exc:
             raise RequestError(str(exc)) from None
         except RuntimeError as exc:
@@ -391,12 +396,24 @@ class Daemon:
         return {"path": path, "kubeconfig": text}
 
     async def _logs(self, runner: ServiceRunner, request: Request, send: Send) -> None:
-        # Subscribe before taking the backlog so no line falls between the two.
-        follow = runner.follow_logs() if request.follow else None
-        backlog = list(runner.logs)[-request.lines :] if request.lines else []
-        await send(ok([entry.to_json() for entry in backlog]))
-        if follow is None:
-            return
-        async with follow:
+        """The last ``request.lines`` lines, as result lines of about ``REPLY_CHUNK``
+        bytes (so a reply held for a slow client stays small), then with ``follow``
+        one result line per new line until the client goes (cancelled)."""
+        with contextlib.ExitStack() as stack:
+            # Subscribe before taking the backlog so no line falls between the two.
+            follow = stack.enter_context(runner.follow_logs()) if request.follow else None
+            backlog = list(runner.logs)[-request.lines :] if request.lines else []
+            batch: list[dict[str, Any]] = []
+            size = 0
+            for entry in backlog:
+                batch.append(entry.to_json())
+                size += len(json.dumps(entry.line)) + 64  # as encoded: \x01 takes 6 bytes
+                if size >= control.REPLY_CHUNK:
+                    await send(ok(batch))
+                    batch, size = [], 0
+            if batch or not backlog:
+                await send(ok(batch))
+            if follow is None:
+                return
             async for entry in follow:
                 await send(ok([entry.to_json()]))

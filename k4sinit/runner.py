@@ -15,11 +15,12 @@ logs it and wakes whoever waits on this service.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -359,11 +360,22 @@ class ServiceRunner:
 
         return on_line
 
-    def follow_logs(self) -> trio.MemoryReceiveChannel[LogLine]:
-        """A channel of new log lines; close it to stop following."""
+    @contextlib.contextmanager
+    def follow_logs(self) -> Iterator[trio.MemoryReceiveChannel[LogLine]]:
+        """A channel of the new log lines while the ``with`` block lasts.
+
+        Leaving the block (also by cancellation) unsubscribes at once: a follower of a
+        service that prints nothing must not stay behind until its next line. A
+        follower more than 1000 lines behind misses lines rather than stall the service.
+        """
         send, receive = trio.open_memory_channel[LogLine](1000)
         self._log_listeners.add(send)
-        return receive
+        try:
+            with receive:
+                yield receive
+        finally:
+            self._log_listeners.discard(send)
+            send.close()
 
     # --- probes -----------------------------------------------------------------
 

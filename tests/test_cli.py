@@ -256,6 +256,22 @@ def test_logs_n_prints_exactly_the_last_lines(start_daemon: Any) -> None:
     assert out.stdout.splitlines() == [f"stdout[{pid}]: line {i}" for i in (7, 8, 9)]
 
 
+def test_logs_escape_terminal_control_characters(start_daemon: Any) -> None:
+    """A service cannot steer the operator's terminal (colours, title, cursor, bell)."""
+    script = (
+        r"printf 'red \033[31mX\033[0m title \033]0;pwned\007 c1 \302\233 end\n'; exec sleep 1000"
+    )
+    d = start_daemon(services_config({"esc": {"command": ["sh", "-c", script]}}))
+    wait_until(lambda: d.cli("logs", "esc").stdout, what="the line")
+    out = d.cli("logs", "esc")
+    pid = d.status()["esc"]["pid"]
+    assert out.stdout == (
+        f"stdout[{pid}]: red \\x1b[31mX\\x1b[0m title \\x1b]0;pwned\\x07 c1 \\x9b end\n"
+    )
+    detail = d.cli("status", "esc").stdout
+    assert "\x1b" not in detail and "red \\x1b[31mX" in detail
+
+
 def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
     """One line from ``proc``'s stdout within ``timeout`` seconds."""
     assert proc.stdout is not None

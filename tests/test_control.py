@@ -351,3 +351,188 @@ def test_the_cli_points_the_kubeconfig_at_another_server() -> None:
     moved = cli.with_server(text, "https://127.0.0.1:6443")
     assert "https://127.0.0.1:6443" in moved and "10.0.2.15" not in moved
     assert cli.with_server(text, None) == text
+
+
+# --- hostile but well-formed JSON (issue 11, item 7) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"[" * 5000 + b"]" * 5000, "malformed request: JSON nested too deeply"),
+        (
+            b'{"op": "logs", "name": "a", "lines": ' + b"7" * 5000 + b"}",
+            "malformed request: a number with more than 4300 digits",
+        ),
+        (
+            b'{"op": ' + b"[" * 900 + b"]" * 900 + b"}",
+            "unknown op (a JSON array); expected one of status, logs, start, stop, restart, "
+            "kill, stop_all, reboot, poweroff, halt, kubeconfig",
+        ),
+    ],
+    ids=["deep-array", "long-int", "deep-op"],
+)
+def test_hostile_json_gets_a_protocol_error(daemon: Served, payload: bytes, message: str) -> None:
+    replies = exchange(daemon.socket, payload + b"\n")
+    assert replies == [{"ok": False, "error": message}]
+    daemon.assert_undisturbed()
+
+
+# --- the socket's directory and path (items 10, 11, 22) --------------------------------
+
+
+def nobody(*cmd: str) -> None:
+    subprocess.run(["setpriv", *AS_NOBODY, *cmd], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A fresh sticky, world-writable directory like /tmp (pytest's tmp dirs are 0700)."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to act as another uid")
+    path = Path(tempfile.mkdtemp(prefix="k4sinit-sticky-"))
+    path.chmod(0o1777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_daemon_briefly(tmp_path: Path, sock: Path) -> subprocess.CompletedProcess[str]:
+    """``k4sinit run`` with ``sock`` that is expected to refuse to start."""
+    config = tmp_path / "k4sinit.yaml"
+    config.write_text(CONFIG)
+    log = tmp_path / "refused.log"
+    daemon = DaemonProcess(config, sock, log)
+    try:
+        code = daemon.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        code = None  # it started after all: stopped below, and the test fails
+    finally:
+        daemon.stop()
+    text = log.read_text(errors="replace")
+    return subprocess.CompletedProcess(daemon.proc.args, code, text, "")
+
+
+def test_socket_directory_of_another_uid_is_refused(shared_tmp: Path, tmp_path: Path) -> None:
+    planted = shared_tmp / "k4s"
+    nobody("mkdir", "-m", "0700", str(planted))
+    out = run_daemon_briefly(tmp_path, planted / "control.sock")
+    assert out.returncode == 1, out
+    assert (
+        f"control socket directory {planted} is owned by uid 65534, not by k4sinit's uid 0"
+        in out.stdout + out.stderr
+    )
+    assert "Traceback" not in out.stdout + out.stderr
+    assert os.listdir(planted) == []
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o1777, 0o702])
+def test_group_or_world_writable_socket_directory_is_refused(tmp_path: Path, mode: int) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    out = run_daemon_briefly(tmp_path, shared / "control.sock")
+    assert out.returncode == 1, out
+    assert (
+        f"control socket directory {shared} is writable by others (mode {mode:04o})"
+        in out.stdout + out.stderr
+    )
+    assert os.listdir(shared) == []
+
+
+def test_a_dangling_symlink_at_the_socket_path_is_replaced(
+    start_daemon: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "k4sinit.sock").symlink_to(tmp_path / "nowhere")
+    d = start_daemon(CONFIG)
+    assert stat.S_ISSOCK(os.lstat(d.socket).st_mode)
+    assert not (tmp_path / "nowhere").exists()
+    assert d.cli("status").returncode == 0
+
+
+def test_a_symlink_planted_in_a_sticky_directory_gets_a_clear_refusal(
+    shared_tmp: Path, tmp_path: Path
+) -> None:
+    """Item 11: in a shared sticky directory (like /tmp) anyone can plant at the socket
+    path, and squat it again after we remove it; the daemon says so and where to go."""
+    sock = shared_tmp / "control.sock"
+    nobody("ln", "-s", "/nonexistent", str(sock))
+    out = run_daemon_briefly(tmp_path, sock)
+    assert out.returncode == 1, out
+    text = out.stdout + out.stderr
+    assert (
+        f"control socket directory {shared_tmp} is writable by others (mode 1777); use a "
+        f"directory of its own (e.g. {shared_tmp}/k4sinit/) or chmod go-w it"
+    ) in text
+    assert "Traceback" not in text
+    assert os.readlink(sock) == "/nonexistent"
+
+
+def test_a_regular_file_at_the_socket_path_is_left_alone(tmp_path: Path) -> None:
+    sock = tmp_path / "control.sock"
+    sock.write_text("not a socket")
+    out = run_daemon_briefly(tmp_path, sock)
+    assert out.returncode == 1, out
+    assert f"{sock} exists and is not a socket; remove it" in out.stdout + out.stderr
+    assert sock.read_text() == "not a socket"
+
+
+def test_an_unbindable_socket_path_is_a_clear_error(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 120)
+    out = run_daemon_briefly(tmp_path, deep / "control.sock")
+    assert out.returncode == 1, out
+    text = out.stdout + out.stderr
+    assert f"cannot bind the control socket {deep}/control.sock" in text, text
+    assert "Traceback" not in text and "ExceptionGroup" not in text
+
+
+FAKE_SERVER = """
+import json, os, socket, sys
+path = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(path)
+os.chmod(path, 0o777)
+s.listen(8)
+print("listening", flush=True)
+while True:
+    conn, _ = s.accept()
+    try:
+        conn.recv(65536)
+        fake = {"services": [], "network": {"ready": True}}
+        conn.sendall(json.dumps({"ok": True, "result": fake}).encode() + b"\\n")
+    except OSError:
+        pass  # the client hung up: it did not believe us
+    conn.close()
+"""
+
+
+def test_the_client_refuses_a_server_of_another_uid(shared_tmp: Path) -> None:
+    """The hijack: another uid's socket at the path; root's client must not believe it."""
+    sock = shared_tmp / "control.sock"
+    server = subprocess.Popen(
+        ["setpriv", *AS_NOBODY, sys.executable, "-I", "-c", FAKE_SERVER, str(sock)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline() == "listening\n"
+        for args in (("status",), ("stop", "--all")):
+            out = subprocess.run(
+                [*K4SINIT, args[0], "--socket", str(sock), *args[1:]],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert out.returncode == 1, out
+            assert out.stdout == ""
+            assert (
+                f"refusing to talk to {sock}: it is served by uid 65534, not by root or you"
+                in out.stderr
+            )
+    finally:
+        server.kill()
+        server.wait()
+        assert server.stdout is not None
+        server.stdout.close()
