@@ -190,22 +190,30 @@ async def run_captured(
     """Run a short command to completion, capturing stdout and stderr together.
 
     Returns ``(status, output)``; ``status`` is None when the command ran past
-    ``time_limit`` and was killed (with its process group). Output beyond
-    ``max_output`` bytes is dropped. Raises :class:`SpawnError`.
+    ``time_limit`` and was killed (with its process group). Once ``max_output``
+    bytes are read, both pipes are closed, as ``| head -c`` would do: a command
+    that keeps writing gets SIGPIPE (or EPIPE), rather than the daemon reading
+    and discarding its output until the time limit. Raises :class:`SpawnError`.
     """
     spawned = spawn(reaper, argv, env=env, cwd=cwd)
     chunks = bytearray()
 
-    async def collect(fd: int) -> None:
+    async def collect(fd: int, readers: trio.CancelScope) -> None:
         async with trio.lowlevel.FdStream(fd) as stream:
             while data := await stream.receive_some(65536):
                 chunks.extend(data[: max(0, max_output - len(chunks))])
+                if len(chunks) >= max_output:
+                    readers.cancel()  # closes both pipes: nothing more is read
+
+    async def read_all() -> None:
+        async with trio.open_nursery() as readers:
+            readers.start_soon(collect, spawned.stdout, readers.cancel_scope)
+            readers.start_soon(collect, spawned.stderr, readers.cancel_scope)
 
     timed_out = False
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(collect, spawned.stdout)
-            nursery.start_soon(collect, spawned.stderr)
+            nursery.start_soon(read_all)
             with trio.move_on_after(time_limit) as scope:
                 await spawned.child.wait()
             timed_out = scope.cancelled_caught

@@ -418,3 +418,22 @@ async def test_a_service_that_cannot_be_spawned_fails_alone(
     assert sup["bad"].reason.startswith("cannot start: sleep:")
     assert f"{tmp_path}/missing" in sup["bad"].reason
     await until(sup["good"], lambda r: r.state is State.RUNNING)
+
+
+async def test_a_chatty_exec_probe_is_cut_off_at_its_output_limit(
+    clock: trio.testing.MockClock, supervise: Any
+) -> None:
+    # `yes` never exits: the daemon used to read and discard its output until the timeout.
+    sup = await supervise(
+        """
+        services:
+          svc:
+            command: ["sleep", "1000"]
+            readinessProbe: {exec: {command: ["yes"]}, timeoutSeconds: 5, failureThreshold: 1}
+        """
+    )
+    svc = sup["svc"]
+    await until(svc, lambda r: r.reason.startswith("readiness probe failed"))
+    # The pipe is closed once max_output is read: yes dies of SIGPIPE, no timeout.
+    assert svc.reason == "readiness probe failed: exec killed by signal 13: y"
+    assert trio.current_time() - times(svc, State.RUNNING)[0] < 5
