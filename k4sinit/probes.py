@@ -18,6 +18,7 @@ The runner builds one ``Prober(run_exec)`` and, per probe, starts::
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import ssl
@@ -44,7 +45,9 @@ ExecRunner = Callable[[Sequence[str], float], Awaitable[tuple[int | None, str]]]
 
 It must enforce ``timeout`` itself (kill and reap the child) and clean up if
 cancelled: :meth:`Prober.check` only cancels it as a backstop, after
-``timeout + EXEC_GRACE`` seconds.
+``timeout + EXEC_GRACE`` seconds. It raises :class:`ProbeInconclusive` when
+the daemon cannot run the command for reasons of its own (out of file
+descriptors, memory or processes).
 """
 
 USER_AGENT = "k4sinit-probe"
@@ -66,12 +69,30 @@ _CLIENT_CERT_ALERTS = frozenset(
 )
 
 
+# Errors that say the daemon is short of something, not that the service is unwell.
+_OWN_SHORTAGE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
-    """The outcome of one check, with a short reason for people."""
+    """The outcome of one check, with a short reason for people.
+
+    An ``inconclusive`` result (``ok`` is False) says nothing about the
+    service: the daemon could not make the check, or was too late itself to
+    see the answer. :class:`ProbeTracker` does not count it either way.
+    """
 
     ok: bool
     message: str
+    inconclusive: bool = False
+
+
+class ProbeInconclusive(Exception):
+    """A check could not be made for the daemon's own reasons (e.g. EMFILE).
+
+    The message says why; :meth:`Prober.check` turns it into an inconclusive
+    :class:`ProbeResult`.
+    """
 
 
 CheckFn = Callable[[ProbeAction, float], Awaitable[ProbeResult]]
@@ -97,12 +118,17 @@ class Prober:
         """Run one check of ``action``, bounded by ``timeout`` seconds.
 
         Never raises for a failing probe (refused, reset, TLS, bad HTTP, missing
-        files, timeout): those are ``ProbeResult(ok=False, ...)``. Cancellation
-        from outside propagates; the connection is closed on the way out.
+        files, timeout): those are ``ProbeResult(ok=False, ...)``; a check the
+        daemon could not make (out of file descriptors) is an inconclusive
+        result. Cancellation from outside propagates; the connection is closed
+        on the way out.
         """
         limit = timeout + EXEC_GRACE if isinstance(action, ExecAction) else timeout
-        with trio.move_on_after(limit):
-            return await self._check(action, timeout)
+        try:
+            with trio.move_on_after(limit):
+                return await self._check(action, timeout)
+        except ProbeInconclusive as exc:
+            return ProbeResult(False, f"not counted: {exc}", inconclusive=True)
         return ProbeResult(False, f"timed out after {timeout:g}s")
 
     async def _check(self, action: ProbeAction, seconds: float) -> ProbeResult:
@@ -114,6 +140,7 @@ class Prober:
                 try:
                     stream = await trio.open_tcp_stream(action.host, action.port)
                 except OSError as exc:
+                    _raise_own_shortage(exc)
                     return ProbeResult(False, _connect_error(exc, action.host, where))
                 await trio.aclose_forcefully(stream)
                 return ProbeResult(True, f"TCP connect to {where}")
@@ -125,6 +152,7 @@ class Prober:
                 except ConnectionRefusedError:
                     return ProbeResult(False, f"connection refused on {action.path}")
                 except OSError as exc:
+                    _raise_own_shortage(exc)
                     return ProbeResult(False, f"cannot connect to {action.path}: {_why(exc)}")
                 await trio.aclose_forcefully(unix)
                 return ProbeResult(True, f"connected to {action.path}")
@@ -161,6 +189,7 @@ class Prober:
         try:
             tcp = await trio.open_tcp_stream(action.host, action.port)
         except OSError as exc:
+            _raise_own_shortage(exc)
             return ProbeResult(False, _connect_error(exc, action.host, where))
         stream: trio.abc.Stream = tcp
         tls_up = False
@@ -268,6 +297,15 @@ def _io_error(exc: Exception, url: str, where: str, *, tls_up: bool) -> str:
     return f"connection to {where} broken"
 
 
+def _raise_own_shortage(exc: OSError) -> None:
+    """Raise ProbeInconclusive if ``exc`` (or a connection attempt in it) is the daemon's shortage."""
+    group = exc.__cause__
+    attempts = list(group.exceptions) if isinstance(group, ExceptionGroup) else []
+    for error in (exc, *attempts):
+        if isinstance(error, OSError) and error.errno in _OWN_SHORTAGE_ERRNOS:
+            raise ProbeInconclusive(f"k4sinit cannot open a socket: {_why(error)}") from exc
+
+
 def _connect_error(exc: OSError, host: str, where: str) -> str:
     """A short reason for a failed ``trio.open_tcp_stream``."""
     if isinstance(exc, socket.gaierror):
@@ -337,8 +375,13 @@ class ProbeTracker:
         return self._failures
 
     def record(self, result: ProbeResult) -> bool | None:
-        """Count ``result``; return the new verdict if it changed, else None."""
+        """Count ``result``; return the new verdict if it changed, else None.
+
+        An inconclusive result becomes ``last`` but changes no count.
+        """
         self._last = result
+        if result.inconclusive:
+            return None
         if result.ok:
             self._successes, self._failures = self._successes + 1, 0
             reached = self._successes >= self._success_threshold

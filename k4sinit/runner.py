@@ -31,7 +31,7 @@ from .cgroups import CgroupTree
 from .output import pump_lines
 from .reaper import Child, ExitStatus, Reaper
 from .restart import RestartTracker
-from .spec import Condition, Probe, ServiceSpec
+from .spec import Condition, Probe, ProbeAction, ServiceSpec
 from .state import Event, LogLine, State
 
 EVENT_HISTORY = 64
@@ -97,6 +97,9 @@ class ServiceRunner:
         self._stable_run = False  # this run was ready for backoff.reset_after seconds
         self._kill_reason: str | None = None
         self._child: Child | None = None  # the current run's process, for send_signal
+        # Probe results for views: the last one of each kind, and how many said nothing.
+        self.probe_results: dict[str, probes.ProbeResult] = {}
+        self.probes_not_counted = 0
 
     # --- the one path for state changes ---------------------------------------
 
@@ -337,7 +340,7 @@ class ServiceRunner:
     async def _probe(self, child: Child) -> None:
         spec = self.spec
         if spec.startup_probe is not None:
-            ok, result = await self._probe_until(spec.startup_probe, lambda ok: True)
+            ok, result = await self._probe_until("startup", spec.startup_probe, lambda ok: True)
             if not ok:
                 await self._kill(child, f"startup probe failed: {result.message}")
                 return
@@ -356,12 +359,31 @@ class ServiceRunner:
             )
         except process.SpawnError as exc:
             return 127, str(exc)
+        except OSError as exc:  # EMFILE and the like: the daemon's shortage, not the service's
+            raise probes.ProbeInconclusive(
+                f"k4sinit cannot run {argv[0]}: {exc.strerror or exc}"
+            ) from exc
         if status is None:
             return None, output
         return (status.code if status.code is not None else -(status.signal or 0)), output
 
+    def _check(self, kind: str) -> probes.CheckFn:
+        """The prober's check, keeping the last result of the ``kind`` probe for views."""
+
+        async def check(action: ProbeAction, timeout: float) -> probes.ProbeResult:  # noqa: ASYNC109
+            result = await self._prober.check(action, timeout)
+            previous = self.probe_results.get(kind)
+            self.probe_results[kind] = result
+            if result.inconclusive:
+                self.probes_not_counted += 1
+                if previous is None or not previous.inconclusive:
+                    self._log.warning("probe not counted", probe=kind, reason=result.message)
+            return result
+
+        return check
+
     async def _probe_until(
-        self, probe: Probe, stop_on: Callable[[bool], bool]
+        self, kind: str, probe: Probe, stop_on: Callable[[bool], bool]
     ) -> tuple[bool, probes.ProbeResult]:
         """Run ``probe`` until a verdict for which ``stop_on(verdict)`` holds."""
         verdict: list[tuple[bool, probes.ProbeResult]] = []
@@ -372,7 +394,7 @@ class ServiceRunner:
                     verdict.append((ok, result))
                     scope.cancel()
 
-            await probes.run_probe(probe, self._prober.check, on_verdict)
+            await probes.run_probe(probe, self._check(kind), on_verdict)
         return verdict[0]
 
     async def _watch_readiness(self, probe: Probe) -> None:
@@ -380,10 +402,10 @@ class ServiceRunner:
             reason = "ready" if ok else f"readiness probe failed: {result.message}"
             self._set(reason=reason, ready=ok)
 
-        await probes.run_probe(probe, self._prober.check, on_verdict)
+        await probes.run_probe(probe, self._check("readiness"), on_verdict)
 
     async def _watch_liveness(self, probe: Probe, child: Child) -> None:
-        _, result = await self._probe_until(probe, lambda ok: not ok)
+        _, result = await self._probe_until("liveness", probe, lambda ok: not ok)
         await self._kill(child, f"liveness probe failed: {result.message}")
 
     def send_signal(self, signum: int) -> int:
@@ -424,6 +446,7 @@ class ServiceRunner:
                 round(self.next_restart - now, 3) if self.next_restart is not None else None
             ),
             "depends_on": {d.name: c.value for d, c in self.dependencies},
+            "probes_not_counted": self.probes_not_counted,
         }
 
     def _cgroup_detail(self) -> dict[str, Any] | None:
@@ -461,6 +484,10 @@ class ServiceRunner:
                     )
                     if p is not None
                 },
+            },
+            "probe_results": {
+                kind: {"ok": r.ok, "message": r.message, "inconclusive": r.inconclusive}
+                for kind, r in self.probe_results.items()
             },
             "cgroup": self._cgroup_detail(),
             "rss_bytes": _rss(self.snapshot()["pid"]),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import signal
 import textwrap
 from collections.abc import AsyncIterator, Callable
@@ -437,3 +438,33 @@ async def test_a_chatty_exec_probe_is_cut_off_at_its_output_limit(
     # The pipe is closed once max_output is read: yes dies of SIGPIPE, no timeout.
     assert svc.reason == "readiness probe failed: exec killed by signal 13: y"
     assert trio.current_time() - times(svc, State.RUNNING)[0] < 5
+
+
+async def test_an_exec_probe_the_daemon_cannot_start_is_not_a_failure(
+    clock: trio.testing.MockClock, supervise: Any
+) -> None:
+    sup = await supervise(
+        """
+        services:
+          svc:
+            command: ["sleep", "1000"]
+            livenessProbe: {exec: {command: ["true"]}, failureThreshold: 1}
+            readinessProbe: {exec: {command: ["true"]}, failureThreshold: 1}
+        """
+    )
+    svc = sup["svc"]
+    await until(svc, lambda r: r.ready)
+    pid = svc.pid
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.open("/dev/null", os.O_RDONLY)  # the kernel hands out the lowest free fd
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no fd more: EMFILE
+    try:
+        await trio.sleep(10)  # ten periods of each probe, every exec fails with EMFILE
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    # The daemon's own shortage says nothing about the service: not killed, still ready.
+    assert (svc.state, svc.ready, svc.pid, svc.restarts) == (State.RUNNING, True, pid, 0)
+    assert svc.probes_not_counted >= 18  # each probe, about once a second
+    last = svc.detail()["probe_results"]["liveness"]
+    assert last["inconclusive"] and "Too many open files" in last["message"]
