@@ -15,6 +15,7 @@ logs it and wakes whoever waits on this service.
 
 from __future__ import annotations
 
+import functools
 import random
 import signal
 import time
@@ -28,7 +29,7 @@ import trio
 
 from . import probes, process
 from .cgroups import CgroupTree
-from .output import pump_lines
+from .output import LINE_RATE, LineBudget, LineSink, pump_lines
 from .reaper import Child, ExitStatus, Reaper
 from .restart import RestartTracker
 from .spec import Condition, Probe, ProbeAction, ServiceSpec
@@ -100,6 +101,7 @@ class ServiceRunner:
         # Probe results for views: the last one of each kind, and how many said nothing.
         self.probe_results: dict[str, probes.ProbeResult] = {}
         self.probes_not_counted = 0
+        self.dropped_lines = 0  # output lines over the budget, since the daemon started
 
     # --- the one path for state changes ---------------------------------------
 
@@ -306,28 +308,45 @@ class ServiceRunner:
         return ExitStatus(signal=signal.SIGKILL)
 
     async def _capture(self, spawned: process.Spawned, scope: trio.CancelScope) -> None:
+        budget = LineBudget(trio.current_time())  # one per run, stdout and stderr together
         with scope:
             async with trio.open_nursery() as nursery:
                 for fd, stream in ((spawned.stdout, "stdout"), (spawned.stderr, "stderr")):
-                    on_line = self._line_sink(stream, spawned.child.pid)
-                    nursery.start_soon(pump_lines, trio.lowlevel.FdStream(fd), on_line)
+                    sink = self._line_sink(stream, spawned.child.pid)
+                    pump = functools.partial(pump_lines, budget=budget)
+                    nursery.start_soon(pump, trio.lowlevel.FdStream(fd), sink)
 
-    def _line_sink(self, stream: str, pid: int) -> Callable[[str], None]:
+    def _line_sink(self, stream: str, pid: int) -> LineSink:
+        """Where a batch of output lines goes: the ring, followers, and ONE log event.
+
+        Lines dropped for the budget are counted (``dropped_lines``) and noted in
+        the ring and the log before the lines that follow them.
+        """
         log = self._log.bind(stream=stream, pid=pid)
 
-        def on_line(line: str) -> None:
-            entry = LogLine(time.time(), stream, pid, line)
-            self.logs.append(entry)
-            log.info(line)
+        def on_lines(lines: Sequence[str], dropped: int) -> None:
+            now = time.time()
+            entries = [LogLine(now, stream, pid, line) for line in lines]
+            if dropped:
+                self.dropped_lines += dropped
+                note = f"k4sinit: {dropped} lines dropped (more than {LINE_RATE:g} lines/s)"
+                entries.insert(0, LogLine(now, stream, pid, note))
+                log.warning("output lines dropped", dropped=dropped)
+            self.logs.extend(entries)
+            if len(lines) == 1:
+                log.info(lines[0])
+            elif lines:  # a flood: one event, not one per line
+                log.info("\n".join(lines), lines=len(lines))
             for listener in list(self._log_listeners):
                 try:
-                    listener.send_nowait(entry)
+                    for entry in entries:
+                        listener.send_nowait(entry)
                 except trio.WouldBlock:
                     pass  # a slow follower misses lines rather than stalling the service
                 except trio.BrokenResourceError:
                     self._log_listeners.discard(listener)
 
-        return on_line
+        return on_lines
 
     def follow_logs(self) -> trio.MemoryReceiveChannel[LogLine]:
         """A channel of new log lines; close it to stop following."""
@@ -447,6 +466,7 @@ class ServiceRunner:
             ),
             "depends_on": {d.name: c.value for d, c in self.dependencies},
             "probes_not_counted": self.probes_not_counted,
+            "dropped_lines": self.dropped_lines,
         }
 
     def _cgroup_detail(self) -> dict[str, Any] | None:

@@ -12,6 +12,8 @@ import os
 import random
 import resource
 import signal
+import socket
+import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -468,3 +470,38 @@ async def test_an_exec_probe_the_daemon_cannot_start_is_not_a_failure(
     assert svc.probes_not_counted >= 18  # each probe, about once a second
     last = svc.detail()["probe_results"]["liveness"]
     assert last["inconclusive"] and "Too many open files" in last["message"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.slow
+async def test_a_flooding_neighbour_does_not_get_a_healthy_service_killed(supervise: Any) -> None:
+    """Real time: `yes` floods its stdout next to an HTTP service with a tight liveness probe."""
+    port = free_port()
+    web = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)]
+    get = f"httpGet: {{port: {port}, path: /}}"
+    sup = await supervise(
+        f"""
+        services:
+          web:
+            command: {cmd(web)}
+            startupProbe: {{{get}, periodSeconds: 0.2, failureThreshold: 300}}
+            livenessProbe: {{{get}, periodSeconds: 1, timeoutSeconds: 1, failureThreshold: 3}}
+          flood:
+            command: ["yes"]
+            dependsOn: {{web: Ready}}
+        """
+    )
+    with trio.fail_after(120):
+        await until(sup["flood"], lambda r: r.state is State.RUNNING)
+        await trio.sleep(10)  # what is asserted is that nothing happens meanwhile
+    web_events = [e.reason for e in sup["web"].events]
+    assert not [reason for reason in web_events if "liveness" in reason], web_events
+    assert (sup["web"].state, sup["web"].restarts) == (State.RUNNING, 0)
+    assert sup["flood"].dropped_lines > 0
+    assert sup["flood"].snapshot()["dropped_lines"] == sup["flood"].dropped_lines
