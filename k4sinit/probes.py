@@ -19,6 +19,7 @@ The runner builds one ``Prober(run_exec)`` and, per probe, starts::
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
 import ssl
@@ -39,6 +40,7 @@ from k4sinit.spec import (
     TLSConfig,
     UnixSocketAction,
 )
+from k4sinit.timeouts import DaemonLate, call_with_timeout
 
 ExecRunner = Callable[[Sequence[str], float], Awaitable[tuple[int | None, str]]]
 """``run_exec(argv, timeout) -> (exit code, or None if killed at the timeout; output)``.
@@ -47,7 +49,8 @@ It must enforce ``timeout`` itself (kill and reap the child) and clean up if
 cancelled: :meth:`Prober.check` only cancels it as a backstop, after
 ``timeout + EXEC_GRACE`` seconds. It raises :class:`ProbeInconclusive` when
 the daemon cannot run the command for reasons of its own (out of file
-descriptors, memory or processes).
+descriptors, memory or processes), and :class:`~k4sinit.timeouts.DaemonLate`
+when the daemon was too late itself to tell (see :mod:`k4sinit.timeouts`).
 """
 
 USER_AGENT = "k4sinit-probe"
@@ -118,18 +121,26 @@ class Prober:
         """Run one check of ``action``, bounded by ``timeout`` seconds.
 
         Never raises for a failing probe (refused, reset, TLS, bad HTTP, missing
-        files, timeout): those are ``ProbeResult(ok=False, ...)``; a check the
-        daemon could not make (out of file descriptors) is an inconclusive
-        result. Cancellation from outside propagates; the connection is closed
-        on the way out.
+        files, timeout): those are ``ProbeResult(ok=False, ...)``. A check the
+        daemon could not make (out of file descriptors), or could not wait for
+        because its own loop was late (see :mod:`k4sinit.timeouts`: time the
+        daemon was late does not count against ``timeout``), is an
+        inconclusive result. Cancellation from outside propagates; the
+        connection is closed on the way out.
         """
+        if isinstance(action, FileAction):
+            return _file(action)  # a stat: nothing to wait for
         limit = timeout + EXEC_GRACE if isinstance(action, ExecAction) else timeout
         try:
-            with trio.move_on_after(limit):
-                return await self._check(action, timeout)
+            return await call_with_timeout(
+                limit, functools.partial(self._check, action, timeout), allowance=timeout
+            )
+        except trio.TooSlowError:
+            return ProbeResult(False, f"timed out after {timeout:g}s")
+        except DaemonLate as exc:
+            return ProbeResult(False, f"not counted: no answer, but {exc}", inconclusive=True)
         except ProbeInconclusive as exc:
             return ProbeResult(False, f"not counted: {exc}", inconclusive=True)
-        return ProbeResult(False, f"timed out after {timeout:g}s")
 
     async def _check(self, action: ProbeAction, seconds: float) -> ProbeResult:
         match action:
@@ -157,11 +168,7 @@ class Prober:
                 await trio.aclose_forcefully(unix)
                 return ProbeResult(True, f"connected to {action.path}")
             case FileAction():
-                # A stat in the trio thread: the node's paths are local (tmpfs),
-                # and a thread hop per check cost ~13x the CPU (bench/idle.py).
-                if os.path.exists(action.path):  # noqa: ASYNC240
-                    return ProbeResult(True, f"file {action.path} exists")
-                return ProbeResult(False, f"file {action.path} does not exist")
+                return _file(action)
             case ExecAction():
                 return await self._exec(action, seconds)
             case _:
@@ -233,6 +240,14 @@ class Prober:
             context.load_cert_chain(tls.cert_file, tls.key_file)
         self._ssl[tls] = (stamp, context)
         return context
+
+
+def _file(action: FileAction) -> ProbeResult:
+    # A stat in the trio thread: the node's paths are local (tmpfs), and a
+    # thread hop per check cost ~13x the CPU (bench/idle.py).
+    if os.path.exists(action.path):
+        return ProbeResult(True, f"file {action.path} exists")
+    return ProbeResult(False, f"file {action.path} does not exist")
 
 
 async def check(action: ProbeAction, timeout: float, run_exec: ExecRunner) -> ProbeResult:  # noqa: ASYNC109

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import trio
 
 from .reaper import Child, ExitStatus, Reaper
+from .timeouts import DaemonLate, call_with_timeout
 
 # Sane defaults for services: the kernel hands PID 1 almost no environment.
 # Joins the cgroup whose cgroup.procs is $0, then becomes the program ("$@").
@@ -190,7 +191,10 @@ async def run_captured(
     """Run a short command to completion, capturing stdout and stderr together.
 
     Returns ``(status, output)``; ``status`` is None when the command ran past
-    ``time_limit`` and was killed (with its process group). Once ``max_output``
+    ``time_limit`` and was killed (with its process group); the time the
+    daemon itself was late does not count (:func:`~k4sinit.timeouts.call_with_timeout`),
+    and :class:`~k4sinit.timeouts.DaemonLate` is raised, once the command is
+    killed and reaped, if the daemon was too late to tell. Once ``max_output``
     bytes are read, both pipes are closed, as ``| head -c`` would do: a command
     that keeps writing gets SIGPIPE (or EPIPE), rather than the daemon reading
     and discarding its output until the time limit. Raises :class:`SpawnError`.
@@ -211,12 +215,16 @@ async def run_captured(
             readers.start_soon(collect, spawned.stderr, readers.cancel_scope)
 
     timed_out = False
+    late: DaemonLate | None = None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_all)
-            with trio.move_on_after(time_limit) as scope:
-                await spawned.child.wait()
-            timed_out = scope.cancelled_caught
+            try:
+                await call_with_timeout(time_limit, spawned.child.wait)
+            except trio.TooSlowError:
+                timed_out = True
+            except DaemonLate as exc:
+                late = exc
             # Once the command is gone, nothing it left behind may hold the pipes.
             spawned.child.signal_group(signal.SIGKILL)
             # A daemonised leftover (setsid) could hold the pipes open forever.
@@ -226,4 +234,6 @@ async def run_captured(
             with trio.CancelScope(shield=True):
                 await terminate(spawned.child, signal.SIGKILL, 0)
     status = await spawned.child.wait()
+    if late is not None:
+        raise late
     return (None if timed_out else status), chunks.decode("utf-8", errors="replace")
