@@ -157,13 +157,15 @@ async def terminate(child: Child, stop_signal: int, grace: float) -> ExitStatus:
     """Stop a child and its process group: ``stop_signal``, then SIGKILL after ``grace``.
 
     Returns the exit status. Leftover members of the group are SIGKILLed once
-    the leader is gone. Callers that must finish even when cancelled run this
-    in a shielded scope.
+    the leader is gone. A SIGCONT follows the stop signal (as systemd does), so
+    a stopped process acts on it instead of sitting out the grace period.
+    Callers that must finish even when cancelled run this in a shielded scope.
     """
     if child.running:
-        child.signal_group(stop_signal)
-        # Signal the leader directly too: it may have left the group.
-        _signal_quietly(child, stop_signal)
+        for sig in (stop_signal, signal.SIGCONT):
+            child.signal_group(sig)
+            # Signal the leader directly too: it may have left the group.
+            _signal_quietly(child, sig)
         with trio.move_on_after(grace):
             await child.wait()
         if child.running:

@@ -448,19 +448,28 @@ class ServiceRunner:
     # --- views ------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """The service's status as plain data (the wire form of ``status``)."""
+        """The service's status as plain data (the wire form of ``status``).
+
+        ``state`` is ``paused`` while the main process is stopped by a signal
+        (SIGSTOP, SIGTSTP, a debugger): a view only, the life goes on as it was.
+        """
         now = trio.current_time()
+        pid = self.pid if self.state in (State.STARTING, State.RUNNING, State.STOPPING) else None
+        state, reason = self.state.value, self.reason
+        if pid is not None and self.state is not State.STOPPING and _stopped(pid):
+            state = "paused"
+            reason = (
+                f"pid {pid} is stopped by a signal (k4sinit kill {self.name} -s CONT resumes it)"
+            )
         return {
             "name": self.name,
-            "state": self.state.value,
+            "state": state,
             "ready": self.ready,
-            "pid": self.pid
-            if self.state in (State.STARTING, State.RUNNING, State.STOPPING)
-            else None,
+            "pid": pid,
             "restarts": self.restarts,
             "last_exit": self.last_exit.to_json() if self.last_exit else None,
             "since": round(now - self.since, 3),
-            "reason": self.reason,
+            "reason": reason,
             "next_restart_in": (
                 round(self.next_restart - now, 3) if self.next_restart is not None else None
             ),
@@ -514,6 +523,17 @@ class ServiceRunner:
             "events": [e.to_json() for e in self.events],
             "logs": [entry.to_json() for entry in list(self.logs)[-20:]],
         }
+
+
+def _stopped(pid: int) -> bool:
+    """True if ``pid`` is stopped (state T, or t under a tracer) per /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False  # gone meanwhile, or no procfs
+    after_name = stat.rfind(b")")  # the name is in parentheses and may hold anything
+    return stat[after_name + 2 : after_name + 3] in (b"T", b"t")
 
 
 def _rss(pid: int | None) -> int | None:

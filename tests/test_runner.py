@@ -505,3 +505,30 @@ async def test_a_flooding_neighbour_does_not_get_a_healthy_service_killed(superv
     assert (sup["web"].state, sup["web"].restarts) == (State.RUNNING, 0)
     assert sup["flood"].dropped_lines > 0
     assert sup["flood"].snapshot()["dropped_lines"] == sup["flood"].dropped_lines
+
+
+async def test_a_service_that_stops_itself_shows_paused_and_stops_without_the_grace(
+    clock: trio.testing.MockClock, supervise: Any
+) -> None:
+    sup = await supervise(
+        """
+        services:
+          napper:
+            command: ["sh", "-c", "kill -STOP $$; sleep 1000"]
+            terminationGracePeriodSeconds: 30
+        """
+    )
+    napper = sup["napper"]
+    await until(napper, lambda r: r.state is State.RUNNING)
+    with trio.fail_after(5):  # a second of the virtual clock is 0.2 s of real time here
+        await eventually(lambda: napper.snapshot()["state"] == "paused")
+    snapshot = napper.snapshot()
+    assert snapshot["reason"] == (
+        f"pid {napper.pid} is stopped by a signal (k4sinit kill napper -s CONT resumes it)"
+    )
+    assert napper.state is State.RUNNING  # a view: the life goes on as it was
+    start = trio.current_time()
+    await napper.stop()
+    # SIGTERM waits while a process is stopped; the SIGCONT after it lets it land.
+    assert trio.current_time() == start
+    assert napper.last_exit == ExitStatus(signal=signal.SIGTERM)
