@@ -37,6 +37,7 @@ from .state import Event, LogLine, State
 
 EVENT_HISTORY = 64
 LOG_LINES = 200
+LINES_PER_EVENT = 16  # output batches longer than this are logged as one event
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,9 +334,10 @@ class ServiceRunner:
                 entries.insert(0, LogLine(now, stream, pid, note))
                 log.warning("output lines dropped", dropped=dropped)
             self.logs.extend(entries)
-            if len(lines) == 1:
-                log.info(lines[0])
-            elif lines:  # a flood: one event, not one per line
+            if len(lines) <= LINES_PER_EVENT:
+                for line in lines:  # the usual few lines: one console line each, as written
+                    log.info(line)
+            else:  # a flood: one event for the batch, not one per line
                 log.info("\n".join(lines), lines=len(lines))
             for listener in list(self._log_listeners):
                 try:

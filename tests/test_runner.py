@@ -21,13 +21,14 @@ from typing import Any
 
 import pytest
 import structlog
+import structlog.testing
 import trio
 import trio.testing
 
 from k4sinit.config import load_config_text
 from k4sinit.daemon import default_env
 from k4sinit.reaper import ExitStatus, Reaper
-from k4sinit.runner import RunnerContext, ServiceRunner
+from k4sinit.runner import LINES_PER_EVENT, RunnerContext, ServiceRunner
 from k4sinit.state import State
 from k4sinit.supervisor import Supervisor
 
@@ -532,3 +533,25 @@ async def test_a_service_that_stops_itself_shows_paused_and_stops_without_the_gr
     # SIGTERM waits while a process is stopped; the SIGCONT after it lets it land.
     assert trio.current_time() == start
     assert napper.last_exit == ExitStatus(signal=signal.SIGTERM)
+
+
+async def test_output_is_logged_line_by_line_but_a_flood_in_batches(
+    clock: trio.testing.MockClock, supervise: Any
+) -> None:
+    with structlog.testing.capture_logs() as logged:
+        sup = await supervise(
+            f"""
+            services:
+              few: {{command: ["sh", "-c", "echo one; echo two"], restartPolicy: Never}}
+              many: {{command: {cmd(child_cmd("--print", "1000", "--sleep", "0"))}, restartPolicy: Never}}
+            """
+        )
+        for name in ("few", "many"):
+            await until(sup[name], lambda r: r.state is State.COMPLETED)
+    events = [e for e in logged if e.get("stream") == "stdout"]
+    assert [e["event"] for e in events if e["service"] == "few"] == ["one", "two"]
+    many = [e for e in events if e["service"] == "many"]
+    assert len(many) < 1000 and max(e.get("lines", 1) for e in many) > LINES_PER_EVENT
+    text = "\n".join(e["event"] for e in many)
+    assert text.splitlines() == [f"line {i}" for i in range(1000)]
+    assert [line.line for line in sup["many"].logs] == [f"line {i}" for i in range(800, 1000)]
