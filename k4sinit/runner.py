@@ -318,10 +318,11 @@ class ServiceRunner:
                     nursery.start_soon(pump, trio.lowlevel.FdStream(fd), sink)
 
     def _line_sink(self, stream: str, pid: int) -> LineSink:
-        """Where a batch of output lines goes: the ring, followers, and ONE log event.
+        """Where a batch of output lines goes: the ring, followers and the log.
 
-        Lines dropped for the budget are counted (``dropped_lines``) and noted in
-        the ring and the log before the lines that follow them.
+        A few lines log one event each; a longer batch (a flood) logs as ONE
+        event. Lines dropped for the budget are counted (``dropped_lines``) and
+        noted in the ring, to followers and in the log before the lines after them.
         """
         log = self._log.bind(stream=stream, pid=pid)
 
