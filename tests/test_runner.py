@@ -27,6 +27,7 @@ import trio.testing
 
 from k4sinit.config import load_config_text
 from k4sinit.daemon import default_env
+from k4sinit.output import LINE_BURST
 from k4sinit.reaper import ExitStatus, Reaper
 from k4sinit.runner import LINES_PER_EVENT, RunnerContext, ServiceRunner
 from k4sinit.state import State
@@ -555,3 +556,22 @@ async def test_output_is_logged_line_by_line_but_a_flood_in_batches(
     text = "\n".join(e["event"] for e in many)
     assert text.splitlines() == [f"line {i}" for i in range(1000)]
     assert [line.line for line in sup["many"].logs] == [f"line {i}" for i in range(800, 1000)]
+
+
+async def test_lines_past_the_budget_are_counted_and_noted_in_the_ring(
+    clock: trio.testing.MockClock, supervise: Any
+) -> None:
+    # 20,000 lines at once, on a clock that stands still meanwhile: the burst is kept.
+    sup = await supervise(
+        f"""
+        services:
+          chatty: {{command: {cmd(child_cmd("--print", "20000", "--sleep", "0"))}, restartPolicy: Never}}
+        """
+    )
+    chatty = sup["chatty"]
+    await until(chatty, lambda r: r.state is State.COMPLETED)
+    assert chatty.dropped_lines == 20000 - LINE_BURST
+    assert chatty.snapshot()["dropped_lines"] == 20000 - LINE_BURST
+    *kept, note = [line.line for line in chatty.logs]
+    assert kept[-1] == f"line {LINE_BURST - 1}"
+    assert note == f"k4sinit: {20000 - LINE_BURST} lines dropped (more than 1000 lines/s)"
