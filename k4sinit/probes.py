@@ -18,6 +18,8 @@ The runner builds one ``Prober(run_exec)`` and, per probe, starts::
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import socket
 import ssl
@@ -38,13 +40,17 @@ from k4sinit.spec import (
     TLSConfig,
     UnixSocketAction,
 )
+from k4sinit.timeouts import DaemonLate, call_with_timeout
 
 ExecRunner = Callable[[Sequence[str], float], Awaitable[tuple[int | None, str]]]
 """``run_exec(argv, timeout) -> (exit code, or None if killed at the timeout; output)``.
 
 It must enforce ``timeout`` itself (kill and reap the child) and clean up if
 cancelled: :meth:`Prober.check` only cancels it as a backstop, after
-``timeout + EXEC_GRACE`` seconds.
+``timeout + EXEC_GRACE`` seconds. It raises :class:`ProbeInconclusive` when
+the daemon cannot run the command for reasons of its own (out of file
+descriptors, memory or processes), and :class:`~k4sinit.timeouts.DaemonLate`
+when the daemon was too late itself to tell (see :mod:`k4sinit.timeouts`).
 """
 
 USER_AGENT = "k4sinit-probe"
@@ -66,12 +72,30 @@ _CLIENT_CERT_ALERTS = frozenset(
 )
 
 
+# Errors that say the daemon is short of something, not that the service is unwell.
+_OWN_SHORTAGE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
-    """The outcome of one check, with a short reason for people."""
+    """The outcome of one check, with a short reason for people.
+
+    An ``inconclusive`` result (``ok`` is False) says nothing about the
+    service: the daemon could not make the check, or was too late itself to
+    see the answer. :class:`ProbeTracker` does not count it either way.
+    """
 
     ok: bool
     message: str
+    inconclusive: bool = False
+
+
+class ProbeInconclusive(Exception):
+    """A check could not be made for the daemon's own reasons (e.g. EMFILE).
+
+    The message says why; :meth:`Prober.check` turns it into an inconclusive
+    :class:`ProbeResult`.
+    """
 
 
 CheckFn = Callable[[ProbeAction, float], Awaitable[ProbeResult]]
@@ -97,13 +121,26 @@ class Prober:
         """Run one check of ``action``, bounded by ``timeout`` seconds.
 
         Never raises for a failing probe (refused, reset, TLS, bad HTTP, missing
-        files, timeout): those are ``ProbeResult(ok=False, ...)``. Cancellation
-        from outside propagates; the connection is closed on the way out.
+        files, timeout): those are ``ProbeResult(ok=False, ...)``. A check the
+        daemon could not make (out of file descriptors), or could not wait for
+        because its own loop was late (see :mod:`k4sinit.timeouts`: time the
+        daemon was late does not count against ``timeout``), is an
+        inconclusive result. Cancellation from outside propagates; the
+        connection is closed on the way out.
         """
+        if isinstance(action, FileAction):
+            return _file(action)  # a stat: nothing to wait for
         limit = timeout + EXEC_GRACE if isinstance(action, ExecAction) else timeout
-        with trio.move_on_after(limit):
-            return await self._check(action, timeout)
-        return ProbeResult(False, f"timed out after {timeout:g}s")
+        try:
+            return await call_with_timeout(
+                limit, functools.partial(self._check, action, timeout), allowance=timeout
+            )
+        except trio.TooSlowError:
+            return ProbeResult(False, f"timed out after {timeout:g}s")
+        except DaemonLate as exc:
+            return ProbeResult(False, f"not counted: no answer, but {exc}", inconclusive=True)
+        except ProbeInconclusive as exc:
+            return ProbeResult(False, f"not counted: {exc}", inconclusive=True)
 
     async def _check(self, action: ProbeAction, seconds: float) -> ProbeResult:
         match action:
@@ -114,6 +151,7 @@ class Prober:
                 try:
                     stream = await trio.open_tcp_stream(action.host, action.port)
                 except OSError as exc:
+                    _raise_own_shortage(exc)
                     return ProbeResult(False, _connect_error(exc, action.host, where))
                 await trio.aclose_forcefully(stream)
                 return ProbeResult(True, f"TCP connect to {where}")
@@ -125,15 +163,12 @@ class Prober:
                 except ConnectionRefusedError:
                     return ProbeResult(False, f"connection refused on {action.path}")
                 except OSError as exc:
+                    _raise_own_shortage(exc)
                     return ProbeResult(False, f"cannot connect to {action.path}: {_why(exc)}")
                 await trio.aclose_forcefully(unix)
                 return ProbeResult(True, f"connected to {action.path}")
             case FileAction():
-                # A stat in the trio thread: the node's paths are local (tmpfs),
-                # and a thread hop per check cost ~13x the CPU (bench/idle.py).
-                if os.path.exists(action.path):  # noqa: ASYNC240
-                    return ProbeResult(True, f"file {action.path} exists")
-                return ProbeResult(False, f"file {action.path} does not exist")
+                return _file(action)
             case ExecAction():
                 return await self._exec(action, seconds)
             case _:
@@ -161,6 +196,7 @@ class Prober:
         try:
             tcp = await trio.open_tcp_stream(action.host, action.port)
         except OSError as exc:
+            _raise_own_shortage(exc)
             return ProbeResult(False, _connect_error(exc, action.host, where))
         stream: trio.abc.Stream = tcp
         tls_up = False
@@ -204,6 +240,14 @@ class Prober:
             context.load_cert_chain(tls.cert_file, tls.key_file)
         self._ssl[tls] = (stamp, context)
         return context
+
+
+def _file(action: FileAction) -> ProbeResult:
+    # A stat in the trio thread: the node's paths are local (tmpfs), and a
+    # thread hop per check cost ~13x the CPU (bench/idle.py).
+    if os.path.exists(action.path):
+        return ProbeResult(True, f"file {action.path} exists")
+    return ProbeResult(False, f"file {action.path} does not exist")
 
 
 async def check(action: ProbeAction, timeout: float, run_exec: ExecRunner) -> ProbeResult:  # noqa: ASYNC109
@@ -266,6 +310,15 @@ def _io_error(exc: Exception, url: str, where: str, *, tls_up: bool) -> str:
     if isinstance(cause, OSError):
         return f"{url}: {_why(cause)}"
     return f"connection to {where} broken"
+
+
+def _raise_own_shortage(exc: OSError) -> None:
+    """Raise ProbeInconclusive if ``exc`` (or a connection attempt in it) is the daemon's shortage."""
+    group = exc.__cause__
+    attempts = list(group.exceptions) if isinstance(group, ExceptionGroup) else []
+    for error in (exc, *attempts):
+        if isinstance(error, OSError) and error.errno in _OWN_SHORTAGE_ERRNOS:
+            raise ProbeInconclusive(f"k4sinit cannot open a socket: {_why(error)}") from exc
 
 
 def _connect_error(exc: OSError, host: str, where: str) -> str:
@@ -337,8 +390,13 @@ class ProbeTracker:
         return self._failures
 
     def record(self, result: ProbeResult) -> bool | None:
-        """Count ``result``; return the new verdict if it changed, else None."""
+        """Count ``result``; return the new verdict if it changed, else None.
+
+        An inconclusive result becomes ``last`` but changes no count.
+        """
         self._last = result
+        if result.inconclusive:
+            return None
         if result.ok:
             self._successes, self._failures = self._successes + 1, 0
             reached = self._successes >= self._success_threshold

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import trio
 
 from .reaper import Child, ExitStatus, Reaper
+from .timeouts import DaemonLate, call_with_timeout
 
 # Sane defaults for services: the kernel hands PID 1 almost no environment.
 # Joins the cgroup whose cgroup.procs is $0, then becomes the program ("$@").
@@ -156,13 +157,15 @@ async def terminate(child: Child, stop_signal: int, grace: float) -> ExitStatus:
     """Stop a child and its process group: ``stop_signal``, then SIGKILL after ``grace``.
 
     Returns the exit status. Leftover members of the group are SIGKILLed once
-    the leader is gone. Callers that must finish even when cancelled run this
-    in a shielded scope.
+    the leader is gone. A SIGCONT follows the stop signal (as systemd does), so
+    a stopped process acts on it instead of sitting out the grace period.
+    Callers that must finish even when cancelled run this in a shielded scope.
     """
     if child.running:
-        child.signal_group(stop_signal)
-        # Signal the leader directly too: it may have left the group.
-        _signal_quietly(child, stop_signal)
+        for sig in (stop_signal, signal.SIGCONT):
+            child.signal_group(sig)
+            # Signal the leader directly too: it may have left the group.
+            _signal_quietly(child, sig)
         with trio.move_on_after(grace):
             await child.wait()
         if child.running:
@@ -190,25 +193,40 @@ async def run_captured(
     """Run a short command to completion, capturing stdout and stderr together.
 
     Returns ``(status, output)``; ``status`` is None when the command ran past
-    ``time_limit`` and was killed (with its process group). Output beyond
-    ``max_output`` bytes is dropped. Raises :class:`SpawnError`.
+    ``time_limit`` and was killed (with its process group); the time the
+    daemon itself was late does not count (:func:`~k4sinit.timeouts.call_with_timeout`),
+    and :class:`~k4sinit.timeouts.DaemonLate` is raised, once the command is
+    killed and reaped, if the daemon was too late to tell. Once ``max_output``
+    bytes are read, both pipes are closed, as ``| head -c`` would do: a command
+    that keeps writing gets SIGPIPE (or EPIPE), rather than the daemon reading
+    and discarding its output until the time limit. Raises :class:`SpawnError`.
     """
     spawned = spawn(reaper, argv, env=env, cwd=cwd)
     chunks = bytearray()
 
-    async def collect(fd: int) -> None:
+    async def collect(fd: int, readers: trio.CancelScope) -> None:
         async with trio.lowlevel.FdStream(fd) as stream:
             while data := await stream.receive_some(65536):
                 chunks.extend(data[: max(0, max_output - len(chunks))])
+                if len(chunks) >= max_output:
+                    readers.cancel()  # closes both pipes: nothing more is read
+
+    async def read_all() -> None:
+        async with trio.open_nursery() as readers:
+            readers.start_soon(collect, spawned.stdout, readers.cancel_scope)
+            readers.start_soon(collect, spawned.stderr, readers.cancel_scope)
 
     timed_out = False
+    late: DaemonLate | None = None
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(collect, spawned.stdout)
-            nursery.start_soon(collect, spawned.stderr)
-            with trio.move_on_after(time_limit) as scope:
-                await spawned.child.wait()
-            timed_out = scope.cancelled_caught
+            nursery.start_soon(read_all)
+            try:
+                await call_with_timeout(time_limit, spawned.child.wait)
+            except trio.TooSlowError:
+                timed_out = True
+            except DaemonLate as exc:
+                late = exc
             # Once the command is gone, nothing it left behind may hold the pipes.
             spawned.child.signal_group(signal.SIGKILL)
             # A daemonised leftover (setsid) could hold the pipes open forever.
@@ -218,4 +236,6 @@ async def run_captured(
             with trio.CancelScope(shield=True):
                 await terminate(spawned.child, signal.SIGKILL, 0)
     status = await spawned.child.wait()
+    if late is not None:
+        raise late
     return (None if timed_out else status), chunks.decode("utf-8", errors="replace")

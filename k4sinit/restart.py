@@ -12,6 +12,7 @@ longer. A stable run (ready for ``reset_after`` seconds) starts the count over.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -33,10 +34,18 @@ def backoff_delay(backoff: Backoff, quick_deaths: int, rand: float) -> float:
     """Delay before restart number ``quick_deaths`` (>= 1) of a run of quick deaths.
 
     ``rand`` is uniform in [0, 1); it spreads the delay by +/- ``jitter``.
+    Defined for any count: past the step that reaches ``max`` the delay stays
+    there (the power is never taken of a count that could overflow a float).
     """
     if quick_deaths <= 1:
         return 0.0
-    base = min(backoff.max, backoff.initial * backoff.multiplier ** (quick_deaths - 2))
+    initial, multiplier = backoff.initial, backoff.multiplier
+    if initial <= 0 or multiplier <= 1 or initial >= backoff.max:
+        base = min(backoff.max, initial)
+    else:
+        # No step past the first one that reaches max: the power stays finite.
+        top = math.ceil(math.log(backoff.max / initial, multiplier))
+        base = min(backoff.max, initial * multiplier ** min(quick_deaths - 2, top))
     spread = 1.0 + backoff.jitter * (2.0 * rand - 1.0)
     return max(0.0, min(backoff.max, base * spread))
 

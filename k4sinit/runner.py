@@ -16,6 +16,7 @@ logs it and wakes whoever waits on this service.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import signal
 import time
@@ -29,14 +30,15 @@ import trio
 
 from . import escapees, probes, process
 from .cgroups import CgroupTree
-from .output import pump_lines
+from .output import LINE_RATE, LineBudget, LineSink, pump_lines
 from .reaper import Child, ExitStatus, Reaper
 from .restart import RestartTracker
-from .spec import Condition, Probe, ServiceSpec
+from .spec import Condition, Probe, ProbeAction, ServiceSpec
 from .state import Event, LogLine, State
 
 EVENT_HISTORY = 64
 LOG_LINES = 200
+LINES_PER_EVENT = 16  # output batches longer than this are logged as one event
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,10 @@ class ServiceRunner:
         self._stable_run = False  # this run was ready for backoff.reset_after seconds
         self._kill_reason: str | None = None
         self._child: Child | None = None  # the current run's process, for send_signal
+        # Probe results for views: the last one of each kind, and how many said nothing.
+        self.probe_results: dict[str, probes.ProbeResult] = {}
+        self.probes_not_counted = 0
+        self.dropped_lines = 0  # output lines over the budget, since the daemon started
 
     # --- the one path for state changes ---------------------------------------
 
@@ -337,28 +343,47 @@ class ServiceRunner:
         return ExitStatus(signal=signal.SIGKILL)
 
     async def _capture(self, spawned: process.Spawned, scope: trio.CancelScope) -> None:
+        budget = LineBudget(trio.current_time())  # one per run, stdout and stderr together
         with scope:
             async with trio.open_nursery() as nursery:
                 for fd, stream in ((spawned.stdout, "stdout"), (spawned.stderr, "stderr")):
-                    on_line = self._line_sink(stream, spawned.child.pid)
-                    nursery.start_soon(pump_lines, trio.lowlevel.FdStream(fd), on_line)
+                    sink = self._line_sink(stream, spawned.child.pid)
+                    pump = functools.partial(pump_lines, budget=budget)
+                    nursery.start_soon(pump, trio.lowlevel.FdStream(fd), sink)
 
-    def _line_sink(self, stream: str, pid: int) -> Callable[[str], None]:
+    def _line_sink(self, stream: str, pid: int) -> LineSink:
+        """Where a batch of output lines goes: the ring, followers and the log.
+
+        A few lines log one event each; a longer batch (a flood) logs as ONE
+        event. Lines dropped for the budget are counted (``dropped_lines``) and
+        noted in the ring, to followers and in the log before the lines after them.
+        """
         log = self._log.bind(stream=stream, pid=pid)
 
-        def on_line(line: str) -> None:
-            entry = LogLine(time.time(), stream, pid, line)
-            self.logs.append(entry)
-            log.info(line)
+        def on_lines(lines: Sequence[str], dropped: int) -> None:
+            now = time.time()
+            entries = [LogLine(now, stream, pid, line) for line in lines]
+            if dropped:
+                self.dropped_lines += dropped
+                note = f"k4sinit: {dropped} lines dropped (more than {LINE_RATE:g} lines/s)"
+                entries.insert(0, LogLine(now, stream, pid, note))
+                log.warning("output lines dropped", dropped=dropped)
+            self.logs.extend(entries)
+            if len(lines) <= LINES_PER_EVENT:
+                for line in lines:  # the usual few lines: one console line each, as written
+                    log.info(line)
+            else:  # a flood: one event for the batch, not one per line
+                log.info("\n".join(lines), lines=len(lines))
             for listener in list(self._log_listeners):
                 try:
-                    listener.send_nowait(entry)
+                    for entry in entries:
+                        listener.send_nowait(entry)
                 except trio.WouldBlock:
                     pass  # a slow follower misses lines rather than stalling the service
                 except trio.BrokenResourceError:
                     self._log_listeners.discard(listener)
 
-        return on_line
+        return on_lines
 
     @contextlib.contextmanager
     def follow_logs(self) -> Iterator[trio.MemoryReceiveChannel[LogLine]]:
@@ -382,7 +407,7 @@ class ServiceRunner:
     async def _probe(self, child: Child) -> None:
         spec = self.spec
         if spec.startup_probe is not None:
-            ok, result = await self._probe_until(spec.startup_probe, lambda ok: True)
+            ok, result = await self._probe_until("startup", spec.startup_probe, lambda ok: True)
             if not ok:
                 await self._kill(child, f"startup probe failed: {result.message}")
                 return
@@ -401,12 +426,31 @@ class ServiceRunner:
             )
         except process.SpawnError as exc:
             return 127, str(exc)
+        except OSError as exc:  # EMFILE and the like: the daemon's shortage, not the service's
+            raise probes.ProbeInconclusive(
+                f"k4sinit cannot run {argv[0]}: {exc.strerror or exc}"
+            ) from exc
         if status is None:
             return None, output
         return (status.code if status.code is not None else -(status.signal or 0)), output
 
+    def _check(self, kind: str) -> probes.CheckFn:
+        """The prober's check, keeping the last result of the ``kind`` probe for views."""
+
+        async def check(action: ProbeAction, timeout: float) -> probes.ProbeResult:  # noqa: ASYNC109
+            result = await self._prober.check(action, timeout)
+            previous = self.probe_results.get(kind)
+            self.probe_results[kind] = result
+            if result.inconclusive:
+                self.probes_not_counted += 1
+                if previous is None or not previous.inconclusive:
+                    self._log.warning("probe not counted", probe=kind, reason=result.message)
+            return result
+
+        return check
+
     async def _probe_until(
-        self, probe: Probe, stop_on: Callable[[bool], bool]
+        self, kind: str, probe: Probe, stop_on: Callable[[bool], bool]
     ) -> tuple[bool, probes.ProbeResult]:
         """Run ``probe`` until a verdict for which ``stop_on(verdict)`` holds."""
         verdict: list[tuple[bool, probes.ProbeResult]] = []
@@ -417,7 +461,7 @@ class ServiceRunner:
                     verdict.append((ok, result))
                     scope.cancel()
 
-            await probes.run_probe(probe, self._prober.check, on_verdict)
+            await probes.run_probe(probe, self._check(kind), on_verdict)
         return verdict[0]
 
     async def _watch_readiness(self, probe: Probe) -> None:
@@ -425,10 +469,10 @@ class ServiceRunner:
             reason = "ready" if ok else f"readiness probe failed: {result.message}"
             self._set(reason=reason, ready=ok)
 
-        await probes.run_probe(probe, self._prober.check, on_verdict)
+        await probes.run_probe(probe, self._check("readiness"), on_verdict)
 
     async def _watch_liveness(self, probe: Probe, child: Child) -> None:
-        _, result = await self._probe_until(probe, lambda ok: not ok)
+        _, result = await self._probe_until("liveness", probe, lambda ok: not ok)
         await self._kill(child, f"liveness probe failed: {result.message}")
 
     def send_signal(self, signum: int) -> int:
@@ -452,23 +496,34 @@ class ServiceRunner:
     # --- views ------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """The service's status as plain data (the wire form of ``status``)."""
+        """The service's status as plain data (the wire form of ``status``).
+
+        ``state`` is ``paused`` while the main process is stopped by a signal
+        (SIGSTOP, SIGTSTP, a debugger): a view only, the life goes on as it was.
+        """
         now = trio.current_time()
+        pid = self.pid if self.state in (State.STARTING, State.RUNNING, State.STOPPING) else None
+        state, reason = self.state.value, self.reason
+        if pid is not None and self.state is not State.STOPPING and _stopped(pid):
+            state = "paused"
+            reason = (
+                f"pid {pid} is stopped by a signal (k4sinit kill {self.name} -s CONT resumes it)"
+            )
         return {
             "name": self.name,
-            "state": self.state.value,
+            "state": state,
             "ready": self.ready,
-            "pid": self.pid
-            if self.state in (State.STARTING, State.RUNNING, State.STOPPING)
-            else None,
+            "pid": pid,
             "restarts": self.restarts,
             "last_exit": self.last_exit.to_json() if self.last_exit else None,
             "since": round(now - self.since, 3),
-            "reason": self.reason,
+            "reason": reason,
             "next_restart_in": (
                 round(self.next_restart - now, 3) if self.next_restart is not None else None
             ),
             "depends_on": {d.name: c.value for d, c in self.dependencies},
+            "probes_not_counted": self.probes_not_counted,
+            "dropped_lines": self.dropped_lines,
         }
 
     def _cgroup_detail(self) -> dict[str, Any] | None:
@@ -507,11 +562,26 @@ class ServiceRunner:
                     if p is not None
                 },
             },
+            "probe_results": {
+                kind: {"ok": r.ok, "message": r.message, "inconclusive": r.inconclusive}
+                for kind, r in self.probe_results.items()
+            },
             "cgroup": self._cgroup_detail(),
             "rss_bytes": _rss(self.snapshot()["pid"]),
             "events": [e.to_json() for e in self.events],
             "logs": [entry.to_json() for entry in list(self.logs)[-20:]],
         }
+
+
+def _stopped(pid: int) -> bool:
+    """True if ``pid`` is stopped (state T, or t under a tracer) per /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False  # gone meanwhile, or no procfs
+    after_name = stat.rfind(b")")  # the name is in parentheses and may hold anything
+    return stat[after_name + 2 : after_name + 3] in (b"T", b"t")
 
 
 def _rss(pid: int | None) -> int | None:

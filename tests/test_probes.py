@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import resource
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -15,7 +18,15 @@ import h11
 import pytest
 import trio
 
-from k4sinit.probes import ExecRunner, Prober, ProbeResult, ProbeTracker, check, run_probe
+from k4sinit.probes import (
+    ExecRunner,
+    ProbeInconclusive,
+    Prober,
+    ProbeResult,
+    ProbeTracker,
+    check,
+    run_probe,
+)
 from k4sinit.spec import (
     ExecAction,
     FileAction,
@@ -26,6 +37,7 @@ from k4sinit.spec import (
     TLSConfig,
     UnixSocketAction,
 )
+from k4sinit.timeouts import DaemonLate
 from tests.certs import CA, CertFiles
 
 OK = ProbeResult(True, "ok")
@@ -505,6 +517,125 @@ async def test_unix_socket_missing_and_stale(tmp_path: Path) -> None:
         assert await check(UnixSocketAction(stale), 2.0, no_exec) == ProbeResult(
             False, f"connection refused on {stale}"
         )
+
+
+@contextlib.contextmanager
+def no_free_fds() -> Iterator[None]:
+    """Lower RLIMIT_NOFILE so that the next fd the process opens fails with EMFILE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.open("/dev/null", os.O_RDONLY)  # the kernel hands out the lowest free fd
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_sockets_the_daemon_cannot_open_are_inconclusive(tmp_path: Path) -> None:
+    path = str(tmp_path / "live.sock")
+    with trio.fail_after(10), socket.socket(socket.AF_UNIX) as unix, socket.socket() as tcp:
+        unix.bind(path)
+        unix.listen()
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        port = tcp.getsockname()[1]
+        actions = [UnixSocketAction(path), TCPSocketAction(port=port), HTTPGetAction(port=port)]
+        with no_free_fds():
+            results = [await check(action, 2.0, no_exec) for action in actions]
+    for result in results:
+        assert result.inconclusive and not result.ok, result
+    assert results[0].message == "not counted: k4sinit cannot open a socket: Too many open files"
+
+
+# --- the daemon's own trouble is no verdict -------------------------------------------
+
+
+@contextlib.contextmanager
+def slow_http_server(delay: float | None) -> Iterator[int]:
+    """An HTTP server in a thread (so a blocked trio loop does not block it): it
+    answers 200 ``delay`` seconds after the request, or never if ``delay`` is None."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(30)
+    stop = threading.Event()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                if delay is None:
+                    stop.wait(30)
+                    return
+                stop.wait(delay)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(30)
+
+
+async def probe_through_a_stall(port: int) -> ProbeResult:
+    """One 1 s HTTP probe while the loop is blocked from 0.2 s to 1.7 s."""
+
+    async def stall() -> None:
+        await trio.sleep(0.2)
+        time.sleep(1.5)  # noqa: ASYNC251 (on purpose: the loop is stuck, as in a flood)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stall)
+            return await check(HTTPGetAction(port=port), 1.0, no_exec)
+
+
+async def test_an_answer_the_daemon_was_too_busy_to_read_in_time_counts() -> None:
+    with slow_http_server(0.5) as port:
+        result = await probe_through_a_stall(port)
+    assert result == ProbeResult(True, "HTTP 200")
+
+
+async def test_no_answer_while_the_daemon_was_stuck_is_inconclusive() -> None:
+    with slow_http_server(None) as port:
+        result = await probe_through_a_stall(port)
+    assert result.inconclusive and not result.ok
+    assert result.message.startswith("not counted: no answer, but k4sinit itself was 1.")
+
+
+def test_tracker_does_not_count_inconclusive_results() -> None:
+    tracker = ProbeTracker(Probe(FileAction("/x"), failure_threshold=2))
+    late = ProbeResult(False, "not counted: late", inconclusive=True)
+    assert [tracker.record(r) for r in (BAD, late, late, OK)] == [None, None, None, True]
+    assert [tracker.record(r) for r in (BAD, late, BAD)] == [None, None, False]
+    assert tracker.last == BAD and tracker.failures == 2
+    tracker.record(late)
+    assert (tracker.last, tracker.failures, tracker.healthy) == (late, 2, False)
+
+
+async def test_an_exec_runner_that_was_too_late_gives_an_inconclusive_result() -> None:
+    async def late(argv: Sequence[str], timeout: float) -> tuple[int | None, str]:  # noqa: ASYNC109
+        raise DaemonLate(2.25)
+
+    result = await check(ExecAction(("true",)), 1.0, late)
+    assert result == ProbeResult(
+        False, "not counted: no answer, but k4sinit itself was 2.2s late", inconclusive=True
+    )
+
+
+async def test_an_exec_runner_short_of_fds_gives_an_inconclusive_result() -> None:
+    async def short(argv: Sequence[str], timeout: float) -> tuple[int | None, str]:  # noqa: ASYNC109
+        raise ProbeInconclusive("k4sinit cannot run true: Too many open files")
+
+    result = await check(ExecAction(("true",)), 1.0, short)
+    assert result == ProbeResult(
+        False, "not counted: k4sinit cannot run true: Too many open files", inconclusive=True
+    )
 
 
 async def test_file(tmp_path: Path) -> None:

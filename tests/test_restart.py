@@ -85,3 +85,25 @@ def test_reset_forgets_quick_deaths() -> None:
         tracker.on_exit(FAIL, stable=False, why="x")
     tracker.reset()
     assert tracker.on_exit(FAIL, stable=False, why="x").delay == 0.0
+
+
+@pytest.mark.parametrize("quick_deaths", [1025, 1026, 5000, 10**9])
+def test_backoff_stays_at_max_after_any_number_of_quick_deaths(quick_deaths: int) -> None:
+    # initial * 2**(n-2) overflows a float at n = 1026: ~17 hours of crash looping
+    assert backoff_delay(Backoff(jitter=0), quick_deaths, 0.5) == 60.0
+    assert backoff_delay(Backoff(), quick_deaths, 0.999999) == 60.0  # jitter, still capped
+
+
+def test_backoff_edges_zero_initial_and_multiplier_one() -> None:
+    assert backoff_delay(Backoff(initial=0, jitter=0), 10**6, 0.5) == 0.0
+    assert backoff_delay(Backoff(initial=3, multiplier=1, jitter=0), 10**6, 0.5) == 3.0
+    huge = Backoff(initial=1, max=1e300, multiplier=10, jitter=0)
+    assert backoff_delay(huge, 10**6, 0.5) == 1e300
+
+
+def test_a_crash_loop_without_limit_keeps_restarting_at_max() -> None:
+    tracker = RestartTracker(RestartPolicy.ALWAYS, Backoff(jitter=0), random.Random(1))
+    decisions = [tracker.on_exit(FAIL, stable=False, why="exit code 1") for _ in range(3000)]
+    assert all(d.restart for d in decisions)
+    assert {d.delay for d in decisions[10:]} == {60.0}
+    assert tracker.quick_deaths == 3000

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import signal
+import socket
+import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,13 +21,15 @@ from typing import Any
 
 import pytest
 import structlog
+import structlog.testing
 import trio
 import trio.testing
 
 from k4sinit.config import load_config_text
 from k4sinit.daemon import default_env
+from k4sinit.output import LINE_BURST
 from k4sinit.reaper import ExitStatus, Reaper
-from k4sinit.runner import RunnerContext, ServiceRunner
+from k4sinit.runner import LINES_PER_EVENT, RunnerContext, ServiceRunner
 from k4sinit.state import State
 from k4sinit.supervisor import Supervisor
 
@@ -418,3 +423,155 @@ async def test_a_service_that_cannot_be_spawned_fails_alone(
     assert sup["bad"].reason.startswith("cannot start: sleep:")
     assert f"{tmp_path}/missing" in sup["bad"].reason
     await until(sup["good"], lambda r: r.state is State.RUNNING)
+
+
+async def test_a_chatty_exec_probe_is_cut_off_at_its_output_limit(
+    clock: trio.testing.MockClock, supervise: Any
+) -> None:
+    # `yes` never exits: the daemon used to read and discard its output until the timeout.
+    sup = await supervise(
+        """
+        services:
+          svc:
+            command: ["sleep", "1000"]
+            readinessProbe: {exec: {command: ["yes"]}, timeoutSeconds: 5, failureThreshold: 1}
+        """
+    )
+    svc = sup["svc"]
+    await until(svc, lambda r: r.reason.startswith("readiness probe failed"))
+    # The pipe is closed once max_output is read: yes dies of SIGPIPE, no timeout.
+    assert svc.reason == "readiness probe failed: exec killed by signal 13: y"
+    assert trio.current_time() - times(svc, State.RUNNING)[0] < 5
+
+
+async def test_an_exec_probe_the_daemon_cannot_start_is_not_a_failure(
+    clock: trio.testing.MockClock, supervise: Any
+) -> None:
+    sup = await supervise(
+        """
+        services:
+          svc:
+            command: ["sleep", "1000"]
+            livenessProbe: {exec: {command: ["true"]}, failureThreshold: 1}
+            readinessProbe: {exec: {command: ["true"]}, failureThreshold: 1}
+        """
+    )
+    svc = sup["svc"]
+    await until(svc, lambda r: r.ready)
+    pid = svc.pid
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.open("/dev/null", os.O_RDONLY)  # the kernel hands out the lowest free fd
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no fd more: EMFILE
+    try:
+        await trio.sleep(10)  # ten periods of each probe, every exec fails with EMFILE
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    # The daemon's own shortage says nothing about the service: not killed, still ready.
+    assert (svc.state, svc.ready, svc.pid, svc.restarts) == (State.RUNNING, True, pid, 0)
+    assert svc.probes_not_counted >= 18  # each probe, about once a second
+    last = svc.detail()["probe_results"]["liveness"]
+    assert last["inconclusive"] and "Too many open files" in last["message"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.slow
+async def test_a_flooding_neighbour_does_not_get_a_healthy_service_killed(supervise: Any) -> None:
+    """Real time: `yes` floods its stdout next to an HTTP service with a tight liveness probe."""
+    port = free_port()
+    web = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)]
+    get = f"httpGet: {{port: {port}, path: /}}"
+    sup = await supervise(
+        f"""
+        services:
+          web:
+            command: {cmd(web)}
+            startupProbe: {{{get}, periodSeconds: 0.2, failureThreshold: 300}}
+            livenessProbe: {{{get}, periodSeconds: 1, timeoutSeconds: 1, failureThreshold: 3}}
+          flood:
+            command: ["yes"]
+            dependsOn: {{web: Ready}}
+        """
+    )
+    with trio.fail_after(120):
+        await until(sup["flood"], lambda r: r.state is State.RUNNING)
+        await trio.sleep(10)  # what is asserted is that nothing happens meanwhile
+    web_events = [e.reason for e in sup["web"].events]
+    assert not [reason for reason in web_events if "liveness" in reason], web_events
+    assert (sup["web"].state, sup["web"].restarts) == (State.RUNNING, 0)
+    assert sup["flood"].dropped_lines > 0
+    assert sup["flood"].snapshot()["dropped_lines"] == sup["flood"].dropped_lines
+
+
+async def test_a_service_that_stops_itself_shows_paused_and_stops_without_the_grace(
+    clock: trio.testing.MockClock, supervise: Any
+) -> None:
+    sup = await supervise(
+        """
+        services:
+          napper:
+            command: ["sh", "-c", "kill -STOP $$; sleep 1000"]
+            terminationGracePeriodSeconds: 30
+        """
+    )
+    napper = sup["napper"]
+    await until(napper, lambda r: r.state is State.RUNNING)
+    with trio.fail_after(5):  # a second of the virtual clock is 0.2 s of real time here
+        await eventually(lambda: napper.snapshot()["state"] == "paused")
+    snapshot = napper.snapshot()
+    assert snapshot["reason"] == (
+        f"pid {napper.pid} is stopped by a signal (k4sinit kill napper -s CONT resumes it)"
+    )
+    assert napper.state is State.RUNNING  # a view: the life goes on as it was
+    start = trio.current_time()
+    await napper.stop()
+    # SIGTERM waits while a process is stopped; the SIGCONT after it lets it land.
+    assert trio.current_time() == start
+    assert napper.last_exit == ExitStatus(signal=signal.SIGTERM)
+
+
+async def test_output_is_logged_line_by_line_but_a_flood_in_batches(
+    clock: trio.testing.MockClock, supervise: Any
+) -> None:
+    with structlog.testing.capture_logs() as logged:
+        sup = await supervise(
+            f"""
+            services:
+              few: {{command: ["sh", "-c", "echo one; echo two"], restartPolicy: Never}}
+              many: {{command: {cmd(child_cmd("--print", "1000", "--sleep", "0"))}, restartPolicy: Never}}
+            """
+        )
+        for name in ("few", "many"):
+            await until(sup[name], lambda r: r.state is State.COMPLETED)
+    events = [e for e in logged if e.get("stream") == "stdout"]
+    assert [e["event"] for e in events if e["service"] == "few"] == ["one", "two"]
+    many = [e for e in events if e["service"] == "many"]
+    assert len(many) < 1000 and max(e.get("lines", 1) for e in many) > LINES_PER_EVENT
+    text = "\n".join(e["event"] for e in many)
+    assert text.splitlines() == [f"line {i}" for i in range(1000)]
+    assert [line.line for line in sup["many"].logs] == [f"line {i}" for i in range(800, 1000)]
+
+
+async def test_lines_past_the_budget_are_counted_and_noted_in_the_ring(
+    clock: trio.testing.MockClock, supervise: Any
+) -> None:
+    # 20,000 lines at once, on a clock that stands still meanwhile: the burst is kept.
+    sup = await supervise(
+        f"""
+        services:
+          chatty: {{command: {cmd(child_cmd("--print", "20000", "--sleep", "0"))}, restartPolicy: Never}}
+        """
+    )
+    chatty = sup["chatty"]
+    await until(chatty, lambda r: r.state is State.COMPLETED)
+    assert chatty.dropped_lines == 20000 - LINE_BURST
+    assert chatty.snapshot()["dropped_lines"] == 20000 - LINE_BURST
+    *kept, note = [line.line for line in chatty.logs]
+    assert kept[-1] == f"line {LINE_BURST - 1}"
+    assert note == f"k4sinit: {20000 - LINE_BURST} lines dropped (more than 1000 lines/s)"
