@@ -208,13 +208,15 @@ def main() -> None:
         all_failures: list[str] = []
         watch = StatusWatch(run)
         phases = [
-            ("restarts", lambda: phase_restarts(run, run.tmp, args.restarts)),
-            ("connect", lambda: phase_connect(run, args.connects)),
-            ("followers", lambda: phase_followers(run, args.followers, args.wave)),
-            ("flood", lambda: phase_flood(run, run.tmp, args.flood)),
+            (args.restarts, "restarts", lambda: phase_restarts(run, run.tmp, args.restarts)),
+            (args.connects, "connect", lambda: phase_connect(run, args.connects)),
+            (args.followers, "followers", lambda: phase_followers(run, args.followers, args.wave)),
+            (args.flood, "flood", lambda: phase_flood(run, run.tmp, args.flood)),
         ]
         with watch.running():
-            for name, phase in phases:
+            for count, name, phase in phases:
+                if not count:
+                    continue  # this phase skipped (0 on the command line)
                 rss0, fds0, t0 = run.rss_mib(), fds(pid), time.perf_counter()
                 what = phase()
                 seconds = time.perf_counter() - t0

@@ -56,6 +56,7 @@ MAX_CONNECTIONS = 64  # read-only requests (status, logs, kubeconfig) served at 
 MAX_FOLLOWERS = 64  # ``logs -f`` clients at once
 REPLY_CHUNK = 64 * 1024  # a long reply (the logs backlog) is sent in lines of about this size
 ACCEPT_BACKOFF = 0.1  # after an accept error such as EMFILE
+LISTEN_BACKLOG = 64  # connections the kernel queues for accept(); more wait in connect()
 ACCEPT_LOG_INTERVAL = 10.0  # a streak of accept errors is logged at most this often
 
 OPS = (
@@ -284,7 +285,7 @@ class ControlServer:
         try:
             await sock.bind(self.path)
             os.chmod(self.path, 0o600)
-            sock.listen(socket.SOMAXCONN)
+            sock.listen(LISTEN_BACKLOG)
         except OSError as exc:
             sock.close()
             raise ControlSocketError(
@@ -509,12 +510,15 @@ def socket_path(cli_value: str | None = None) -> str:
 def stream_request(path: str, request: Request, timeout: float | None = 30.0) -> Iterator[Any]:
     """Send ``request`` and yield each result; raises :class:`ControlClientError`."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
         try:
-            sock.connect(path)
+            _connect(sock, path, timeout)
         except FileNotFoundError:
             raise ControlClientError(
                 f"no k4sinit control socket at {path} (is the daemon running?)"
+            ) from None
+        except BlockingIOError:
+            raise ControlClientError(
+                f"k4sinit at {path} is busy: it did not take the connection within {timeout}s"
             ) from None
         except OSError as exc:
             raise ControlClientError(
@@ -542,6 +546,24 @@ def stream_request(path: str, request: Request, timeout: float | None = 30.0) ->
                 raise ControlClientError(
                     f"k4sinit at {path} did not answer within {timeout}s"
                 ) from None
+
+
+def _connect(sock: socket.socket, path: str, timeout: float | None) -> None:
+    """Connect, waiting up to ``timeout`` in a busy daemon's full listen queue; then
+    every read and write on ``sock`` is bounded by ``timeout`` too.
+
+    A unix socket with a Python timeout is non-blocking, and its connect fails at once
+    with EAGAIN when the listen queue is full. A blocking connect waits instead, as
+    long as SO_SNDTIMEO allows.
+    """
+    seconds = 0.0 if timeout is None else max(timeout, 0.001)
+    sock.setsockopt(
+        socket.SOL_SOCKET,
+        socket.SO_SNDTIMEO,
+        struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000)),
+    )
+    sock.connect(path)
+    sock.settimeout(timeout)
 
 
 def request(path: str, req: Request, timeout: float | None = 30.0) -> Any:

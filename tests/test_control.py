@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -536,3 +537,55 @@ def test_the_client_refuses_a_server_of_another_uid(shared_tmp: Path) -> None:
         server.wait()
         assert server.stdout is not None
         server.stdout.close()
+
+
+def test_a_client_waits_in_a_full_accept_queue_instead_of_failing(tmp_path: Path) -> None:
+    """A busy daemon's full listen queue makes a client wait (up to its timeout),
+    as a blocking connect does; it must not fail with EAGAIN at once."""
+    from k4sinit import control
+
+    path = str(tmp_path / "busy.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(path)
+        listener.listen(0)
+        while True:  # fill the queue: the next connect would block
+            filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            try:
+                filler.connect(path)
+            except BlockingIOError:
+                filler.close()
+                break
+            fillers.append(filler)
+        assert fillers, "the listen queue took no connection"
+        results: list[Any] = []
+
+        def ask() -> None:
+            try:
+                results.append(control.request(path, control.Request("status"), timeout=20))
+            except control.ControlClientError as exc:
+                results.append(exc)
+
+        thread = threading.Thread(target=ask)
+        thread.start()
+        try:
+            # The server gets to its queue late, and answers whoever sent a request.
+            thread.join(0.5)
+            listener.settimeout(20)
+            while thread.is_alive():
+                conn, _ = listener.accept()
+                with conn:
+                    conn.settimeout(0.5)
+                    with contextlib.suppress(TimeoutError):
+                        if conn.recv(1024):
+                            conn.sendall(b'{"ok": true, "result": "served"}\n')
+                thread.join(0.05)
+        finally:
+            thread.join(30)
+        assert results == ["served"]
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
