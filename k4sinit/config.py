@@ -1006,14 +1006,14 @@ def _read_extra_args(parent: _Reader) -> tuple[tuple[str, str | None], ...] | No
     r = parent.mapping("extraArgs", hint="write it as flag: value pairs, e.g. v: '2'")
     if r is None:
         return None
-    args: list[tuple[str, str | None]] = []
+    args: dict[str, str | None] = {}
     for key in r.data:
         r.known.append(key)
         flag = key.lstrip("-")
         value = r.data[key]
         if not _FLAG_NAME.fullmatch(flag):
             r.error(f"invalid flag name {key!r}", "like feature-gates or v", key=key)
-        elif flag in (name for name, _ in args):
+        elif flag in args:
             r.error(f"the flag {flag!r} is given twice", key=key)
         elif value is not None and not isinstance(value, str):
             hint = "quote it to make it a string (null removes the flag)"
@@ -1021,8 +1021,8 @@ def _read_extra_args(parent: _Reader) -> tuple[tuple[str, str | None], ...] | No
         elif isinstance(value, str) and "\0" in value:
             r.error("a NUL byte cannot be passed to a program", key=key)
         else:
-            args.append((flag, value))
-    return tuple(args)
+            args[flag] = value
+    return tuple(args.items())
 
 
 # --- network ---------------------------------------------------------------------
@@ -1179,14 +1179,14 @@ def _sexagesimal(value: int) -> str | None:
 def _read_addresses(r: _Reader) -> tuple[tuple[IPInterface, ...], bool]:
     """``addresses``: the valid ones, and whether all were (after errors about the rest)."""
     items = r.take("addresses", "a list of addresses like 10.0.0.5/24", _is_list)
-    addresses: list[IPInterface] = []
+    addresses: dict[IPInterface, None] = {}  # an ordered set: long lists stay linear
     for i, item in enumerate(items or ()):
         path = (*r.path, "addresses", i)
         address = _address_with_prefix(r.doc, path, item)
         if address is not None and address in addresses:
             r.doc.error(path, f"{address} is listed twice")
         elif address is not None:
-            addresses.append(address)
+            addresses[address] = None
     ok = "addresses" not in r.data or (items is not None and len(addresses) == len(items))
     return tuple(addresses), ok
 
@@ -1295,7 +1295,7 @@ def _check_gateways(
 def _read_names(r: _Reader, key: str) -> tuple[str, ...] | None:
     """A list of interface names (None if any is wrong, after errors)."""
     items = r.take(key, "a list of interface names", _is_list)
-    names: list[str] = []
+    names: dict[str, None] = {}  # an ordered set
     for i, item in enumerate(items or ()):
         path = (*r.path, key, i)
         problem = interface_name_problem(item) if isinstance(item, str) else None
@@ -1306,7 +1306,7 @@ def _read_names(r: _Reader, key: str) -> tuple[str, ...] | None:
         elif item in names:
             r.doc.error(path, f"{item!r} is listed twice")
         else:
-            names.append(item)
+            names[item] = None
     return tuple(names) if items is not None and len(names) == len(items) else None
 
 
@@ -1342,7 +1342,7 @@ def _read_dns(parent: _Reader) -> DNS | None:
     if r is None:
         return None
     items = r.take("nameservers", "a list of IP addresses", _is_list) or []
-    nameservers: list[IPAddress] = []
+    nameservers: dict[IPAddress, None] = {}  # an ordered set
     for i, item in enumerate(items):
         path = (*r.path, "nameservers", i)
         if not isinstance(item, str):
@@ -1357,19 +1357,22 @@ def _read_dns(parent: _Reader) -> DNS | None:
         if address in nameservers:
             r.doc.error(path, f"{address} is listed twice")
         else:
-            nameservers.append(address)
+            nameservers[address] = None
     if len(items) > _MAX_NAMESERVERS:
         message = f"at most {_MAX_NAMESERVERS} nameservers, got {len(items)}"
         r.error(message, "the resolver asks only the first 3", key="nameservers")
     search = r.take("search", "a list of domains", _is_list) or []
+    seen: set[str] = set()
     for i, domain in enumerate(search):
         path = (*r.path, "search", i)
         if not isinstance(domain, str):
             r.doc.error(path, f"expected a domain, got {_kind(domain)}")
         elif not _DOMAIN.fullmatch(domain):
             r.doc.error(path, f"invalid search domain {domain!r}", "like cluster.local")
-        elif domain in search[:i]:
+        elif domain in seen:
             r.doc.error(path, f"{domain!r} is listed twice")
+        else:
+            seen.add(domain)
     r.finish()
     return DNS(
         nameservers=tuple(nameservers), search=tuple(d for d in search if isinstance(d, str))
@@ -1575,23 +1578,23 @@ def _read_dependencies(r: _Reader) -> list[_Dependency]:
     value = r.take("dependsOn", expected, _is_deps)
     path = (*r.path, "dependsOn")
     if isinstance(value, list):
-        deps: list[_Dependency] = []
+        deps: dict[str, _Dependency] = {}  # by name: a long list is checked in linear time
         for i, name in enumerate(value):
             if not isinstance(name, str):
                 r.doc.error((*path, i), f"expected a service name, got {_kind(name)}")
-            elif name in (d.name for d in deps):
+            elif name in deps:
                 r.doc.error((*path, i), f"{name!r} is listed twice")
             else:
-                deps.append(_Dependency(name, Condition.READY, (*path, i)))
-        return deps
+                deps[name] = _Dependency(name, Condition.READY, (*path, i))
+        return list(deps.values())
     if isinstance(value, dict):
         conditions = _Reader(r.doc, path, value)
-        deps = []
+        listed = []
         for name in value:
             condition = conditions.choice(name, [c.value for c in Condition])
             known = None if condition is None else Condition(condition)
-            deps.append(_Dependency(name, known, (*path, name)))
-        return deps
+            listed.append(_Dependency(name, known, (*path, name)))
+        return listed
     return []
 
 

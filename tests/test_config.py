@@ -1493,3 +1493,32 @@ def test_a_config_larger_than_1_mib_is_refused(tmp_path: Path) -> None:
     fits = tmp_path / "fits.yaml"
     fits.write_text("services: {s: {command: [x]}}\n" + "#" * ((1 << 20) - 40) + "\n")
     assert load_config(fits).services["s"].command == ("x",)
+
+
+def test_long_lists_report_each_repeat() -> None:
+    # 5,000 items per list: repeats are found by set, not by rescanning the list.
+    count = 5_000
+    ips = [f"10.{i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(count)]
+    text = "services:\n  s:\n    command: [x]\n    dependsOn: [" + ", ".join(
+        ["s1", *(f"t{i}" for i in range(count)), "s1"]
+    )
+    text += "]\n  s1: {command: [x]}\n" + "".join(
+        f"  t{i}: {{command: [x]}}\n" for i in range(count)
+    )
+    text += "node:\n  roles:\n    kubelet:\n      extraArgs: {"
+    text += ", ".join([*(f"f{i}: x" for i in range(count)), "--f7: y"]) + "}\n"
+    text += "network:\n  interfaces:\n  - name: br0\n    kind: bridge\n"
+    text += f"    ports: [{', '.join([*(f'e{i}' for i in range(count)), 'e9'])}]\n"
+    text += f"    addresses: [{', '.join([*(f'{ip}/8' for ip in ips), '10.0.0.3/8'])}]\n"
+    text += f"  dns:\n    nameservers: [{', '.join([*ips[:3], ips[1]])}]\n"
+    text += f"    search: [{', '.join([*(f'd{i}.example' for i in range(count)), 'd5.example'])}]\n"
+    errors = errors_of(text)
+    assert [(e.field, e.message) for e in errors] == [
+        (f"dependsOn[{count + 1}]", "'s1' is listed twice"),
+        ("node.roles.kubelet.extraArgs.--f7", "the flag 'f7' is given twice"),
+        (f"network.interfaces[0].ports[{count}]", "'e9' is listed twice"),
+        (f"network.interfaces[0].addresses[{count}]", "10.0.0.3/8 is listed twice"),
+        ("network.dns.nameservers[3]", "10.0.0.1 is listed twice"),
+        ("network.dns.nameservers", "at most 3 nameservers, got 4"),
+        (f"network.dns.search[{count}]", "'d5.example' is listed twice"),
+    ]
