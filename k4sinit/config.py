@@ -16,6 +16,19 @@ container spec (``command``, ``args``, ``env``, probes, ...)::
 
 The YAML is composed into nodes and walked here, rather than loaded, so that
 every value keeps its line and duplicate keys are caught.
+
+Limits that keep a hostile or broken file from exhausting PID 1, each an
+error naming the file (and the line where there is one):
+
+* the file must be a regular file of at most 1 MiB (a FIFO would block the
+  read forever, ``/dev/zero`` would never end);
+* aliases may add at most 10,000 values to the document, or as many values as
+  the file writes if that is more: the "billion laughs" alias bomb stops
+  there. This is go-yaml v3's rule (used by Kubernetes' sigs.k8s.io/yaml) in
+  a simpler form: go-yaml lets aliases make up 99% of a small document and
+  less of a larger one; here they may at most double a large one;
+* values nest at most 64 levels deep (a config needs fewer than ten);
+* integers fit in 64 bits (no field takes more).
 """
 
 from __future__ import annotations
@@ -27,9 +40,11 @@ import os
 import re
 import reprlib
 import signal
+import stat
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from decimal import Decimal
 from typing import Any, TypeGuard, TypeVar
 
 import yaml
@@ -96,13 +111,21 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+_NUL = "a NUL byte cannot be passed to a program or the kernel"
 _Path = tuple[str | int, ...]  # where a value sits: keys and list indices from the top
 
 _SERVICE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _RESERVED_NAMES = BUILTIN_DEPENDENCIES  # service names would shadow the built-ins
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")  # what h11 sends: ASCII, no control characters
+_REQUEST_TARGET = re.compile(r"[\x21-\x7e]+")  # h11's request-target: visible ASCII
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
+_INT_TAG = "tag:yaml.org,2002:int"
+_MAX_BYTES = 1 << 20  # a config is a few KiB; this bounds the read and what follows
+_ALIAS_FLOOR = 10_000  # values aliases may add whatever the size of the document
+_MAX_DEPTH = 64
+_INT_BITS = 64
 
 
 # --- errors ------------------------------------------------------------------
@@ -160,10 +183,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     unreadable file or one that is not UTF-8.
     """
     source = os.fspath(path)
-    try:
-        data = Path(source).read_bytes()
-    except OSError as e:
-        raise _single(source, None, f"cannot read the config: {e.strerror or e}") from None
+    data = _read_bytes(source)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -182,15 +202,66 @@ def load_config_text(text: str, source: str) -> Config:
         root = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as e:
         raise _syntax_error(source, text, e) from None
-    doc = _Document(source)
+    except RecursionError:  # only the pure-Python composer recurses; libyaml stops at 1000
+        raise _single(source, None, f"nested too deeply: more than {_MAX_DEPTH} levels") from None
+    doc = _Document(source, 0 if root is None else _count_nodes(root))
     data = None
     if root is not None:
         doc.lines[()] = root.start_mark.line + 1
-        data = doc.plain(root, ())
+        try:
+            data = doc.plain(root, ())
+        except _ExcessiveAliasing as e:
+            raise _single(source, e.line, str(e)) from None
     services, system, network, node = _read_config(doc, data)
     if doc.errors:
         raise ConfigErrors(source, sorted(doc.errors, key=lambda e: e.line or 0))
     return Config(source=source, services=services, system=system, network=network, node=node)
+
+
+def _read_bytes(source: str) -> bytes:
+    """The bytes of the config file at ``source``: a regular file of at most 1 MiB.
+
+    Anything else (a FIFO, a device, a directory) is refused before it is
+    opened for reading, as is a larger file before it is read whole. Raises
+    :class:`ConfigErrors`.
+    """
+
+    def refuse(problem: str) -> ConfigErrors:
+        return _single(source, None, f"cannot read the config: {problem}")
+
+    data = bytearray()
+    try:
+        mode = os.stat(source).st_mode
+        if stat.S_ISREG(mode):
+            # O_NONBLOCK: should a FIFO take the file's place meanwhile, open does not wait.
+            fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+            try:
+                mode = os.fstat(fd).st_mode
+                while stat.S_ISREG(mode) and len(data) <= _MAX_BYTES:
+                    more = os.read(fd, _MAX_BYTES + 1 - len(data))
+                    if not more:
+                        break
+                    data += more
+            finally:
+                os.close(fd)
+    except OSError as e:
+        raise refuse(e.strerror or str(e)) from None
+    if not stat.S_ISREG(mode):
+        raise refuse(f"it is {_file_kind(mode)}, not a regular file")
+    if len(data) > _MAX_BYTES:
+        raise refuse(f"it is larger than {_MAX_BYTES >> 20} MiB")
+    return bytes(data)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), f"of mode {mode:o}")
 
 
 def _single(source: str, line: int | None, message: str) -> ConfigErrors:
@@ -213,15 +284,59 @@ def _syntax_error(source: str, text: str, e: yaml.YAMLError) -> ConfigErrors:
 # --- the YAML document ---------------------------------------------------------
 
 
-class _Document:
-    """One config being read: the errors found so far and the line of every value."""
+class _ExcessiveAliasing(Exception):
+    """Aliases would add more values than allowed; the message says how many."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _count_nodes(root: yaml.Node) -> int:
+    """How many distinct nodes the composed document has (aliases counted once)."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(part for pair in node.value for part in pair)
+    return len(seen)
+
+
+class _Unreadable:
+    """The value of a scalar YAML could not make (already reported): getters skip it."""
+
+    def __repr__(self) -> str:
+        return "<unreadable>"
+
+
+_UNREADABLE = _Unreadable()
+
+
+class _Document:
+    """One config being read: the errors found so far and the line of every value.
+
+    ``written`` is the number of nodes in the composed document; aliases may
+    add ``max(10000, written)`` more values as they are expanded (see the
+    module docstring).
+    """
+
+    def __init__(self, file: str, written: int = 0) -> None:
         self.file = file
         self.errors: list[ConfigError] = []
         self.lines: dict[_Path, int] = {}
         self._constructor = yaml.constructor.SafeConstructor()
         self._open: set[int] = set()  # ids of collection nodes being built, to stop at recursion
+        self._built: set[int] = set()  # ids of nodes built once: building one again is an alias
+        self._written = written
+        self._alias_limit = max(_ALIAS_FLOOR, written)
+        self._aliased = 0  # values built again through aliases
+        self._expanding: _Path | None = None  # where the alias being expanded is used
 
     def line(self, path: _Path) -> int | None:
         """The line of ``path``, or of its nearest ancestor with a known line."""
@@ -243,21 +358,43 @@ class _Document:
             ConfigError(self.file, line, service, field.lstrip(".") or None, message, hint)
         )
 
-    def plain(self, node: yaml.Node, path: _Path) -> Any:
+    def plain(self, node: yaml.Node, path: _Path, depth: int = 0) -> Any:
         """Plain Python values from ``node`` at ``path``, noting the line of every child.
 
-        Mapping keys are taken as written (strings). Duplicate keys, odd tags
-        and recursive aliases are reported and skipped; ``<<`` merges work.
+        Mapping keys are taken as written (strings). Duplicate keys, odd tags,
+        recursive aliases, values nested deeper than 64 levels and scalars
+        YAML cannot make (``!!int abc``, integers beyond 64 bits) are reported
+        and skipped; ``<<`` merges work. Raises :class:`_ExcessiveAliasing`
+        when aliases add more values than allowed.
         """
-        if isinstance(node, yaml.ScalarNode):
+        if id(node) not in self._built:
+            self._built.add(id(node))
+        elif self._expanding is None:  # an alias, and not one inside another: note where
+            self._expanding = path
             try:
-                return self._constructor.construct_object(node)
-            except yaml.YAMLError as e:
-                problem = getattr(e, "problem", None) or e
-                self.error(path, f"unsupported YAML value: {problem}")
-                return node.value
+                return self.plain(node, path, depth)
+            finally:
+                self._expanding = None
+        else:
+            self._aliased += 1
+            if self._aliased > self._alias_limit:
+                message = (
+                    f"excessive YAML aliasing: aliases add more than {self._alias_limit}"
+                    f" values to a document of {self._written}"
+                )
+                # A node keeps the line of its anchor, not of the alias: name the key using it.
+                where = self._expanding
+                while where and isinstance(where[-1], int):
+                    where = where[:-1]
+                raise _ExcessiveAliasing(message, self.line(where))
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, path)
         if id(node) in self._open:
             self.error(path, "recursive YAML alias")
+            return None
+        if depth >= _MAX_DEPTH:
+            line = node.start_mark.line + 1
+            self.error(path, f"nested too deeply: more than {_MAX_DEPTH} levels", line=line)
             return None
         if node.tag not in _PLAIN_TAGS:
             self.error(path, f"unsupported YAML tag {node.tag}")
@@ -267,14 +404,41 @@ class _Document:
                 items = []
                 for i, item in enumerate(node.value):
                     self.lines[(*path, i)] = item.start_mark.line + 1
-                    items.append(self.plain(item, (*path, i)))
+                    items.append(self.plain(item, (*path, i), depth + 1))
                 return items
             assert isinstance(node, yaml.MappingNode)
-            return self._mapping(node, path)
+            return self._mapping(node, path, depth)
         finally:
             self._open.discard(id(node))
 
-    def _mapping(self, node: yaml.MappingNode, path: _Path) -> dict[str, Any]:
+    def _scalar(self, node: yaml.ScalarNode, path: _Path) -> Any:
+        """The value of a scalar, or :data:`_UNREADABLE` after an error."""
+        kind = node.tag.rpartition(":")[2]
+        digits = sum(c.isdigit() for c in node.value)
+        if node.tag == _INT_TAG and digits > sys.get_int_max_str_digits():
+            message = f"an integer of {digits} digits is too long for k4sinit, which takes 64 bits"
+            self.error(path, message)
+            return _UNREADABLE
+        try:
+            value = self._constructor.construct_object(node)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or e
+            self.error(path, f"unsupported YAML value: {problem}")
+            return _UNREADABLE
+        except (ValueError, KeyError, AttributeError, OverflowError):
+            # SafeConstructor's own failures on a value its tag cannot take:
+            # int('abc') for !!int, a KeyError for !!bool, a failed match for !!timestamp.
+            self.error(path, f"cannot read {reprlib.repr(node.value)} as a YAML {kind}")
+            return _UNREADABLE
+        if _is_int(value) and value.bit_length() >= _INT_BITS:
+            bits = value.bit_length()
+            self.error(
+                path, f"an integer of {bits} bits is too large for k4sinit, which takes 64 bits"
+            )
+            return _UNREADABLE
+        return value
+
+    def _mapping(self, node: yaml.MappingNode, path: _Path, depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG:
@@ -283,7 +447,9 @@ class _Document:
                 )
                 for source in reversed(sources):  # the first source wins
                     if isinstance(source, yaml.MappingNode):
-                        out.update(self.plain(source, path))
+                        merged = self.plain(source, path, depth + 1)
+                        if isinstance(merged, dict):  # else a recursive alias, reported
+                            out.update(merged)
                     else:
                         self.error(
                             path, "'<<' merges only mappings", line=source.start_mark.line + 1
@@ -302,7 +468,7 @@ class _Document:
                 self.error((*path, key), message, "remove one of them", line=line)
                 continue
             first_line[key] = self.lines[(*path, key)] = line
-            out[key] = self.plain(value_node, (*path, key))
+            out[key] = self.plain(value_node, (*path, key), depth + 1)
         return out
 
 
@@ -310,6 +476,8 @@ def _kind(value: object) -> str:
     """How a YAML value reads to a person, for 'expected X, got Y'."""
     if value is None:
         return "null"
+    if value is _UNREADABLE:
+        return "a value YAML could not read"
     if isinstance(value, bool):
         return f"a boolean ({str(value).lower()})"
     if isinstance(value, int):
@@ -330,6 +498,50 @@ def _did_you_mean(word: str, options: Sequence[str]) -> str | None:
     same_case = {option.lower(): option for option in options}.get(word.lower())
     close = same_case or next(iter(difflib.get_close_matches(word, options, 1, 0.6)), None)
     return None if close is None else f"did you mean {close!r}?"
+
+
+class _NameHints:
+    """'did you mean ...?' for unknown names among many, in bounded work per name.
+
+    Up to ``full`` names, every one is compared (difflib, as
+    :func:`_did_you_mean`). Among more, only names within one deleted
+    character of the unknown one are (``contaner`` and ``containre`` reach
+    ``container``: a typo, a missing or extra letter, a swap), at most
+    ``full`` of them: an index of each name with one character deleted finds
+    them in ``len(word)`` lookups, so a thousand unknown names among a
+    thousand services cost thousands of comparisons, not a million.
+    """
+
+    def __init__(self, names: Sequence[str], full: int = 32) -> None:
+        self._names = list(names)
+        self._full = full
+        self._lower = {name.lower(): name for name in reversed(self._names)}
+        self._index: dict[str, list[str]] = {}
+        if len(self._names) > full:
+            for name in self._names:
+                for variant in dict.fromkeys(_one_deleted(name)):
+                    self._index.setdefault(variant, []).append(name)
+
+    def hint(self, word: str, exclude: str | None = None) -> str | None:
+        """The hint for ``word``, never suggesting ``exclude``."""
+        same_case = self._lower.get(word.lower())
+        if same_case is not None and same_case != exclude:
+            return f"did you mean {same_case!r}?"
+        if len(self._names) <= self._full:
+            candidates = self._names
+        else:
+            near: dict[str, None] = {}
+            for variant in dict.fromkeys(_one_deleted(word)):
+                near.update(dict.fromkeys(self._index.get(variant, ())))
+            candidates = list(near)[: self._full]
+        candidates = [name for name in candidates if name != exclude]
+        close = difflib.get_close_matches(word, candidates, 1, 0.6)
+        return f"did you mean {close[0]!r}?" if close else None
+
+
+def _one_deleted(word: str) -> list[str]:
+    """``word`` and every string made by deleting one of its characters."""
+    return [word, *(word[:i] + word[i + 1 :] for i in range(len(word)))]
 
 
 def _is_str(value: object) -> TypeGuard[str]:
@@ -392,13 +604,20 @@ class _Reader:
                 self.error(f"missing required key {key!r}")
             return None
         value = self.data[key]
+        if value is _UNREADABLE:
+            return None  # reported where it was read
         if not check(value):
             self.error(f"expected {expected}, got {_kind(value)}", hint, key=key)
             return None
         return value
 
     def string(self, key: str, *, required: bool = False, hint: str | None = None) -> str | None:
-        return self.take(key, "a string", _is_str, required=required, hint=hint)
+        """A string; one with a NUL byte is an error (no program, path or kernel takes it)."""
+        value = self.take(key, "a string", _is_str, required=required, hint=hint)
+        if value is not None and "\0" in value:
+            self.error(_NUL, key=key)
+            return None
+        return value
 
     def absolute_path(self, key: str, *, required: bool = False) -> str | None:
         value = self.string(key, required=required)
@@ -422,6 +641,7 @@ class _Reader:
         value = self.take(key, "a number", _is_number)
         if value is None:
             return None
+        value = float(value)  # exact enough: integers are at most 64 bits
         low_ok = value > minimum if above else value >= minimum
         if not (math.isfinite(value) and low_ok and (maximum is None or value <= maximum)):
             if maximum is not None:
@@ -460,6 +680,8 @@ class _Reader:
             return None
         wrong = [i for i, item in enumerate(items) if not isinstance(item, str)]
         for i in wrong:
+            if items[i] is _UNREADABLE:
+                continue
             message = f"expected a string, got {_kind(items[i])}"
             self.doc.error((*self.path, key, i), message, "quote it to make it a string")
         for i, item in enumerate(items):
@@ -550,8 +772,12 @@ def _read_system(top: _Reader) -> SystemSpec:
         value = section.data[key]
         if not _SYSCTL.fullmatch(key):
             section.error(f"invalid sysctl name {key!r}", "like net.ipv4.ip_forward", key=key)
+        elif value is _UNREADABLE:
+            continue  # reported where it was read
         elif isinstance(value, bool) or not isinstance(value, str | int | float):
             section.error(f"expected a string or number, got {_kind(value)}", key=key)
+        elif isinstance(value, str) and "\0" in value:
+            section.error(_NUL, key=key)
         else:
             sysctls.append((key, str(value)))
     boot = top.mapping("boot")
@@ -780,14 +1006,14 @@ def _read_extra_args(parent: _Reader) -> tuple[tuple[str, str | None], ...] | No
     r = parent.mapping("extraArgs", hint="write it as flag: value pairs, e.g. v: '2'")
     if r is None:
         return None
-    args: list[tuple[str, str | None]] = []
+    args: dict[str, str | None] = {}
     for key in r.data:
         r.known.append(key)
         flag = key.lstrip("-")
         value = r.data[key]
         if not _FLAG_NAME.fullmatch(flag):
             r.error(f"invalid flag name {key!r}", "like feature-gates or v", key=key)
-        elif flag in (name for name, _ in args):
+        elif flag in args:
             r.error(f"the flag {flag!r} is given twice", key=key)
         elif value is not None and not isinstance(value, str):
             hint = "quote it to make it a string (null removes the flag)"
@@ -795,8 +1021,8 @@ def _read_extra_args(parent: _Reader) -> tuple[tuple[str, str | None], ...] | No
         elif isinstance(value, str) and "\0" in value:
             r.error("a NUL byte cannot be passed to a program", key=key)
         else:
-            args.append((flag, value))
-    return tuple(args)
+            args[flag] = value
+    return tuple(args.items())
 
 
 # --- network ---------------------------------------------------------------------
@@ -953,14 +1179,14 @@ def _sexagesimal(value: int) -> str | None:
 def _read_addresses(r: _Reader) -> tuple[tuple[IPInterface, ...], bool]:
     """``addresses``: the valid ones, and whether all were (after errors about the rest)."""
     items = r.take("addresses", "a list of addresses like 10.0.0.5/24", _is_list)
-    addresses: list[IPInterface] = []
+    addresses: dict[IPInterface, None] = {}  # an ordered set: long lists stay linear
     for i, item in enumerate(items or ()):
         path = (*r.path, "addresses", i)
         address = _address_with_prefix(r.doc, path, item)
         if address is not None and address in addresses:
             r.doc.error(path, f"{address} is listed twice")
         elif address is not None:
-            addresses.append(address)
+            addresses[address] = None
     ok = "addresses" not in r.data or (items is not None and len(addresses) == len(items))
     return tuple(addresses), ok
 
@@ -1069,7 +1295,7 @@ def _check_gateways(
 def _read_names(r: _Reader, key: str) -> tuple[str, ...] | None:
     """A list of interface names (None if any is wrong, after errors)."""
     items = r.take(key, "a list of interface names", _is_list)
-    names: list[str] = []
+    names: dict[str, None] = {}  # an ordered set
     for i, item in enumerate(items or ()):
         path = (*r.path, key, i)
         problem = interface_name_problem(item) if isinstance(item, str) else None
@@ -1080,7 +1306,7 @@ def _read_names(r: _Reader, key: str) -> tuple[str, ...] | None:
         elif item in names:
             r.doc.error(path, f"{item!r} is listed twice")
         else:
-            names.append(item)
+            names[item] = None
     return tuple(names) if items is not None and len(names) == len(items) else None
 
 
@@ -1116,7 +1342,7 @@ def _read_dns(parent: _Reader) -> DNS | None:
     if r is None:
         return None
     items = r.take("nameservers", "a list of IP addresses", _is_list) or []
-    nameservers: list[IPAddress] = []
+    nameservers: dict[IPAddress, None] = {}  # an ordered set
     for i, item in enumerate(items):
         path = (*r.path, "nameservers", i)
         if not isinstance(item, str):
@@ -1131,19 +1357,22 @@ def _read_dns(parent: _Reader) -> DNS | None:
         if address in nameservers:
             r.doc.error(path, f"{address} is listed twice")
         else:
-            nameservers.append(address)
+            nameservers[address] = None
     if len(items) > _MAX_NAMESERVERS:
         message = f"at most {_MAX_NAMESERVERS} nameservers, got {len(items)}"
         r.error(message, "the resolver asks only the first 3", key="nameservers")
     search = r.take("search", "a list of domains", _is_list) or []
+    seen: set[str] = set()
     for i, domain in enumerate(search):
         path = (*r.path, "search", i)
         if not isinstance(domain, str):
             r.doc.error(path, f"expected a domain, got {_kind(domain)}")
         elif not _DOMAIN.fullmatch(domain):
             r.doc.error(path, f"invalid search domain {domain!r}", "like cluster.local")
-        elif domain in search[:i]:
+        elif domain in seen:
             r.doc.error(path, f"{domain!r} is listed twice")
+        else:
+            seen.add(domain)
     r.finish()
     return DNS(
         nameservers=tuple(nameservers), search=tuple(d for d in search if isinstance(d, str))
@@ -1264,6 +1493,12 @@ _MEMORY_UNITS = {
 
 _CPU_UNITS: dict[str | None, int] = {None: 1000, "m": 1}
 _CPU_HINT = "cores (0.5, 2) or millicores (500m)"
+# What the kernel takes: memory.max in bytes as a signed 64-bit page count's worth
+# (Kubernetes' int64 quantities end there too); cpu.max's quota (100 per millicore,
+# in microseconds) well below its 2^44 limit; pids.max up to PID_MAX_LIMIT.
+_MAX_MEMORY = (2**63 - 1, "9223372036854775807 bytes")
+_MAX_CPU = (10**9, "1000000 cores")
+_MAX_PIDS = 4 * 1024 * 1024
 
 
 def _read_resources(r: _Reader) -> Resources | None:
@@ -1280,12 +1515,14 @@ def _read_resources(r: _Reader) -> Resources | None:
     resources.finish()
     memory = cpu = pids = weight = None
     if limits is not None:
-        memory = _quantity(limits, "memory", _MEMORY_UNITS, "bytes, or 256Mi / 1Gi / 500M")
-        cpu = _quantity(limits, "cpu", _CPU_UNITS, _CPU_HINT)
-        pids = limits.integer("pids", 1)
+        memory = _quantity(
+            limits, "memory", _MEMORY_UNITS, "bytes, or 256Mi / 1Gi / 500M", _MAX_MEMORY
+        )
+        cpu = _quantity(limits, "cpu", _CPU_UNITS, _CPU_HINT, _MAX_CPU)
+        pids = limits.integer("pids", 1, maximum=_MAX_PIDS)
         limits.finish()
     if requests is not None:
-        request = _quantity(requests, "cpu", _CPU_UNITS, _CPU_HINT)
+        request = _quantity(requests, "cpu", _CPU_UNITS, _CPU_HINT, _MAX_CPU)
         requests.finish()
         if request is not None:
             weight = min(max(round(request / 10), 1), 10000)
@@ -1294,18 +1531,25 @@ def _read_resources(r: _Reader) -> Resources | None:
     return Resources(memory=memory, cpu_millis=cpu, pids=pids, cpu_weight=weight)
 
 
-def _quantity(r: _Reader, key: str, units: dict[str | None, int], hint: str) -> int | None:
-    """A Kubernetes quantity as an integer in the smallest unit of ``units``."""
+def _quantity(
+    r: _Reader, key: str, units: dict[str | None, int], hint: str, maximum: tuple[int, str]
+) -> int | None:
+    """A Kubernetes quantity as an integer in the smallest unit of ``units``, at most
+    ``maximum`` (the number, and how an error says it)."""
     r.known.append(key)
     value = r.data.get(key)
-    if value is None:
+    if value is None or value is _UNREADABLE:
         return None
     text = str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
     match = _QUANTITY.fullmatch(text) if isinstance(text, str) else None
     if match is None or match.group(2) not in units:
-        r.error(f"invalid quantity {value!r}", hint, key=key)
+        r.error(f"invalid quantity {reprlib.repr(value)}", hint, key=key)
         return None
-    amount = round(float(match.group(1)) * units[match.group(2)])
+    exact = Decimal(match.group(1)) * units[match.group(2)]  # exact, however many digits
+    if exact > maximum[0]:
+        r.error(f"too large, at most {maximum[1]}", key=key)
+        return None
+    amount = round(exact)
     if amount < 1:
         r.error(f"must be positive, got {value!r}", hint, key=key)
         return None
@@ -1334,23 +1578,23 @@ def _read_dependencies(r: _Reader) -> list[_Dependency]:
     value = r.take("dependsOn", expected, _is_deps)
     path = (*r.path, "dependsOn")
     if isinstance(value, list):
-        deps: list[_Dependency] = []
+        deps: dict[str, _Dependency] = {}  # by name: a long list is checked in linear time
         for i, name in enumerate(value):
             if not isinstance(name, str):
                 r.doc.error((*path, i), f"expected a service name, got {_kind(name)}")
-            elif name in (d.name for d in deps):
+            elif name in deps:
                 r.doc.error((*path, i), f"{name!r} is listed twice")
             else:
-                deps.append(_Dependency(name, Condition.READY, (*path, i)))
-        return deps
+                deps[name] = _Dependency(name, Condition.READY, (*path, i))
+        return list(deps.values())
     if isinstance(value, dict):
         conditions = _Reader(r.doc, path, value)
-        deps = []
+        listed = []
         for name in value:
             condition = conditions.choice(name, [c.value for c in Condition])
             known = None if condition is None else Condition(condition)
-            deps.append(_Dependency(name, known, (*path, name)))
-        return deps
+            listed.append(_Dependency(name, known, (*path, name)))
+        return listed
     return []
 
 
@@ -1369,6 +1613,7 @@ def _check_dependencies(
     ``roles`` are the node section's role services with restartPolicy Always
     (not the oneshot ``images``): a Completed condition on one is an error.
     """
+    hints = _NameHints([*sorted(names), *sorted(BUILTIN_DEPENDENCIES)])
     for name, service in services.items():
         for dep in service.dependencies:
             target = services.get(dep.name)
@@ -1382,10 +1627,8 @@ def _check_dependencies(
                     doc.error(dep.path, message, "use Ready")
                 continue
             if dep.name not in names:
-                others = [n for n in names if n != name]
                 message = f"unknown service {dep.name!r} in dependsOn"
-                candidates = sorted(others) + sorted(BUILTIN_DEPENDENCIES)
-                doc.error(dep.path, message, _did_you_mean(dep.name, candidates))
+                doc.error(dep.path, message, hints.hint(dep.name, exclude=name))
             elif (
                 target is not None
                 and dep.condition is Condition.COMPLETED
@@ -1443,11 +1686,16 @@ def _read_exec(r: _Reader) -> ExecAction | None:
 
 def _read_http_get(r: _Reader) -> HTTPGetAction | None:
     scheme = r.choice("scheme", ("HTTP", "HTTPS"))
-    host = r.string("host")
+    host = _probe_host(r)
     port = r.integer("port", 1, maximum=65535, required=True, hint=_PORT_HINT)
     path = r.string("path")
     if path is not None and not path.startswith("/"):
         r.error(f"must start with '/', got {path!r}", key="path")
+    elif path is not None and not _REQUEST_TARGET.fullmatch(path):
+        hint = "percent-encode the rest, like %20 for a space"
+        r.error(
+            f"invalid path {path!r}: HTTP sends printable ASCII without spaces", hint, key="path"
+        )
     headers = []
     for h in r.items("httpHeaders", "a mapping with name and value"):
         name, value = h.string("name", required=True), h.string("value", required=True)
@@ -1456,6 +1704,8 @@ def _read_http_get(r: _Reader) -> HTTPGetAction | None:
             h.error(f"invalid HTTP header name {name!r}", key="name")
         elif value is not None and ("\r" in value or "\n" in value):
             h.error("an HTTP header value cannot contain a line break", key="value")
+        elif value is not None and not _HEADER_VALUE.fullmatch(value):
+            h.error("an HTTP header value must be printable ASCII", key="value")
         elif name is not None and value is not None:
             headers.append((name, value))
     tls = _read_tls(r, scheme)
@@ -1486,8 +1736,22 @@ def _read_tls(parent: _Reader, scheme: str | None) -> TLSConfig | None:
     return tls
 
 
-def _read_tcp_socket(r: _Reader) -> TCPSocketAction | None:
+def _probe_host(r: _Reader) -> str | None:
+    """``host``: a DNS name or an IP address (it goes into a Host header as it is)."""
     host = r.string("host")
+    if host is None:
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _DOMAIN.fullmatch(host):
+            r.error(f"invalid host {host!r}", "a host name or an IP address", key="host")
+            return None
+    return host
+
+
+def _read_tcp_socket(r: _Reader) -> TCPSocketAction | None:
+    host = _probe_host(r)
     port = r.integer("port", 1, maximum=65535, required=True, hint=_PORT_HINT)
     r.finish()
     return None if port is None else TCPSocketAction(port=port, **_given(host=host))
@@ -1526,7 +1790,8 @@ def _read_backoff(parent: _Reader) -> Backoff | None:
         **_given(
             initial=r.number("initialSeconds"),
             max=r.number("maxSeconds"),
-            multiplier=r.number("multiplier", 1.0),
+            # Bounded so that check refuses what restarts could not compute.
+            multiplier=r.number("multiplier", 1.0, maximum=_MAX_MULTIPLIER),
             jitter=r.number("jitter", maximum=1.0),
             reset_after=r.number("resetAfterSeconds"),
             crash_loop_limit=r.integer("crashLoopLimit", 1),
@@ -1536,6 +1801,9 @@ def _read_backoff(parent: _Reader) -> Backoff | None:
     if backoff.initial > backoff.max:
         r.error(f"initialSeconds ({backoff.initial:g}) is more than maxSeconds ({backoff.max:g})")
     return backoff
+
+
+_MAX_MULTIPLIER = 10.0
 
 
 def _read_signal(r: _Reader) -> signal.Signals | None:

@@ -44,36 +44,50 @@ def find_cycles_in(edges: Mapping[str, Iterable[str]]) -> list[list[str]]:
 
 
 def _strongly_connected(deps: Mapping[str, list[str]]) -> list[set[str]]:
-    """Tarjan's algorithm. Recursion depth is the longest dependency chain."""
+    """Tarjan's algorithm, iterative: a chain of any length needs no recursion.
+
+    Each frame of the explicit stack is a name and the position of the next
+    of its dependencies to look at.
+    """
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
     on_stack: set[str] = set()
     components: list[set[str]] = []
 
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in deps[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = set()
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.add(w)
-                if w == v:
-                    break
-            components.append(component)
-
-    for name in deps:
-        if name not in index:
-            visit(name)
+    for root in deps:
+        if root in index:
+            continue
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        frames = [(root, 0)]
+        while frames:
+            v, i = frames[-1]
+            if i < len(deps[v]):
+                frames[-1] = (v, i + 1)
+                w = deps[v][i]
+                if w not in index:  # descend into w; low[v] is updated when w is done
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on_stack.add(w)
+                    frames.append((w, 0))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            frames.pop()
+            if frames:
+                parent = frames[-1][0]
+                low[parent] = min(low[parent], low[v])
+            if low[v] == index[v]:
+                component = set()
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    component.add(w)
+                    if w == v:
+                        break
+                components.append(component)
     return components
 
 

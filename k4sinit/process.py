@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import signal
+import stat
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -75,11 +75,74 @@ def dispatch_link(name: str, target: str, directory: str) -> str:
     return link
 
 
-def find_executable(name: str, path: str) -> str | None:
-    """Resolve ``name`` like execvp would: as given if it has a slash, else on ``path``."""
+def find_executable(name: str, path: str, cwd: str | None = None) -> str | None:
+    """Resolve ``name`` like execvp would in ``cwd``; None if it cannot be run."""
+    try:
+        return resolve_executable(name, path, cwd)
+    except SpawnError:
+        return None
+
+
+def resolve_executable(name: str, path: str, cwd: str | None = None) -> str:
+    """The file execvp would run for ``name`` in the working directory ``cwd``.
+
+    With a slash, ``name`` is a path (a relative one from ``cwd``, as the child
+    sees it after changing there); without one, it is looked up on ``path``.
+    Raises :class:`SpawnError` saying what is wrong: no such file, a
+    directory, not executable, not on ``path`` (noting a file of that name
+    in ``cwd``), or a working directory that is missing or not a directory.
+    """
+    if cwd is not None:
+        problem = _problem(cwd, want_dir=True)
+        if problem is not None:
+            raise SpawnError(f"{name}: working directory {cwd} {problem}")
     if "/" in name:
-        return name if os.access(name, os.X_OK) and os.path.isfile(name) else None
-    return shutil.which(name, path=path)
+        full = os.path.join(cwd, name) if cwd is not None else name
+        problem = _problem(full)
+        if problem is not None:
+            relative = cwd is not None and not name.startswith("/")
+            raise SpawnError(f"{name}: {problem}{f' (in workingDir {cwd})' if relative else ''}")
+        return full
+    unusable = None
+    for directory in path.split(os.pathsep):
+        if not directory:
+            continue
+        candidate = os.path.join(directory, name)
+        problem = _problem(candidate)
+        if problem is None:
+            return candidate
+        if unusable is None and os.path.lexists(candidate):
+            unusable = f"{candidate} {problem}"
+    if unusable is not None:
+        raise SpawnError(f"{name}: {unusable}")
+    local = "" if cwd is None else os.path.join(cwd, name)
+    if local and _problem(local) is None:
+        raise SpawnError(
+            f"{name}: binary not found in {path}"
+            f" ({local} is not searched: write ./{name} to run it from workingDir)"
+        )
+    raise SpawnError(f"{name}: binary not found in {path}")
+
+
+def _problem(path: str, *, want_dir: bool = False) -> str | None:
+    """What stops ``path`` from being run (or entered, ``want_dir``); None if nothing."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be reached: {exc.strerror or exc}"
+    if want_dir:
+        if not stat.S_ISDIR(mode):
+            return "is not a directory"
+        return None if os.access(path, os.X_OK) else "cannot be entered (permission denied)"
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a program"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file"
+    if not os.access(path, os.X_OK):
+        return f"is not executable (mode {stat.S_IMODE(mode):04o})"
+    return None
 
 
 def spawn(
@@ -102,17 +165,14 @@ def spawn(
     for a multicall binary, the program is reached through a symlink named
     like ``argv[0]`` in ``dispatch_dir``, which is how busybox-style binaries
     are installed anyway). Raises :class:`SpawnError`
-    with a readable reason; on success the child is already registered with
-    ``reaper``.
+    with a readable reason (see :func:`resolve_executable`); on success the
+    child is already registered with ``reaper``.
     """
     path = env.get("PATH", DEFAULT_PATH)
     program = executable or argv[0]
     if any("\0" in part for part in (*argv, *env, *env.values(), cwd or "")):
         raise SpawnError(f"{program!r}: a NUL byte in the command line or environment")
-    resolved = find_executable(program, path)
-    if resolved is None:
-        where = "" if "/" in program else f" in {path}"
-        raise SpawnError(f"{program}: binary not found{where}")
+    resolved = resolve_executable(program, path, cwd)
     if cgroup_procs is not None:
         program = resolved
         if os.path.basename(argv[0]) != os.path.basename(resolved):
@@ -142,15 +202,29 @@ def spawn(
             os.close(fd)
         if exc.errno in TRANSIENT_ERRNOS:
             raise  # out of fds, memory or processes: worth a retry, not a verdict
-        reason = exc.strerror or str(exc)
-        where = f" (in {cwd})" if cwd and isinstance(exc, FileNotFoundError) else ""
-        raise SpawnError(f"{program}: {reason}{where}") from exc
+        raise SpawnError(f"{program}: {_exec_failure(exc, resolved)}") from exc
     finally:
         os.close(out_w)
         os.close(err_w)
     # No checkpoint since the fork: register before the reaper can run.
     child = reaper.register(popen.pid, owner=popen)
     return Spawned(child, out_r, err_r)
+
+
+def _exec_failure(exc: OSError, resolved: str) -> str:
+    """Why exec failed on a file that exists and is executable."""
+    if exc.errno == errno.ENOENT:  # the file is there: its #! interpreter is not
+        try:
+            with open(resolved, "rb") as f:
+                first = f.readline(256)
+        except OSError:
+            first = b""
+        if first.startswith(b"#!") and first[2:].split():
+            interpreter = first[2:].split()[0].decode(errors="replace")
+            return f"its interpreter {interpreter} (from its #! line) does not exist"
+    if exc.errno == errno.EACCES:
+        return f"{exc.strerror} (is its filesystem mounted noexec?)"
+    return exc.strerror or str(exc)
 
 
 async def terminate(child: Child, stop_signal: int, grace: float) -> ExitStatus:

@@ -591,7 +591,7 @@ def test_backoff_errors() -> None:
     """)
     assert [(e.line, e.field, e.message) for e in errors] == [
         (4, "restartBackoff", "initialSeconds (100) is more than maxSeconds (60)"),
-        (6, "restartBackoff.multiplier", "must be >= 1, got 0.5"),
+        (6, "restartBackoff.multiplier", "must be between 1 and 10, got 0.5"),
         (7, "restartBackoff.jitter", "must be between 0 and 1, got 1.5"),
         (8, "restartBackoff.crashLoopLimit", "must be >= 1, got 0"),
         (9, "restartBackoff.resetAfterSecond", "unknown key 'resetAfterSecond'"),
@@ -1227,4 +1227,298 @@ def test_network_section_type_errors() -> None:
             "expected an interface (a mapping with name or mac), got a string ('eth0')",
         ),
         (4, "network.waitForCarrier", "expected a boolean, got a string ('maybe')"),
+    ]
+
+
+# --- hostile and extreme configs (issue 11) -------------------------------------------
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """The classic alias bomb: each level lists the one before nine times (9**levels values)."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_before_it_expands() -> None:
+    text = billion_laughs()
+    assert len(text) < 600  # a few hundred bytes that would expand to 387 million values
+    error = only_error(text)
+    assert error.line is not None and error.line > 1
+    assert error.message.startswith("excessive YAML aliasing: ")
+    assert "10000" in error.message
+
+
+def test_aliases_within_the_limit_are_expanded() -> None:
+    # 60 services merging one anchored body and reusing one anchored probe.
+    services = "".join(
+        f"  s{i}:\n    <<: *base\n    readinessProbe: *probe\n" for i in range(1, 61)
+    )
+    config = load(
+        "services:\n"
+        "  s0: &base\n    command: [x]\n    restartPolicy: OnFailure\n"
+        "    readinessProbe: &probe {tcpSocket: {port: 80}, periodSeconds: 2}\n" + services
+    )
+    assert len(config.services) == 61
+    assert {s.readiness_probe for s in config.services.values()} == {
+        Probe(TCPSocketAction(80), period=2.0)
+    }
+
+
+def test_a_recursive_merge_key_is_an_error() -> None:
+    errors = errors_of("services: &a {<<: *a, s: {command: [x]}}\n")
+    assert [(e.line, e.field, e.message) for e in errors] == [
+        (1, "services", "recursive YAML alias")
+    ]
+
+
+def test_nesting_too_deep_is_an_error_not_a_recursion_error() -> None:
+    text = "services:\n  s:\n    command: [x]\n    env:\n"
+    text += "".join(" " * (i + 6) + "a:\n" for i in range(500))
+    errors = errors_of(text)
+    assert [(e.line, e.field, e.message) for e in errors] == [
+        (5, "env.a", "expected a string, got a mapping"),
+        (66, "env" + ".a" * 61, "nested too deeply: more than 64 levels"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        ("!!int abc", "cannot read 'abc' as a YAML int"),
+        ("!!float abc", "cannot read 'abc' as a YAML float"),
+        ("!!bool abc", "cannot read 'abc' as a YAML bool"),
+        ("!!timestamp abc", "cannot read 'abc' as a YAML timestamp"),
+        ("!!timestamp 2001-13-45", "cannot read '2001-13-45' as a YAML timestamp"),
+        ("9" * 5000, "an integer of 5000 digits is too long for k4sinit, which takes 64 bits"),
+        ("0x" + "f" * 300, "an integer of 1200 bits is too large for k4sinit, which takes 64 bits"),
+        ("-" + "9" * 30, "an integer of 100 bits is too large for k4sinit, which takes 64 bits"),
+    ],
+)
+def test_values_yaml_cannot_make_are_errors_on_their_line(written: str, message: str) -> None:
+    error = only_error(
+        f"services:\n  s:\n    command: [x]\n    terminationGracePeriodSeconds: {written}\n"
+    )
+    assert (error.line, error.service, error.field) == (4, "s", "terminationGracePeriodSeconds")
+    assert error.message == message
+
+
+@pytest.mark.parametrize(
+    ("resources", "field", "message"),
+    [
+        ("limits: {memory: " + "9" * 400 + "}", "limits.memory",
+         "an integer of 1329 bits is too large for k4sinit, which takes 64 bits"),
+        ("limits: {memory: '" + "9" * 400 + "Gi'}", "limits.memory",
+         "too large, at most 9223372036854775807 bytes"),
+        ("limits: {memory: 8Ti, cpu: '" + "9" * 400 + "'}", "limits.cpu",
+         "too large, at most 1000000 cores"),
+        ("requests: {cpu: 2000000}", "requests.cpu", "too large, at most 1000000 cores"),
+        ("limits: {pids: 4194305}", "limits.pids", "must be between 1 and 4194304, got 4194305"),
+    ],
+)  # fmt: skip
+def test_quantities_too_large_for_the_kernel_are_errors(
+    resources: str, field: str, message: str
+) -> None:
+    error = only_error(f"services:\n  s:\n    command: [x]\n    resources: {{{resources}}}\n")
+    assert (error.line, error.field, error.message) == (4, f"resources.{field}", message)
+
+
+def test_the_largest_quantities_are_accepted() -> None:
+    spec = one_service(
+        "command: [x]\n"
+        "resources: {limits: {memory: 9223372036854775807, cpu: 1000000, pids: 4194304}}\n"
+    )
+    assert spec.resources == Resources(
+        memory=2**63 - 1, cpu_millis=10**9, pids=4194304, cpu_weight=None
+    )
+
+
+def test_a_long_valid_dependency_chain_loads() -> None:
+    # Each service depends on the next: a chain deeper than Python's recursion limit.
+    count = 3000
+    text = "services:\n" + "".join(
+        f"  s{i}: {{command: [x], dependsOn: [s{i + 1}]}}\n" for i in range(count - 1)
+    )
+    config = load(text + f"  s{count - 1}: {{command: [x]}}\n")
+    assert len(config.services) == count
+
+
+def test_a_long_dependency_cycle_is_named() -> None:
+    count = 3000
+    text = "services:\n" + "".join(
+        f"  s{i}: {{command: [x], dependsOn: [s{(i + 1) % count}]}}\n" for i in range(count)
+    )
+    error = only_error(text)
+    assert (error.line, error.service) == (2, "s0")
+    cycle = [f"s{i}" for i in range(count)] + ["s0"]
+    assert error.message == "dependency cycle: " + " -> ".join(cycle)
+
+
+def test_did_you_mean_among_thousands_compares_a_bounded_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import difflib
+
+    compared: list[int] = []
+    real = difflib.get_close_matches
+
+    def counting(word: str, possibilities: list[str], n: int, cutoff: float) -> list[str]:
+        compared.append(len(possibilities))
+        return real(word, possibilities, n, cutoff)
+
+    monkeypatch.setattr(difflib, "get_close_matches", counting)
+    count = 3000
+    text = "services:\n" + "".join(
+        f"  service-{i}: {{command: [x], dependsOn: [servise-{(i + 1) % count}]}}\n"
+        for i in range(count)
+    )
+    errors = errors_of(text)
+    assert len(errors) == count
+    assert errors[0].message == "unknown service 'servise-1' in dependsOn"
+    assert errors[0].hint == "did you mean 'service-1'?"
+    assert all(e.hint == f"did you mean 'service-{i + 1}'?" for i, e in enumerate(errors[:-1]))
+    assert len(compared) == count
+    assert max(compared) <= 32
+
+
+def test_did_you_mean_in_a_small_config_still_compares_every_name() -> None:
+    errors = errors_of("""
+        services:
+          containerd: {command: [x]}
+          kubelet: {command: [x], dependsOn: [contd, netwrk, kubelet-x]}
+    """)
+    assert [(e.message, e.hint) for e in errors] == [
+        ("unknown service 'contd' in dependsOn", "did you mean 'containerd'?"),
+        ("unknown service 'netwrk' in dependsOn", "did you mean 'network'?"),
+        ("unknown service 'kubelet-x' in dependsOn", None),
+    ]
+
+
+def test_a_nul_byte_in_any_string_is_an_error() -> None:
+    errors = errors_of(r"""
+        hostname: "a\0b"
+        sysctls: {net.ipv4.ip_forward: "1\0"}
+        services:
+          s:
+            command: [x]
+            env: {A: "a\0b"}
+            workingDir: "/srv\0"
+            readinessProbe: {file: {path: "/ready\0"}}
+    """)
+    nul = "a NUL byte cannot be passed to a program or the kernel"
+    assert [(e.line, e.field, e.message) for e in errors] == [
+        (1, "hostname", nul),
+        (2, "sysctls.net.ipv4.ip_forward", nul),
+        (6, "env.A", nul),
+        (7, "workingDir", nul),
+        (8, "readinessProbe.file.path", nul),
+    ]
+
+
+def test_a_backoff_multiplier_is_at_most_10() -> None:
+    error = only_error(
+        "services: {s: {command: [x], restartBackoff: {multiplier: 1.0e+300, maxSeconds: 1.0e+300}}}"
+    )
+    assert (error.field, error.message) == (
+        "restartBackoff.multiplier",
+        "must be between 1 and 10, got 1e+300",
+    )
+    spec = one_service("command: [x]\nrestartBackoff: {multiplier: 10}\n")
+    assert spec.backoff.multiplier == 10.0
+
+
+def test_http_get_path_host_and_header_values_are_what_http_can_send() -> None:
+    errors = errors_of(r"""
+        services:
+          s:
+            command: [x]
+            readinessProbe:
+              httpGet:
+                port: 80
+                host: "example.com\r\nX-Evil: 1"
+                path: "/a\r\nX-Evil: 1"
+                httpHeaders: [{name: X-A, value: "café"}]
+          t:
+            command: [x]
+            readinessProbe: {httpGet: {port: 80, path: /a b}}
+          u:
+            command: [x]
+            readinessProbe: {tcpSocket: {port: 80, host: "a b"}}
+    """)
+    assert [(e.line, e.service, e.field, e.message) for e in errors] == [
+        (7, "s", "readinessProbe.httpGet.host", "invalid host 'example.com\\r\\nX-Evil: 1'"),
+        (8, "s", "readinessProbe.httpGet.path",
+         "invalid path '/a\\r\\nX-Evil: 1': HTTP sends printable ASCII without spaces"),
+        (9, "s", "readinessProbe.httpGet.httpHeaders[0].value",
+         "an HTTP header value must be printable ASCII"),
+        (12, "t", "readinessProbe.httpGet.path",
+         "invalid path '/a b': HTTP sends printable ASCII without spaces"),
+        (15, "u", "readinessProbe.tcpSocket.host", "invalid host 'a b'"),
+    ]  # fmt: skip
+    assert errors[0].hint == "a host name or an IP address"
+    assert errors[1].hint == "percent-encode the rest, like %20 for a space"
+
+
+def test_http_get_hosts_and_paths_that_are_fine() -> None:
+    for host in ("localhost", "10.0.0.1", "::1", "fd00::1", "Node-1.example.COM"):
+        action = probe(f"httpGet: {{port: 1, host: '{host}', path: '/a%20b?x=1&y=~'}}")
+        assert action is not None and isinstance(action.action, HTTPGetAction)
+        assert (action.action.host, action.action.path) == (host, "/a%20b?x=1&y=~")
+
+
+def test_a_config_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "a FIFO"), (Path("/dev/zero"), "a character device"),
+                       (tmp_path, "a directory")):  # fmt: skip
+        with pytest.raises(ConfigErrors) as caught:
+            load_config(path)
+        [error] = caught.value.errors
+        assert (error.file, error.line) == (str(path), None)
+        assert error.message == f"cannot read the config: it is {kind}, not a regular file"
+
+
+def test_a_config_larger_than_1_mib_is_refused(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as f:
+        f.truncate(1 << 30)  # sparse: takes no disk
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(big)
+    [error] = caught.value.errors
+    assert (error.file, error.line) == (str(big), None)
+    assert error.message == "cannot read the config: it is larger than 1 MiB"
+    fits = tmp_path / "fits.yaml"
+    fits.write_text("services: {s: {command: [x]}}\n" + "#" * ((1 << 20) - 40) + "\n")
+    assert load_config(fits).services["s"].command == ("x",)
+
+
+def test_long_lists_report_each_repeat() -> None:
+    # 5,000 items per list: repeats are found by set, not by rescanning the list.
+    count = 5_000
+    ips = [f"10.{i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(count)]
+    text = "services:\n  s:\n    command: [x]\n    dependsOn: [" + ", ".join(
+        ["s1", *(f"t{i}" for i in range(count)), "s1"]
+    )
+    text += "]\n  s1: {command: [x]}\n" + "".join(
+        f"  t{i}: {{command: [x]}}\n" for i in range(count)
+    )
+    text += "node:\n  roles:\n    kubelet:\n      extraArgs: {"
+    text += ", ".join([*(f"f{i}: x" for i in range(count)), "--f7: y"]) + "}\n"
+    text += "network:\n  interfaces:\n  - name: br0\n    kind: bridge\n"
+    text += f"    ports: [{', '.join([*(f'e{i}' for i in range(count)), 'e9'])}]\n"
+    text += f"    addresses: [{', '.join([*(f'{ip}/8' for ip in ips), '10.0.0.3/8'])}]\n"
+    text += f"  dns:\n    nameservers: [{', '.join([*ips[:3], ips[1]])}]\n"
+    text += f"    search: [{', '.join([*(f'd{i}.example' for i in range(count)), 'd5.example'])}]\n"
+    errors = errors_of(text)
+    assert [(e.field, e.message) for e in errors] == [
+        (f"dependsOn[{count + 1}]", "'s1' is listed twice"),
+        ("node.roles.kubelet.extraArgs.--f7", "the flag 'f7' is given twice"),
+        (f"network.interfaces[0].ports[{count}]", "'e9' is listed twice"),
+        (f"network.interfaces[0].addresses[{count}]", "10.0.0.3/8 is listed twice"),
+        ("network.dns.nameservers[3]", "10.0.0.1 is listed twice"),
+        ("network.dns.nameservers", "at most 3 nameservers, got 4"),
+        (f"network.dns.search[{count}]", "'d5.example' is listed twice"),
     ]

@@ -93,3 +93,20 @@ def test_find_cycles_in_ignores_unknown_names_and_repeats() -> None:
 def test_graph_find_cycles_matches_function() -> None:
     graph = DependencyGraph(services(a=["c"], b=["a"], c=["b"], d=["d"]))
     assert graph.find_cycles() == [["a", "c", "b", "a"], ["d", "d"]]
+
+
+def test_a_chain_longer_than_the_recursion_limit() -> None:
+    # s0 depends on s1, which depends on s2, ... : 20,000 deep, no recursion needed.
+    count = 20_000
+    chain = {f"s{i}": [f"s{i + 1}"] for i in range(count - 1)} | {f"s{count - 1}": []}
+    assert find_cycles_in(chain) == []
+    graph = DependencyGraph(services(**chain))
+    assert graph.order() == [f"s{i}" for i in reversed(range(count))]
+    looped = chain | {f"s{count - 1}": ["s0"]}
+    assert find_cycles_in(looped) == [[*chain, "s0"]]
+
+
+def test_components_found_iteratively_match_a_small_hand_checked_graph() -> None:
+    # Two cycles joined one way (a<->b -> c<->d), a tail, and a node reaching both.
+    edges = {"e": ["a", "c"], "a": ["b"], "b": ["a", "c"], "c": ["d"], "d": ["c"], "t": []}
+    assert find_cycles_in(edges) == [["a", "b", "a"], ["c", "d", "c"]]

@@ -50,7 +50,7 @@ async def test_spawn_errors_name_the_program_and_leave_nothing_behind() -> None:
     reaper = Reaper()
     for argv, expected in (
         (["no-such-binary-k4s"], "no-such-binary-k4s: binary not found in /usr/bin:/bin"),
-        (["/etc/passwd"], "/etc/passwd: binary not found"),
+        (["/etc/passwd"], "/etc/passwd: is not executable (mode 0644)"),
     ):
         try:
             spawn(reaper, argv, env=ENV)
