@@ -43,6 +43,7 @@ from typing import Any
 
 from . import control
 from .config import ConfigErrors, load_config
+from .spec import NETWORK, PKI, PREFLIGHT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     checks.add_argument("--profile", choices=("controller", "worker", "single"))
     checks.add_argument("--json", action="store_true")
 
-    status = client("status", "show services (one in detail with NAME, or network, preflight)")
+    status = client("status", "show services (one in detail with NAME, or network, pki, preflight)")
     status.add_argument("name", nargs="?")
     status.add_argument("--json", action="store_true", help='print {"services": [...]} as JSON')
 
@@ -334,10 +335,10 @@ def run_client(args: argparse.Namespace) -> int:
     if args.command == "status":
         req = control.Request("status", name=args.name)
         result = control.request(path, req)
-        if args.name == "preflight":
+        if args.name == PREFLIGHT:
             from . import preflight
 
-            rows = result["preflight"]
+            rows = result[PREFLIGHT]
             checks = [
                 preflight.Check(r["name"], preflight.Status(r["status"]), r["detail"], r["fatal"])
                 for r in rows
@@ -350,10 +351,14 @@ def run_client(args: argparse.Namespace) -> int:
                 else "preflight: did not run (no node profile)"
             )
             return 1 if any(r["fatal"] and r["status"] == "fail" for r in rows) else 0
-        if args.name == "network":
-            network = result["network"]
+        if args.name == NETWORK:
+            network = result[NETWORK]
             print(json.dumps(result, indent=2) if args.json else format_network(network))
             return 0 if network["ready"] else 1
+        if args.name == PKI:
+            pki = result[PKI]
+            print(json.dumps(result, indent=2) if args.json else format_pki(pki))
+            return 0 if pki["ready"] else 1
         if args.name:
             print(json.dumps(result, indent=2) if args.json else format_detail(result))
             return 0 if _healthy(result) else 1
@@ -361,7 +366,7 @@ def run_client(args: argparse.Namespace) -> int:
             print(json.dumps(result, indent=2))
         else:
             print(format_table(result["services"]))
-            print(format_network_line(result["network"]))
+            print(format_network_line(result[NETWORK]))
             image_line = format_image_line(result.get("image"))
             if image_line:
                 print(image_line)
@@ -369,13 +374,13 @@ def run_client(args: argparse.Namespace) -> int:
                 print(format_daemon_line(result["daemon"]))
             if result.get("memory"):
                 print(format_memory_line(result["memory"]))
-            if result.get("preflight"):
-                p = result["preflight"]
+            if result.get(PREFLIGHT):
+                p = result[PREFLIGHT]
                 print(
                     f"preflight: {p['passed']} passed, {p['warnings']} warnings, {p['failed']} failed"
                     + "".join(f"\n  {f}" for f in p["failures"])
                 )
-        healthy = all(_healthy(s) for s in result["services"]) and result["network"]["ready"]
+        healthy = all(_healthy(s) for s in result["services"]) and result[NETWORK]["ready"]
         return 0 if healthy else 1
     if args.command == "logs":
         req = control.Request("logs", name=args.name, lines=args.lines, follow=args.follow)
@@ -537,6 +542,11 @@ def format_network_line(network: dict[str, Any]) -> str:
     if network["ready"]:
         return f"network: ready{where}"
     return f"network: not ready: {network['reason']}{where}"
+
+
+def format_pki(pki: dict[str, Any]) -> str:
+    """``status pki``: ``pki: ready (certificates in /var/lib/k4sinit/pki, kubeconfigs in ...)``."""
+    return f"pki: ready ({pki['reason']})" if pki["ready"] else f"pki: not ready: {pki['reason']}"
 
 
 def format_daemon_line(daemon: dict[str, Any]) -> str:

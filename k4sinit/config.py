@@ -78,6 +78,8 @@ from k4sinit.nodespec import (
 )
 from k4sinit.spec import (
     BUILTIN_DEPENDENCIES,
+    PREFLIGHT,
+    STATUS_NAMES,
     Backoff,
     Condition,
     Config,
@@ -115,7 +117,8 @@ _NUL = "a NUL byte cannot be passed to a program or the kernel"
 _Path = tuple[str | int, ...]  # where a value sits: keys and list indices from the top
 
 _SERVICE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_RESERVED_NAMES = BUILTIN_DEPENDENCIES  # service names would shadow the built-ins
+# A service so named would shadow a built-in condition or what `k4sinit status NAME` shows.
+_RESERVED_NAMES = STATUS_NAMES
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")  # what h11 sends: ASCII, no control characters
 _REQUEST_TARGET = re.compile(r"[\x21-\x7e]+")  # h11's request-target: visible ASCII
@@ -1428,7 +1431,11 @@ def _active_roles(node: NodeSpec) -> frozenset[str]:
 
 def _check_service_name(section: _Reader, name: str) -> None:
     if name in _RESERVED_NAMES:
-        hint = "choose another name, it is kept for a built-in condition"
+        hint = (
+            "choose another name, it is kept for the boot's checks (k4sinit status preflight)"
+            if name == PREFLIGHT
+            else "choose another name, it is kept for a built-in condition"
+        )
         section.error(f"the name {name!r} is reserved", hint, key=name)
     elif len(name) > 63 or not _SERVICE_NAME.fullmatch(name):
         hint = (

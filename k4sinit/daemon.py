@@ -34,7 +34,7 @@ from .preflight import Check
 from .process import DEFAULT_PATH
 from .reaper import ExitStatus, Reaper, become_subreaper
 from .runner import RunnerContext, ServiceRunner
-from .spec import Config
+from .spec import NETWORK, PKI, PREFLIGHT, Config
 from .supervisor import Supervisor, UnknownService
 
 # What each signal asks for: "stop" ends `k4sinit run`; PID 1 follows busybox
@@ -205,12 +205,10 @@ class Daemon:
         self.pki: NodePKI | AlwaysReady = (
             NodePKI(node, self.network, log)
             if node is not None
-            else AlwaysReady("pki", "no node profile: no PKI to make")
+            else AlwaysReady(PKI, "no node profile: no PKI to make")
         )
         self.preflight = list(checks)
-        self.supervisor = Supervisor(
-            config, ctx, builtins={"network": self.network, "pki": self.pki}
-        )
+        self.supervisor = Supervisor(config, ctx, builtins={NETWORK: self.network, PKI: self.pki})
         self.control = control.ControlServer(socket_path, self.handle, log)
         self.port_bridge = (
             GuestBridge.for_name(control_port, socket_path, log) if control_port else None
@@ -319,18 +317,21 @@ class Daemon:
         sup = self.supervisor
         name = request.name or ""  # Request.from_json made sure the named ops have one
         try:
-            if request.op == "status" and name == "network":
-                await send(ok({"network": self.network.snapshot()}))
-            elif request.op == "status" and name == "preflight":
-                await send(ok({"preflight": preflight.to_json(self.preflight)}))
+            # The config reserves these names (spec.STATUS_NAMES): no service has one.
+            if request.op == "status" and name == NETWORK:
+                await send(ok({NETWORK: self.network.snapshot()}))
+            elif request.op == "status" and name == PKI:
+                await send(ok({PKI: self.pki_snapshot()}))
+            elif request.op == "status" and name == PREFLIGHT:
+                await send(ok({PREFLIGHT: preflight.to_json(self.preflight)}))
             elif request.op == "status":
                 snapshot = {
                     "daemon": self.self_snapshot(),
                     "memory": memory_snapshot(),
                     "services": sup.snapshot(),
-                    "network": self.network.snapshot(),
-                    "pki": {"ready": self.pki.ready, "reason": self.pki.reason},
-                    "preflight": preflight.summary_json(self.preflight),
+                    NETWORK: self.network.snapshot(),
+                    PKI: self.pki_snapshot(),
+                    PREFLIGHT: preflight.summary_json(self.preflight),
                     "image": self.image.to_json() if self.image is not None else None,
                 }
                 await send(ok(sup[name].detail() if name else snapshot))
@@ -369,6 +370,10 @@ class Daemon:
             raise RequestError(str(exc)) from None
         except RuntimeError as exc:
             await send(error(str(exc)))
+
+    def pki_snapshot(self) -> dict[str, Any]:
+        """The built-in ``pki`` condition: ``{"ready": bool, "reason": str}``."""
+        return {"ready": self.pki.ready, "reason": self.pki.reason}
 
     def self_snapshot(self) -> dict[str, Any]:
         """k4sinit itself: pid, resident memory, uptime (for status and bench/)."""

@@ -67,7 +67,7 @@ class NodePKI:
                 continue
             for line in result.lines():
                 self._log.info("pki: " + line)
-            self._set(True, f"ready in {spec.dir}")
+            self._set(True, f"certificates in {spec.dir}, kubeconfigs in {spec.kubeconfig_dir}")
             return
 
     def _set(self, ready: bool, reason: str) -> None:

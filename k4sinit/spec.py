@@ -37,7 +37,13 @@ class RestartPolicy(enum.Enum):
 
 
 # Names a service can depend on that are not services: the daemon provides them.
-BUILTIN_DEPENDENCIES = frozenset({"network", "pki"})
+NETWORK = "network"  # addresses, routes and DNS configured (network.py)
+PKI = "pki"  # the node's certificates and kubeconfigs exist (identity.py)
+BUILTIN_DEPENDENCIES = frozenset({NETWORK, PKI})
+# ``k4sinit status preflight``: the boot's machine checks (preflight.py), not a service.
+PREFLIGHT = "preflight"
+# What ``k4sinit status NAME`` answers for itself, so no service may be called so.
+STATUS_NAMES = frozenset({*BUILTIN_DEPENDENCIES, PREFLIGHT})
 
 
 class Condition(enum.Enum):

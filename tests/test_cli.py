@@ -245,6 +245,16 @@ def test_status_of_unknown_service_exits_1(start_daemon: Any) -> None:
     assert out.stdout == ""
 
 
+def test_status_pki_shows_the_built_in_condition(start_daemon: Any) -> None:
+    """Issue 12: it answered "unknown service 'pki'"; `status network` always worked."""
+    d = start_daemon(services_config({"a": SLEEPER}))
+    out = d.cli("status", "pki")
+    assert (out.returncode, out.stdout) == (0, "pki: ready (no node profile: no PKI to make)\n")
+    assert json.loads(d.cli("status", "pki", "--json").stdout) == {
+        "pki": {"ready": True, "reason": "no node profile: no PKI to make"}
+    }
+
+
 # --- logs -----------------------------------------------------------------------------
 
 

@@ -357,11 +357,21 @@ def test_unknown_top_level_key_suggests() -> None:
         ("web_1", "invalid service name"),
         ("a" * 64, "invalid service name"),
         ("network", "the name 'network' is reserved"),
+        ("pki", "the name 'pki' is reserved"),
+        ("preflight", "the name 'preflight' is reserved"),
     ],
 )
 def test_bad_service_names(name: str, message: str) -> None:
     error = only_error(f"services:\n  {name}: {{command: [x]}}\n")
     assert (error.line, error.service, error.field, error.message) == (2, name, None, message)
+
+
+def test_a_service_cannot_take_the_name_of_a_status_view() -> None:
+    """Issue 12: a service 'preflight' was accepted, but `status preflight` shows the checks."""
+    error = only_error("services:\n  preflight: {command: [x]}\n")
+    assert error.hint == (
+        "choose another name, it is kept for the boot's checks (k4sinit status preflight)"
+    )
 
 
 def test_good_service_names() -> None:

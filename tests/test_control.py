@@ -294,17 +294,17 @@ def test_power_requests_are_refused_when_not_pid_1(start_daemon: Any) -> None:
 # --- kubeconfig: the node's admin kubeconfig, for kubectl on the host ----------------
 
 
-async def ask_kubeconfig(tmp_path: Path, config_text: str | None) -> dict[str, Any]:
-    """One ``kubeconfig`` request to a Daemon built from ``config_text`` (no node: None)."""
+async def ask_daemon(tmp_path: Path, config_text: str | None, request: Any) -> dict[str, Any]:
+    """One request to a Daemon (not running) built from ``config_text`` (no node: None)."""
     from k4sinit import node
     from k4sinit.config import load_config_text
-    from k4sinit.control import Request, RequestError
+    from k4sinit.control import RequestError
     from k4sinit.daemon import Daemon
     from k4sinit.log import get_logger
     from k4sinit.spec import Config
 
     config = load_config_text(config_text, "test.yaml") if config_text else Config("t", {})
-    settings = node.settings(config) if config_text else None
+    settings = node.settings(config) if config.node else None
     daemon = Daemon(config, str(tmp_path / "sock"), get_logger(), node=settings)
     replies: list[dict[str, Any]] = []
 
@@ -312,10 +312,17 @@ async def ask_kubeconfig(tmp_path: Path, config_text: str | None) -> dict[str, A
         replies.append(reply)
 
     try:
-        await daemon.handle(Request("kubeconfig"), send)
+        await daemon.handle(request, send)
     except RequestError as exc:  # the server sends it as an error line
         return {"ok": False, "error": str(exc)}
     return replies[-1]
+
+
+async def ask_kubeconfig(tmp_path: Path, config_text: str | None) -> dict[str, Any]:
+    """One ``kubeconfig`` request to a Daemon built from ``config_text`` (no node: None)."""
+    from k4sinit.control import Request
+
+    return await ask_daemon(tmp_path, config_text, Request("kubeconfig"))
 
 
 async def test_kubeconfig_returns_the_admin_kubeconfig(tmp_path: Path) -> None:
@@ -589,3 +596,36 @@ def test_a_client_waits_in_a_full_accept_queue_instead_of_failing(tmp_path: Path
         for filler in fillers:
             filler.close()
         listener.close()
+
+
+# --- status NAME of what is not a service: network, pki, preflight ---------------------
+
+
+async def test_status_of_each_reserved_name_answers_for_itself(tmp_path: Path) -> None:
+    """Issue 12: ``status pki`` was "unknown service"; no service can take these names."""
+    from k4sinit.control import Request
+    from k4sinit.spec import STATUS_NAMES
+
+    config = "services: {a: {command: [sleep, '1000']}}\n"
+    replies = {n: await ask_daemon(tmp_path, config, Request("status", n)) for n in STATUS_NAMES}
+    assert {n: (r["ok"], list(r["result"])) for n, r in replies.items()} == {
+        "network": (True, ["network"]),
+        "pki": (True, ["pki"]),
+        "preflight": (True, ["preflight"]),
+    }
+    assert replies["pki"]["result"]["pki"] == {
+        "ready": True,
+        "reason": "no node profile: no PKI to make",
+    }
+    assert replies["preflight"]["result"]["preflight"] == []
+
+
+async def test_status_pki_of_a_node_that_has_not_made_it_yet(tmp_path: Path) -> None:
+    from k4sinit.control import Request
+
+    config = f"node: {{profile: controller, name: n1, dataDir: {tmp_path}}}\n"
+    reply = await ask_daemon(tmp_path, config, Request("status", "pki"))
+    assert reply == {
+        "ok": True,
+        "result": {"pki": {"ready": False, "reason": "waiting for the network"}},
+    }
