@@ -245,7 +245,7 @@ def supervise(
         except OSError as exc:
             logger.warning("hostname from DHCP not set", error=str(exc))
 
-    async def run() -> str:
+    async def run() -> power.Action | None:
         cgroups = setup_cgroups(logger)
         # A container's /etc is the host's: it writes no resolv.conf or hosts.
         files = not container
@@ -273,7 +273,8 @@ def supervise(
         return daemon.action
 
     action = trio.run(run)
-    return power.Action.REBOOT if action in ("stop", "reboot") else power.Action[action.upper()]
+    # A plain stop (`stop --all`) of PID 1 ends the node as a reboot does.
+    return power.Action.REBOOT if action is None else action
 
 
 def finish(action: power.Action, logger: Any, writer: log.NonBlockingWriter) -> None:

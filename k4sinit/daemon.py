@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 import trio
 
-from . import __version__, control, escapees, preflight
+from . import __version__, control, escapees, power, preflight
 from .cgroups import CGROUP_MOUNT, Cgroup, CgroupTree, CgroupUnavailable
 from .control import POWER_OPS, Request, RequestError, Send, error, ok
 from .controlport import GuestBridge
@@ -37,28 +37,32 @@ from .runner import RunnerContext, ServiceRunner
 from .spec import NETWORK, PKI, PREFLIGHT, Config
 from .supervisor import Supervisor, UnknownService
 
-# What each signal asks for: "stop" ends `k4sinit run`; PID 1 follows busybox
+# How a shutdown ends: a power action (PID 1), or None, a plain stop: `k4sinit run`
+# exits (and PID 1, asked by `stop --all`, reboots).
+Shutdown = power.Action | None
+
+# What each signal asks for: a plain stop ends `k4sinit run`; PID 1 follows busybox
 # init (SIGTERM reboot, SIGUSR1 halt, SIGUSR2 power-off; SIGINT is ctrl-alt-del,
 # which reboots) and treats SIGPWR (a UPS, a container manager) as power-off.
 # `run` also stops in order on every other signal whose default would kill it
 # at once and leave its services running: SIGHUP (a terminal hang-up; there is
 # no reload), SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM. (PID 1 needs no such list: the
 # kernel never delivers a signal it has no handler for.)
-RUN_SIGNALS: dict[int, str] = {
-    signal.SIGTERM: "stop",
-    signal.SIGINT: "stop",
-    signal.SIGHUP: "stop",
-    signal.SIGQUIT: "stop",
-    signal.SIGUSR1: "stop",
-    signal.SIGUSR2: "stop",
-    signal.SIGALRM: "stop",
+RUN_SIGNALS: dict[int, Shutdown] = {
+    signal.SIGTERM: None,
+    signal.SIGINT: None,
+    signal.SIGHUP: None,
+    signal.SIGQUIT: None,
+    signal.SIGUSR1: None,
+    signal.SIGUSR2: None,
+    signal.SIGALRM: None,
 }
-INIT_SIGNALS: dict[int, str] = {
-    signal.SIGTERM: "reboot",
-    signal.SIGINT: "reboot",
-    signal.SIGUSR1: "halt",
-    signal.SIGUSR2: "poweroff",
-    signal.SIGPWR: "poweroff",
+INIT_SIGNALS: dict[int, Shutdown] = {
+    signal.SIGTERM: power.Action.REBOOT,
+    signal.SIGINT: power.Action.REBOOT,
+    signal.SIGUSR1: power.Action.HALT,
+    signal.SIGUSR2: power.Action.POWEROFF,
+    signal.SIGPWR: power.Action.POWEROFF,
 }
 
 
@@ -172,7 +176,7 @@ class Daemon:
         network: Network | None = None,
         node: NodeSettings | None = None,
         checks: Sequence[Check] = (),
-        signals: Mapping[int, str] = RUN_SIGNALS,
+        signals: Mapping[int, Shutdown] = RUN_SIGNALS,
         power: bool = False,
         control_port: str | None = None,
         rng: random.Random | None = None,
@@ -186,7 +190,7 @@ class Daemon:
         self.node = node
         self._signals = dict(signals)
         self._power = power
-        self.action = "stop"  # what the shutdown asked for; read after run()
+        self.action: Shutdown = None  # what the shutdown asked for; read after run()
         self.cgroups = cgroups
         self.reaper = Reaper(on_orphan=self._orphan_reaped)
         # Every service's processes name this daemon in their environment (escapees.py).
@@ -221,10 +225,14 @@ class Daemon:
         self._stop_replies_pending = 0
         self._stop_replies_changed = trio.Event()
 
-    def request_shutdown(self, reason: str, action: str = "stop") -> None:
-        """Begin the orderly stop; ``action`` (stop, reboot, poweroff, halt) is kept for the caller."""
+    def request_shutdown(self, reason: str, action: Shutdown = None) -> None:
+        """Begin the orderly stop; ``action`` (None: a plain stop) is kept for the caller."""
         if not self._shutdown.is_set():
-            self.log.info("shutdown requested", reason=reason, action=action)
+            self.log.info(
+                "shutdown requested",
+                reason=reason,
+                action=action.name.lower() if action is not None else "stop",
+            )
             self.action = action
             self._shutdown.set()
 
@@ -355,7 +363,7 @@ class Daemon:
             elif request.op in POWER_OPS and not self._power:
                 raise RequestError(f"{request.op}: k4sinit is not PID 1 here; use 'stop --all'")
             elif request.op in ("stop_all", *POWER_OPS):
-                action = "stop" if request.op == "stop_all" else request.op
+                action = None if request.op == "stop_all" else power.Action[request.op.upper()]
                 self._stop_replies_pending += 1
                 try:
                     self.request_shutdown(f"k4sinit {request.op.replace('_all', ' --all')}", action)

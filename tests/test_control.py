@@ -291,6 +291,35 @@ def test_power_requests_are_refused_when_not_pid_1(start_daemon: Any) -> None:
     assert d.status()["a"]["state"] == "running"
 
 
+@pytest.mark.parametrize(
+    ("op", "action"), [("stop_all", None), ("reboot", "REBOOT"), ("poweroff", "POWEROFF")]
+)
+async def test_a_stop_request_leaves_the_daemon_its_power_action(
+    tmp_path: Path, op: str, action: str | None
+) -> None:
+    """What PID 1 does after the daemon ends is a power.Action (None: a plain stop)."""
+    import trio
+
+    from k4sinit import power
+    from k4sinit.control import Request
+    from k4sinit.daemon import Daemon
+    from k4sinit.log import get_logger
+    from k4sinit.spec import Config
+
+    daemon = Daemon(Config("t", {}), str(tmp_path / "sock"), get_logger(), power=True)
+    replies: list[dict[str, Any]] = []
+
+    async def send(reply: dict[str, Any]) -> None:
+        replies.append(reply)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            nursery.start_soon(daemon.handle, Request(op), send)
+    assert replies == [{"ok": True, "result": {"services": []}}]
+    assert daemon.action is (None if action is None else power.Action[action])
+
+
 # --- kubeconfig: the node's admin kubeconfig, for kubectl on the host ----------------
 
 
