@@ -23,51 +23,14 @@ import os
 import signal
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import trio
 
+# ExitStatus is pure data (state.py, where restart.py, which has no trio, reads it);
+# it is re-exported here, beside the waiter that makes it.
+from .state import ExitStatus as ExitStatus
+
 PR_SET_CHILD_SUBREAPER = 36
-
-
-@dataclass(frozen=True, slots=True)
-class ExitStatus:
-    """How a process ended: exactly one of ``code`` and ``signal`` is set."""
-
-    code: int | None = None
-    signal: int | None = None
-
-    @classmethod
-    def from_wait_status(cls, status: int) -> ExitStatus:
-        if os.WIFSIGNALED(status):
-            return cls(signal=os.WTERMSIG(status))
-        return cls(code=os.WEXITSTATUS(status))
-
-    @property
-    def success(self) -> bool:
-        return self.code == 0
-
-    @property
-    def signal_name(self) -> str | None:
-        if self.signal is None:
-            return None
-        try:
-            return signal.Signals(self.signal).name
-        except ValueError:
-            return f"SIG{self.signal}"
-
-    def describe(self) -> str:
-        """``"exit code 3"`` or ``"killed by SIGKILL"``."""
-        if self.signal is not None:
-            return f"killed by {self.signal_name}"
-        return f"exit code {self.code}"
-
-    def to_json(self) -> dict[str, Any]:
-        """``{"code": 3}`` or ``{"signal": "SIGKILL"}``: the wire form."""
-        if self.signal is not None:
-            return {"signal": self.signal_name}
-        return {"code": self.code}
 
 
 class Child:

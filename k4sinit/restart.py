@@ -16,18 +16,21 @@ import math
 import random
 from dataclasses import dataclass
 
-from .reaper import ExitStatus
 from .spec import Backoff, RestartPolicy
+from .state import ExitStatus, State
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """``restart`` after ``delay`` seconds, or stop for good as ``final_state``."""
+    """Restart after ``delay`` seconds, or (``final_state`` set) stop for good in that state."""
 
-    restart: bool
     delay: float = 0.0
-    final_state: str | None = None  # "completed" or "failed" when not restarting
+    final_state: State | None = None  # State.COMPLETED or State.FAILED: no more restarts
     reason: str = ""
+
+    @property
+    def restart(self) -> bool:
+        return self.final_state is None
 
 
 def backoff_delay(backoff: Backoff, quick_deaths: int, rand: float) -> float:
@@ -73,20 +76,19 @@ class RestartTracker:
             self.policy is RestartPolicy.ON_FAILURE and succeeded
         ):
             if succeeded:
-                return Decision(False, final_state="completed", reason=why)
+                return Decision(final_state=State.COMPLETED, reason=why)
             return Decision(
-                False, final_state="failed", reason=f"{why}; restartPolicy {self.policy.value}"
+                final_state=State.FAILED, reason=f"{why}; restartPolicy {self.policy.value}"
             )
         self.quick_deaths = 1 if stable else self.quick_deaths + 1
         limit = self.backoff.crash_loop_limit
         if limit is not None and self.quick_deaths >= limit:
             return Decision(
-                False,
-                final_state="failed",
+                final_state=State.FAILED,
                 reason=f"crash loop: {self.quick_deaths} quick exits in a row, last {why}",
             )
         delay = backoff_delay(self.backoff, self.quick_deaths, self._rng.random())
-        return Decision(True, delay=delay, reason=why)
+        return Decision(delay=delay, reason=why)
 
     def reset(self) -> None:
         """Forget past deaths (an operator's explicit start or restart)."""

@@ -207,8 +207,8 @@ class ServiceRunner:
                     finally:
                         await self._kill_escapees()
                     decision = self._restarts.on_exit(status, stable, why)
-                    if not decision.restart:
-                        self._set(State(decision.final_state), decision.reason, ready=False)
+                    if decision.final_state is not None:
+                        self._set(decision.final_state, decision.reason, ready=False)
                         return
                     self.next_restart = trio.current_time() + decision.delay
                     self._set(

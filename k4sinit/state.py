@@ -1,4 +1,4 @@
-"""The state of one service: a small fixed record, its events and log lines.
+"""The state of one service: a small fixed record, its events, exits and log lines.
 
 "Up" and "ready" are different facts (s6): ``state`` says what the process is
 doing, ``ready`` what its readiness probe says. The states::
@@ -16,6 +16,8 @@ doing, ``ready`` what its readiness probe says. The states::
 from __future__ import annotations
 
 import enum
+import os
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,45 @@ class State(enum.Enum):
     def down(self) -> bool:
         """No process of the service exists and none is about to be started."""
         return self in (State.STOPPED, State.FAILED, State.COMPLETED)
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """How a process ended: exactly one of ``code`` and ``signal`` is set."""
+
+    code: int | None = None
+    signal: int | None = None
+
+    @classmethod
+    def from_wait_status(cls, status: int) -> ExitStatus:
+        if os.WIFSIGNALED(status):
+            return cls(signal=os.WTERMSIG(status))
+        return cls(code=os.WEXITSTATUS(status))
+
+    @property
+    def success(self) -> bool:
+        return self.code == 0
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.signal is None:
+            return None
+        try:
+            return signal.Signals(self.signal).name
+        except ValueError:
+            return f"SIG{self.signal}"
+
+    def describe(self) -> str:
+        """``"exit code 3"`` or ``"killed by SIGKILL"``."""
+        if self.signal is not None:
+            return f"killed by {self.signal_name}"
+        return f"exit code {self.code}"
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"code": 3}`` or ``{"signal": "SIGKILL"}``: the wire form."""
+        if self.signal is not None:
+            return {"signal": self.signal_name}
+        return {"code": self.code}
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import pytest
 
-from k4sinit.reaper import ExitStatus
 from k4sinit.restart import RestartTracker, backoff_delay
 from k4sinit.spec import Backoff, RestartPolicy
+from k4sinit.state import ExitStatus, State
 
 FAIL = ExitStatus(code=1)
 OK = ExitStatus(code=0)
@@ -56,24 +58,24 @@ def test_crash_loop_limit_fails_the_service_with_the_reason() -> None:
     assert tracker.on_exit(FAIL, stable=False, why="exit code 1").restart
     assert tracker.on_exit(FAIL, stable=False, why="exit code 1").restart
     final = tracker.on_exit(FAIL, stable=False, why="exit code 1")
-    assert (final.restart, final.final_state) == (False, "failed")
+    assert (final.restart, final.final_state) == (False, State.FAILED)
     assert final.reason == "crash loop: 3 quick exits in a row, last exit code 1"
 
 
 @pytest.mark.parametrize(
     ("policy", "status", "restart", "final_state"),
     [
-        (RestartPolicy.ON_FAILURE, OK, False, "completed"),
+        (RestartPolicy.ON_FAILURE, OK, False, State.COMPLETED),
         (RestartPolicy.ON_FAILURE, FAIL, True, None),
         (RestartPolicy.ON_FAILURE, KILLED, True, None),
         (RestartPolicy.ON_FAILURE, None, True, None),  # fork failed
-        (RestartPolicy.NEVER, OK, False, "completed"),
-        (RestartPolicy.NEVER, FAIL, False, "failed"),
+        (RestartPolicy.NEVER, OK, False, State.COMPLETED),
+        (RestartPolicy.NEVER, FAIL, False, State.FAILED),
         (RestartPolicy.ALWAYS, OK, True, None),
     ],
 )
 def test_policies(
-    policy: RestartPolicy, status: ExitStatus | None, restart: bool, final_state: str | None
+    policy: RestartPolicy, status: ExitStatus | None, restart: bool, final_state: State | None
 ) -> None:
     decision = RestartTracker(policy, Backoff()).on_exit(status, stable=False, why="why")
     assert (decision.restart, decision.final_state) == (restart, final_state)
@@ -107,3 +109,10 @@ def test_a_crash_loop_without_limit_keeps_restarting_at_max() -> None:
     assert all(d.restart for d in decisions)
     assert {d.delay for d in decisions[10:]} == {60.0}
     assert tracker.quick_deaths == 3000
+
+
+def test_the_policy_is_pure_it_imports_no_trio() -> None:
+    """Issue 12: restart.py took ExitStatus from reaper, and with it trio."""
+    code = "import sys, k4sinit.restart; print(sorted(m for m in sys.modules if m == 'trio'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == "[]\n"
