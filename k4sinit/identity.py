@@ -22,7 +22,7 @@ import trio
 from .network import Network
 from .node import NodeSettings
 from .pki import PKIError, PKISpec, ensure_pki
-from .spec import Condition
+from .spec import PKI, Condition
 
 RETRY_SECONDS = 30.0
 
@@ -30,12 +30,12 @@ RETRY_SECONDS = 30.0
 class NodePKI:
     """Ensures the PKI once the network is ready; a :class:`~k4sinit.runner.Dependency`."""
 
-    name = "pki"
+    name = PKI
 
     def __init__(self, settings: NodeSettings, network: Network, log: Any) -> None:
         self._settings = settings
         self._network = network
-        self._log = log.bind(service="pki")
+        self._log = log.bind(service=PKI)
         self.ready = False
         self.reason = "waiting for the network"
         self._changed = trio.Event()
@@ -62,7 +62,7 @@ class NodePKI:
                 result = await trio.to_thread.run_sync(ensure_pki, spec)
             except (PKIError, OSError, ValueError) as exc:
                 self._set(False, f"cannot make the PKI: {exc}")
-                self._log.error("pki", error=str(exc))
+                self._log.error(PKI, error=str(exc))
                 await trio.sleep(RETRY_SECONDS)
                 continue
             for line in result.lines():

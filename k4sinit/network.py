@@ -69,7 +69,7 @@ from .netspec import (
     NetworkSpec,
     Route,
 )
-from .spec import Condition
+from .spec import NETWORK, Condition
 
 __all__ = ["EVENT_GROUPS", "Network", "render_hosts", "render_resolv_conf"]
 
@@ -544,7 +544,7 @@ class Network:
     go; None writes none.
     """
 
-    name = "network"
+    name = NETWORK
 
     def __init__(
         self,
@@ -564,7 +564,7 @@ class Network:
         self._on_dhcp_hostname = on_dhcp_hostname
         self._leases: dict[int, Lease] = {}  # interface (spec position) -> its lease
         self._dhcp_reason: dict[int, str] = {}
-        self._log = log.bind(service="network")
+        self._log = log.bind(service=NETWORK)
         self._hostname = hostname or spec.hostname or os.uname().nodename
         self._resolv_conf = resolv_conf
         self._hosts = hosts

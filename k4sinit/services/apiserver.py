@@ -41,15 +41,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from k4sinit.nodespec import APISERVER
 from k4sinit.services import CONTROL_PLANE_FIRST, datastore, flags, https_get
-from k4sinit.spec import Condition, Probe, ServiceSpec, TLSConfig
+from k4sinit.spec import NETWORK, PKI, Condition, Probe, ServiceSpec, TLSConfig
 
 if TYPE_CHECKING:
     from k4sinit.node import NodeSettings
 
-NAME = "kube-apiserver"
+NAME = APISERVER
 PORT = 6443
-NETWORK = "network"  # the built-in condition (spec.BUILTIN_DEPENDENCIES)
 
 
 def service(node: NodeSettings) -> ServiceSpec:
@@ -92,7 +92,7 @@ def service(node: NodeSettings) -> ServiceSpec:
         depends_on=(
             (datastore.name(node), Condition.READY),
             (NETWORK, Condition.READY),
-            ("pki", Condition.READY),  # built in: the certificates and kubeconfigs exist
+            (PKI, Condition.READY),  # built in: the certificates and kubeconfigs exist
         ),
         readiness_probe=Probe(
             https_get(PORT, "/readyz", admin_tls(node)), timeout=15.0, failure_threshold=3

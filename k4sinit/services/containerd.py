@@ -39,14 +39,14 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from k4sinit.nodespec import Profile
+from k4sinit.nodespec import CONTAINERD, Profile
 from k4sinit.services import flags
 from k4sinit.spec import Probe, ServiceSpec, UnixSocketAction
 
 if TYPE_CHECKING:
     from k4sinit.node import NodeSettings
 
-NAME = "containerd"
+NAME = CONTAINERD
 ROOT = "/var/lib/containerd"
 STATE = "/run/containerd"
 SOCKET = f"{STATE}/containerd.sock"

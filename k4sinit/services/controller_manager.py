@@ -22,14 +22,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from k4sinit.nodespec import Profile
+from k4sinit.nodespec import CONTROLLER_MANAGER, Profile
 from k4sinit.services import apiserver, flags, https_get
 from k4sinit.spec import Condition, Probe, ServiceSpec, TLSConfig
 
 if TYPE_CHECKING:
     from k4sinit.node import NodeSettings
 
-NAME = "kube-controller-manager"
+NAME = CONTROLLER_MANAGER
 PORT = 10257
 
 

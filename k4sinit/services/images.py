@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from k4sinit.nodespec import IMAGES
 from k4sinit.services import containerd
 from k4sinit.spec import Backoff, Condition, RestartPolicy, ServiceSpec
 
@@ -24,7 +25,7 @@ SHELL = "/bin/sh"
 if TYPE_CHECKING:
     from k4sinit.node import NodeSettings
 
-NAME = "images"
+NAME = IMAGES
 
 # $1: the images directory; $2: containerd's socket. POSIX sh (busybox or dash).
 SCRIPT = """\

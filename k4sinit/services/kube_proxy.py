@@ -32,16 +32,16 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from k4sinit.nodespec import KUBE_PROXY
 from k4sinit.services import flags, kubelet, manifests
-from k4sinit.spec import Condition, HTTPGetAction, Probe, ServiceSpec
+from k4sinit.spec import NETWORK, Condition, HTTPGetAction, Probe, ServiceSpec
 
 if TYPE_CHECKING:
     from k4sinit.node import NodeSettings
 
-NAME = "kube-proxy"
+NAME = KUBE_PROXY
 HEALTHZ_PORT = 10256
 METRICS_PORT = 10249
-NETWORK = "network"  # the built-in condition (spec.BUILTIN_DEPENDENCIES)
 
 
 def config_path(node: NodeSettings) -> str:

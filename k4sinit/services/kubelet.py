@@ -45,16 +45,15 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from k4sinit.nodespec import Profile
+from k4sinit.nodespec import KUBELET, Profile
 from k4sinit.services import apiserver, containerd, flags, images
-from k4sinit.spec import Condition, HTTPGetAction, Probe, ServiceSpec
+from k4sinit.spec import NETWORK, Condition, HTTPGetAction, Probe, ServiceSpec
 
 if TYPE_CHECKING:
     from k4sinit.node import NodeSettings
 
-NAME = "kubelet"
+NAME = KUBELET
 HEALTHZ_PORT = 10248
-NETWORK = "network"  # the built-in condition (spec.BUILTIN_DEPENDENCIES)
 
 
 def config_path(node: NodeSettings) -> str:

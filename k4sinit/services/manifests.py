@@ -39,14 +39,14 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from k4sinit.nodespec import COREDNS
+from k4sinit.nodespec import COREDNS, MANIFESTS
 from k4sinit.services import apiserver, coredns
 from k4sinit.spec import Condition, FileAction, Probe, ServiceSpec
 
 if TYPE_CHECKING:
     from k4sinit.node import NodeSettings
 
-NAME = "manifests"
+NAME = MANIFESTS
 #: Written by the applier once everything has been applied; removed at its start.
 READY_FILE = "/run/k4sinit/manifests.applied"
 #: The group of the bootstrap tokens k4sinit makes for joining nodes (kubeadm's

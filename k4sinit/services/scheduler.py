@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from k4sinit.nodespec import Profile
+from k4sinit.nodespec import SCHEDULER, Profile
 from k4sinit.services import apiserver, flags, https_get
 from k4sinit.spec import Condition, Probe, ServiceSpec, TLSConfig
 
 if TYPE_CHECKING:
     from k4sinit.node import NodeSettings
 
-NAME = "kube-scheduler"
+NAME = SCHEDULER
 PORT = 10259
 
 
