@@ -43,6 +43,7 @@ from typing import Any
 
 from . import control
 from .config import ConfigErrors, load_config
+from .nodespec import PROFILES, Profile
 from .spec import NETWORK, PKI, PREFLIGHT
 
 
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     expanded.add_argument("--config", required=True, help="YAML config file")
     expanded.add_argument(
         "--profile",
-        choices=("controller", "worker", "single"),
+        choices=PROFILES,
         help="the node profile, as k4sinit.role= on the kernel command line gives it",
     )
 
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check that this machine can run the node's profile (exit 1 on a fatal failure)",
     )
     checks.add_argument("--config", help="YAML config file (its node: section names the profile)")
-    checks.add_argument("--profile", choices=("controller", "worker", "single"))
+    checks.add_argument("--profile", choices=PROFILES)
     checks.add_argument("--json", action="store_true")
 
     status = client("status", "show services (one in detail with NAME, or network, pki, preflight)")
@@ -321,7 +322,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     if settings is not None:
         checks = preflight.check_node(settings, expanded)
     else:  # no node section: the profile's generic checks
-        checks = preflight.run_checks(args.profile or "single")
+        checks = preflight.run_checks(Profile(args.profile) if args.profile else Profile.SINGLE)
     print(
         json.dumps(preflight.to_json(checks), indent=2)
         if args.json

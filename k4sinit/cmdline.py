@@ -21,9 +21,10 @@ import difflib
 import shlex
 from dataclasses import dataclass, field
 
+from .nodespec import PROFILES
+
 DEFAULT_CONFIG = "/etc/k4sinit/config.yaml"
 KNOWN = ("config", "role", "debug", "hostname", "switchroot")
-ROLES = ("controller", "worker", "single")
 SWITCH_ROOT = ("auto", "always", "never")
 
 
@@ -70,7 +71,7 @@ def parse(cmdline: str) -> KernelOptions:
             warnings.append(f"kernel option k4sinit.{name} needs a value")
             continue
         value = given
-        allowed = {"role": ROLES, "switchroot": SWITCH_ROOT}.get(name)
+        allowed = {"role": PROFILES, "switchroot": SWITCH_ROOT}.get(name)
         if allowed is not None and value not in allowed:
             warnings.append(f"k4sinit.{name}={value} is not one of {', '.join(allowed)}; ignored")
             continue

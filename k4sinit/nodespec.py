@@ -28,6 +28,9 @@ class Profile(enum.Enum):
     SINGLE = "single"
 
 
+PROFILES = tuple(p.value for p in Profile)  # as k4sinit.role= and --profile spell them
+
+
 class Datastore(enum.Enum):
     """Where the apiserver keeps its state; the service has the binary's name."""
 

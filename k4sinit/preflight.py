@@ -49,7 +49,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .nodespec import ONESHOT_ROLES
+from .nodespec import CONTAINERD, ONESHOT_ROLES, Profile
 from .process import DEFAULT_PATH
 from .system import mounted
 
@@ -57,10 +57,9 @@ if TYPE_CHECKING:
     from .node import NodeSettings
     from .spec import Config
 
-PROFILES = ("controller", "worker", "single")
 # Executed by containerd itself (not by k4sinit), so they must be real files on
 # the search path; k4sinit's multicall dispatch cannot stand in for them.
-RUNTIME_BINARIES = ("containerd", "containerd-shim-runc-v2", "runc")
+RUNTIME_BINARIES = (CONTAINERD, "containerd-shim-runc-v2", "runc")
 REQUIRED_CONTROLLERS = ("cpu", "memory", "pids")
 OPTIONAL_CONTROLLERS = ("cpuset", "io", "hugetlb")
 NAMESPACES = ("pid", "net", "ipc", "uts", "mnt", "cgroup")
@@ -70,7 +69,7 @@ GiB = 1 << 30
 MiB = 1 << 20
 DISK_WARN = 1 * GiB
 DISK_FAIL = 100 * MiB
-MEMORY_WANTED = {"controller": 2 * GiB, "worker": 1 * GiB, "single": 2 * GiB}
+MEMORY_WANTED = {Profile.CONTROLLER: 2 * GiB, Profile.WORKER: 1 * GiB, Profile.SINGLE: 2 * GiB}
 CGROUP_MOUNT = "/sys/fs/cgroup"
 
 
@@ -179,7 +178,7 @@ def _module_names(paths: Iterable[str]) -> set[str]:
 
 
 def run_checks(
-    profile: str,
+    profile: Profile,
     *,
     data_dir: str = "/var/lib",
     binaries: Sequence[str] = (),
@@ -190,12 +189,10 @@ def run_checks(
 
     ``binaries`` are the role binaries the caller will execute (it knows its
     multicall dispatch); worker and single add :data:`RUNTIME_BINARIES`.
-    Raises ValueError for an unknown profile; never raises for what it reads.
+    Never raises for what it reads.
     """
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}: one of {', '.join(PROFILES)}")
     host = _Host(root)
-    containers = profile != "controller"
+    containers = profile is not Profile.CONTROLLER
     checks = [check_kernel(host.release), _check_cgroup2(host, containers)]
     checks.append(_check_controllers(host, containers))
     if containers:
@@ -388,7 +385,7 @@ def _check_binary(host: _Host, name: str, search_path: str) -> Check:
     return _fail(check, f"{name}: not found in {search_path}", fatal=True)
 
 
-def _check_memory(host: _Host, profile: str) -> Check:
+def _check_memory(host: _Host, profile: Profile) -> Check:
     wanted = MEMORY_WANTED[profile]
     for line in (host.read("/proc/meminfo") or "").splitlines():
         key, _, value = line.partition(":")
@@ -397,7 +394,8 @@ def _check_memory(host: _Host, profile: str) -> Check:
             if total >= wanted:
                 return _pass("memory", f"MemTotal {_size(total)}")
             return _warn(
-                "memory", f"MemTotal {_size(total)}, below the {_size(wanted)} a {profile} wants"
+                "memory",
+                f"MemTotal {_size(total)}, below the {_size(wanted)} a {profile.value} wants",
             )
     return _warn("memory", "no MemTotal in /proc/meminfo")
 
@@ -534,7 +532,7 @@ def check_node(settings: NodeSettings, config: Config) -> list[Check]:
         }
     )
     return run_checks(
-        settings.profile.value,
+        settings.profile,
         data_dir=settings.data_dir,
         binaries=binaries,
         search_path=settings.path,

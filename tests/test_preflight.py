@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from k4sinit import preflight
+from k4sinit.cli import main
+from k4sinit.nodespec import Profile
 from k4sinit.preflight import Check, Status
 
 GiB = 1 << 30
@@ -102,7 +104,7 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def run(root: Path, profile: str = "single", **kwargs: Any) -> dict[str, Check]:
-    checks = preflight.run_checks(profile, root=root, search_path="/bbin", **kwargs)
+    checks = preflight.run_checks(Profile(profile), root=root, search_path="/bbin", **kwargs)
     by_name = {c.name: c for c in checks}
     assert len(by_name) == len(checks), "check names are unique"
     return by_name
@@ -122,7 +124,7 @@ def test_cgroup2_on_this_host_matches_its_mountinfo() -> None:
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
         covering[fields[4]] = fields[fields.index("-") + 1]  # later mounts cover earlier
-    check = {c.name: c for c in preflight.run_checks("single")}["cgroup2"]
+    check = {c.name: c for c in preflight.run_checks(Profile.SINGLE)}["cgroup2"]
     if covering.get("/sys/fs/cgroup") == "cgroup2":
         assert check.status is Status.PASS
         assert check.detail == "cgroup2 at /sys/fs/cgroup"
@@ -141,7 +143,7 @@ def test_cgroup2_on_this_host_matches_its_mountinfo() -> None:
 def test_a_good_root_passes_everything(root: Path) -> None:
     write(root, "/bbin/kube-apiserver", "", 0o755)
     checks = preflight.run_checks(
-        "single", root=root, search_path="/bbin", binaries=["kube-apiserver"]
+        Profile.SINGLE, root=root, search_path="/bbin", binaries=["kube-apiserver"]
     )
     assert [(c.name, c.status) for c in checks if c.status is not Status.PASS] == []
     assert [c.name for c in checks] == [
@@ -380,7 +382,7 @@ def test_binaries(root: Path) -> None:
     write(root, "/usr/bin/kube-scheduler", "", 0o755)
     write(root, "/bbin/kubelet", "", 0o644)
     checks = preflight.run_checks(
-        "single",
+        Profile.SINGLE,
         root=root,
         search_path="/bbin:/usr/bin",
         binaries=["kube-apiserver", "kube-scheduler", "kubelet", "runc"],
@@ -519,7 +521,7 @@ def test_a_controller_needs_no_container_runtime(root: Path) -> None:
     remove(root, "/proc/sys/net/bridge")
     write(root, "/bbin/kube-apiserver", "", 0o755)
     controller = preflight.run_checks(
-        "controller", root=root, search_path="/bbin", binaries=["kube-apiserver"]
+        Profile.CONTROLLER, root=root, search_path="/bbin", binaries=["kube-apiserver"]
     )
     assert [c.name for c in controller] == [
         "kernel",
@@ -540,9 +542,11 @@ def test_a_controller_needs_no_container_runtime(root: Path) -> None:
     assert "binary kube-apiserver" not in worker
 
 
-def test_an_unknown_profile_is_refused(root: Path) -> None:
-    with pytest.raises(ValueError, match="unknown profile 'singel'"):
-        preflight.run_checks("singel", root=root)
+def test_an_unknown_profile_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["preflight", "--profile", "singel"])
+    assert exited.value.code == 2
+    assert "argument --profile: invalid choice: 'singel'" in capsys.readouterr().err
 
 
 # --- presenting ---------------------------------------------------------------
