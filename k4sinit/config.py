@@ -70,6 +70,7 @@ from k4sinit.nodespec import (
     DEFAULT_POD_CIDR,
     DEFAULT_SERVICE_CIDR,
     ONESHOT_ROLES,
+    PROFILES,
     Datastore,
     NodeSpec,
     Profile,
@@ -828,7 +829,7 @@ def _read_node(top: _Reader) -> NodeSpec | None:
     r = top.mapping("node", hint="write it as node: {profile: single}")
     if r is None:
         return None
-    profile = r.choice("profile", [p.value for p in Profile])
+    profile = r.choice("profile", PROFILES)
     name = r.string("name")
     if name is not None and (len(name) > 253 or not _NODE_NAME.fullmatch(name)):
         hint = "a Kubernetes node name: lowercase letters, digits, '-' and '.'"

@@ -43,6 +43,7 @@ from k4sinit.config import ConfigError, ConfigErrors, worker_problems
 from k4sinit.graph import find_cycles_in
 from k4sinit.netspec import IPAddress, IPNetwork
 from k4sinit.nodespec import (
+    PROFILES,
     Datastore,
     NodeSpec,
     Profile,
@@ -236,10 +237,9 @@ def _effective(config: Config, role_from_kernel: str | None) -> NodeSpec | None:
     """The node section with the kernel's role applied; checks what the profile needs."""
     node = config.node
     if role_from_kernel is not None:
-        profiles = [p.value for p in Profile]
-        if role_from_kernel not in profiles:
+        if role_from_kernel not in PROFILES:
             message = f"k4sinit.role={role_from_kernel!r} is not a profile"
-            hint = f"expected one of {', '.join(profiles)}"
+            hint = f"expected one of {', '.join(PROFILES)}"
             raise ConfigErrors(config.source, [_error(config, None, "node.profile", message, hint)])
         profile = Profile(role_from_kernel)
         node = (
