@@ -335,11 +335,12 @@ def run_client(args: argparse.Namespace) -> int:
     path = control.socket_path(args.socket)
     if args.command == "status":
         req = control.Request("status", name=args.name)
-        result = control.request(path, req)
+        result = control.request(path, req)  # its type depends on the name: see control.py
         if args.name == PREFLIGHT:
             from . import preflight
 
-            rows = result[PREFLIGHT]
+            preflight_reply: control.PreflightReply = result
+            rows = preflight_reply[PREFLIGHT]
             checks = [
                 preflight.Check(r["name"], preflight.Status(r["status"]), r["detail"], r["fatal"])
                 for r in rows
@@ -353,67 +354,74 @@ def run_client(args: argparse.Namespace) -> int:
             )
             return 1 if any(r["fatal"] and r["status"] == "fail" for r in rows) else 0
         if args.name == NETWORK:
-            network = result[NETWORK]
+            network_reply: control.NetworkReply = result
+            network = network_reply[NETWORK]
             print(json.dumps(result, indent=2) if args.json else format_network(network))
             return 0 if network["ready"] else 1
         if args.name == PKI:
-            pki = result[PKI]
+            pki_reply: control.PKIReply = result
+            pki = pki_reply[PKI]
             print(json.dumps(result, indent=2) if args.json else format_pki(pki))
             return 0 if pki["ready"] else 1
         if args.name:
-            print(json.dumps(result, indent=2) if args.json else format_detail(result))
-            return 0 if _healthy(result) else 1
+            detail: control.ServiceDetail = result
+            print(json.dumps(detail, indent=2) if args.json else format_detail(detail))
+            return 0 if _healthy(detail) else 1
+        status: control.StatusReply = result
         if args.json:
-            print(json.dumps(result, indent=2))
+            print(json.dumps(status, indent=2))
         else:
-            print(format_table(result["services"]))
-            print(format_network_line(result[NETWORK]))
-            image_line = format_image_line(result.get("image"))
+            print(format_table(status["services"]))
+            print(format_network_line(status[NETWORK]))
+            image_line = format_image_line(status.get("image"))
             if image_line:
                 print(image_line)
-            if result.get("daemon"):
-                print(format_daemon_line(result["daemon"]))
-            if result.get("memory"):
-                print(format_memory_line(result["memory"]))
-            if result.get(PREFLIGHT):
-                p = result[PREFLIGHT]
+            if status.get("daemon"):
+                print(format_daemon_line(status["daemon"]))
+            if status.get("memory"):
+                print(format_memory_line(status["memory"]))
+            if p := status.get(PREFLIGHT):
                 print(
                     f"preflight: {p['passed']} passed, {p['warnings']} warnings, {p['failed']} failed"
                     + "".join(f"\n  {f}" for f in p["failures"])
                 )
-        healthy = all(_healthy(s) for s in result["services"]) and result[NETWORK]["ready"]
+        healthy = all(_healthy(s) for s in status["services"]) and status[NETWORK]["ready"]
         return 0 if healthy else 1
     if args.command == "logs":
         req = control.Request("logs", name=args.name, lines=args.lines, follow=args.follow)
         for batch in control.stream_request(path, req, timeout=None if args.follow else 30.0):
-            for entry in batch:
+            entries: list[control.LogLineJSON] = batch
+            for entry in entries:
                 line = printable(entry["line"])
                 print(f"{entry['stream']}[{entry['pid']}]: {line}", flush=args.follow)
         return 0
     if args.command == "kubeconfig":
-        result = control.request(path, control.Request("kubeconfig"))
-        print(with_server(result["kubeconfig"], args.server), end="")
+        kubeconfig: control.KubeconfigReply = control.request(path, control.Request("kubeconfig"))
+        print(with_server(kubeconfig["kubeconfig"], args.server), end="")
         return 0
     if args.command in control.POWER_OPS:
-        result = control.request(path, control.Request(args.command), timeout=None)
-        print(f"{args.command}: {len(result['services'])} services stopped")
+        stopped: control.StoppedReply = control.request(
+            path, control.Request(args.command), timeout=None
+        )
+        print(f"{args.command}: {len(stopped['services'])} services stopped")
         return 0
     if args.command == "stop" and args.all:
-        result = control.request(path, control.Request("stop_all"), timeout=None)
-        print(format_table(result["services"]))
+        stopped = control.request(path, control.Request("stop_all"), timeout=None)
+        print(format_table(stopped["services"]))
         return 0
     if not args.name:
         print(f"k4sinit {args.command}: a service NAME is needed", file=sys.stderr)
         return 2
     if args.command == "kill":
         req = control.Request("kill", name=args.name, signal=args.signal)
-        result = control.request(path, req)
-        print(f"{result['name']}: sent {result['signal']} to pid {result['pid']}")
+        killed: control.KillReply = control.request(path, req)
+        print(f"{killed['name']}: sent {killed['signal']} to pid {killed['pid']}")
         return 0
-    result = control.request(path, control.Request(args.command, name=args.name), timeout=None)
-    print(
-        f"{result['name']}: {result['state']}{', ready' if result['ready'] else ''} ({result['reason']})"
+    # start (a StartReply), stop, restart: the service's snapshot after the command
+    s: control.ServiceSnapshot = control.request(
+        path, control.Request(args.command, name=args.name), timeout=None
     )
+    print(f"{s['name']}: {s['state']}{', ready' if s['ready'] else ''} ({s['reason']})")
     return 0
 
 
@@ -429,7 +437,7 @@ def with_server(kubeconfig: str, server: str | None) -> str:
     return str(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
 
 
-def _healthy(service: dict[str, Any]) -> bool:
+def _healthy(service: control.ServiceSnapshot) -> bool:
     return service["state"] == "completed" or (
         service["state"] == "running" and service["ready"] is True
     )
@@ -461,7 +469,7 @@ def format_duration(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def format_exit(last_exit: dict[str, Any] | None) -> str:
+def format_exit(last_exit: control.ExitJSON | None) -> str:
     if last_exit is None:
         return "-"
     if "signal" in last_exit:
@@ -469,7 +477,7 @@ def format_exit(last_exit: dict[str, Any] | None) -> str:
     return f"code {last_exit['code']}"
 
 
-def format_table(services: list[dict[str, Any]]) -> str:
+def format_table(services: list[control.ServiceSnapshot]) -> str:
     """The ``status`` table, one service per line, in the order given."""
     header = ("SERVICE", "STATE", "READY", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "REASON")
     rows = [header]
@@ -496,7 +504,7 @@ def format_table(services: list[dict[str, Any]]) -> str:
     )
 
 
-def format_detail(s: dict[str, Any]) -> str:
+def format_detail(s: control.ServiceDetail) -> str:
     """``status NAME``: state, spec summary, next restart, events, last log lines."""
     spec = s["spec"]
     lines = [
@@ -517,10 +525,10 @@ def format_detail(s: dict[str, Any]) -> str:
         lines.append(f"  depends on:       {deps}")
     for kind, text in spec["probes"].items():
         lines.append(f"  {kind + ' probe:':<18}{text}")
-    if s.get("rss_bytes") is not None:
-        lines.append(f"  {'resident:':<18}{s['rss_bytes'] / 2**20:.1f} MiB (the main process)")
-    if s.get("cgroup"):
-        lines.append(f"  {'cgroup:':<18}{format_cgroup(s['cgroup'])}")
+    if (rss := s.get("rss_bytes")) is not None:
+        lines.append(f"  {'resident:':<18}{rss / 2**20:.1f} MiB (the main process)")
+    if cgroup := s.get("cgroup"):
+        lines.append(f"  {'cgroup:':<18}{format_cgroup(cgroup)}")
     lines.append("  events:")
     for event in s["events"][-10:]:
         stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
@@ -545,12 +553,12 @@ def format_network_line(network: dict[str, Any]) -> str:
     return f"network: not ready: {network['reason']}{where}"
 
 
-def format_pki(pki: dict[str, Any]) -> str:
+def format_pki(pki: control.PKIStatus) -> str:
     """``status pki``: ``pki: ready (certificates in /var/lib/k4sinit/pki, kubeconfigs in ...)``."""
     return f"pki: ready ({pki['reason']})" if pki["ready"] else f"pki: not ready: {pki['reason']}"
 
 
-def format_daemon_line(daemon: dict[str, Any]) -> str:
+def format_daemon_line(daemon: control.DaemonInfo) -> str:
     """k4sinit itself: ``k4sinit 0.1.0: pid 1, up 3m12s, 41.2 MiB resident``."""
     return (
         f"k4sinit {daemon['version']}: pid {daemon['pid']}, up {format_duration(daemon['uptime'])}, "
@@ -558,7 +566,7 @@ def format_daemon_line(daemon: dict[str, Any]) -> str:
     )
 
 
-def format_memory_line(memory: dict[str, int]) -> str:
+def format_memory_line(memory: control.MemoryInfo) -> str:
     """The machine's memory: ``memory: 1.21 GiB in use of 2.89 GiB (MemTotal - MemAvailable)``."""
     used = memory["total"] - memory["available"]
     return (

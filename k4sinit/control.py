@@ -44,9 +44,15 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from signal import Signals
-from typing import Any
+from typing import Any, TypedDict
 
 import trio
+
+# The wire forms of a service's state, re-exported: the CLI reads every reply from here.
+from .state import ExitJSON as ExitJSON
+from .state import LogLineJSON as LogLineJSON
+from .state import ServiceDetail as ServiceDetail
+from .state import ServiceSnapshot as ServiceSnapshot
 
 DEFAULT_SOCKET = "/run/k4sinit/control.sock"
 MAX_REQUEST = 64 * 1024
@@ -166,6 +172,75 @@ def decode_request(line: bytes) -> Request:
         limit = sys.get_int_max_str_digits()  # int() refuses longer numbers
         raise RequestError(f"malformed request: a number with more than {limit} digits") from None
     return Request.from_json(data)
+
+
+# --- replies: what each request's result holds (the daemon builds, the CLI reads) ------
+# ``status`` -> StatusReply; ``status NAME`` -> ServiceDetail, or NetworkReply, PKIReply,
+# PreflightReply for those names; ``logs`` -> lists of LogLineJSON; ``start`` ->
+# StartReply; ``stop``/``restart`` -> ServiceSnapshot; ``kill`` -> KillReply;
+# ``kubeconfig`` -> KubeconfigReply; ``stop_all`` and the power ops -> StoppedReply.
+
+
+class PKIStatus(TypedDict):
+    """The built-in ``pki`` condition."""
+
+    ready: bool
+    reason: str
+
+
+class DaemonInfo(TypedDict):
+    """k4sinit itself."""
+
+    pid: int
+    rss_bytes: int
+    uptime: float
+    version: str
+
+
+class MemoryInfo(TypedDict):
+    """/proc/meminfo's MemTotal and MemAvailable, in bytes."""
+
+    total: int
+    available: int
+
+
+class StatusReply(TypedDict):
+    daemon: DaemonInfo
+    memory: MemoryInfo
+    services: list[ServiceSnapshot]  # in dependency order
+    network: dict[str, Any]  # network.Network.snapshot()
+    pki: PKIStatus
+    preflight: dict[str, Any] | None  # preflight.summary_json(); None: no checks ran
+    image: dict[str, Any] | None  # image.ImageInfo.to_json(); None: no image.json
+
+
+class NetworkReply(TypedDict):
+    network: dict[str, Any]
+
+
+class PKIReply(TypedDict):
+    pki: PKIStatus
+
+
+class PreflightReply(TypedDict):
+    preflight: list[dict[str, Any]]  # preflight.to_json(): name, status, detail, fatal
+
+
+class StartReply(ServiceSnapshot):
+    started: bool  # False: it was already running
+
+
+class KillReply(ServiceSnapshot):
+    signal: str  # the signal's name: SIGTERM
+
+
+class KubeconfigReply(TypedDict):
+    path: str
+    kubeconfig: str
+
+
+class StoppedReply(TypedDict):
+    services: list[ServiceSnapshot]
 
 
 def encode(obj: dict[str, Any]) -> bytes:

@@ -23,7 +23,26 @@ import trio
 
 from . import __version__, control, escapees, power, preflight
 from .cgroups import CGROUP_MOUNT, Cgroup, CgroupTree, CgroupUnavailable
-from .control import POWER_OPS, Request, RequestError, Send, error, ok
+from .control import (
+    POWER_OPS,
+    DaemonInfo,
+    KillReply,
+    KubeconfigReply,
+    LogLineJSON,
+    MemoryInfo,
+    NetworkReply,
+    PKIReply,
+    PKIStatus,
+    PreflightReply,
+    Request,
+    RequestError,
+    Send,
+    StartReply,
+    StatusReply,
+    StoppedReply,
+    error,
+    ok,
+)
 from .controlport import GuestBridge
 from .identity import AlwaysReady, NodePKI
 from .image import ImageInfo
@@ -156,7 +175,7 @@ def describe_survivors(socket_path: str, found: Mapping[str, Sequence[int]]) -> 
     )
 
 
-def memory_snapshot() -> dict[str, int]:
+def memory_snapshot() -> MemoryInfo:
     """The machine's memory: ``total`` and ``available`` (/proc/meminfo's MemTotal and
     MemAvailable), in bytes; in use is their difference."""
     memory = psutil.virtual_memory()
@@ -327,13 +346,18 @@ class Daemon:
         try:
             # The config reserves these names (spec.STATUS_NAMES): no service has one.
             if request.op == "status" and name == NETWORK:
-                await send(ok({NETWORK: self.network.snapshot()}))
+                network: NetworkReply = {NETWORK: self.network.snapshot()}
+                await send(ok(network))
             elif request.op == "status" and name == PKI:
-                await send(ok({PKI: self.pki_snapshot()}))
+                pki: PKIReply = {PKI: self.pki_snapshot()}
+                await send(ok(pki))
             elif request.op == "status" and name == PREFLIGHT:
-                await send(ok({PREFLIGHT: preflight.to_json(self.preflight)}))
+                checks: PreflightReply = {PREFLIGHT: preflight.to_json(self.preflight)}
+                await send(ok(checks))
+            elif request.op == "status" and name:
+                await send(ok(sup[name].detail()))
             elif request.op == "status":
-                snapshot = {
+                status: StatusReply = {
                     "daemon": self.self_snapshot(),
                     "memory": memory_snapshot(),
                     "services": sup.snapshot(),
@@ -342,12 +366,12 @@ class Daemon:
                     PREFLIGHT: preflight.summary_json(self.preflight),
                     "image": self.image.to_json() if self.image is not None else None,
                 }
-                await send(ok(sup[name].detail() if name else snapshot))
+                await send(ok(status))
             elif request.op == "logs":
                 await self._logs(sup[name], request, send)
             elif request.op == "start":
-                started = sup.start(name)
-                await send(ok({"started": started, **sup[name].snapshot()}))
+                started: StartReply = {"started": sup.start(name), **sup[name].snapshot()}
+                await send(ok(started))
             elif request.op == "stop":
                 await sup.stop(name)
                 await send(ok(sup[name].snapshot()))
@@ -356,8 +380,10 @@ class Daemon:
                 await send(ok(sup[name].snapshot()))
             elif request.op == "kill":
                 signum = request.signal_number()
-                pid = sup[name].send_signal(signum)
-                await send(ok({"signal": signum.name, "pid": pid, **sup[name].snapshot()}))
+                sup[name].send_signal(signum)
+                # The pid shown is the snapshot's (as before): the main process signalled.
+                killed: KillReply = {"signal": signum.name, **sup[name].snapshot()}
+                await send(ok(killed))
             elif request.op == "kubeconfig":
                 await send(ok(await self._admin_kubeconfig()))
             elif request.op in POWER_OPS and not self._power:
@@ -368,7 +394,8 @@ class Daemon:
                 try:
                     self.request_shutdown(f"k4sinit {request.op.replace('_all', ' --all')}", action)
                     await self._stopped.wait()
-                    await send(ok({"services": sup.snapshot()}))
+                    stopped: StoppedReply = {"services": sup.snapshot()}
+                    await send(ok(stopped))
                 finally:
                     # Also when the asker was itself a service, stopped meanwhile.
                     self._stop_replies_pending -= 1
@@ -379,11 +406,11 @@ class Daemon:
         except RuntimeError as exc:
             await send(error(str(exc)))
 
-    def pki_snapshot(self) -> dict[str, Any]:
+    def pki_snapshot(self) -> PKIStatus:
         """The built-in ``pki`` condition: ``{"ready": bool, "reason": str}``."""
         return {"ready": self.pki.ready, "reason": self.pki.reason}
 
-    def self_snapshot(self) -> dict[str, Any]:
+    def self_snapshot(self) -> DaemonInfo:
         """k4sinit itself: pid, resident memory, uptime (for status and bench/)."""
         me = psutil.Process()
         return {
@@ -393,7 +420,7 @@ class Daemon:
             "version": __version__,
         }
 
-    async def _admin_kubeconfig(self) -> dict[str, str]:
+    async def _admin_kubeconfig(self) -> KubeconfigReply:
         """The node's admin kubeconfig (control clients are root or k4sinit's own uid)."""
         if self.node is None:
             raise RequestError("kubeconfig: this node runs no Kubernetes roles (no node: section)")
@@ -416,7 +443,7 @@ class Daemon:
             # Subscribe before taking the backlog so no line falls between the two.
             follow = stack.enter_context(runner.follow_logs()) if request.follow else None
             backlog = list(runner.logs)[-request.lines :] if request.lines else []
-            batch: list[dict[str, Any]] = []
+            batch: list[LogLineJSON] = []
             size = 0
             for entry in backlog:
                 batch.append(entry.to_json())

@@ -34,7 +34,7 @@ from .output import LINE_RATE, LineBudget, LineSink, pump_lines
 from .reaper import Child, ExitStatus, Reaper
 from .restart import RestartTracker
 from .spec import Condition, Probe, ProbeAction, ServiceSpec
-from .state import Event, LogLine, State
+from .state import Event, LogLine, ServiceDetail, ServiceSnapshot, State
 
 EVENT_HISTORY = 64
 LOG_LINES = 200
@@ -495,7 +495,7 @@ class ServiceRunner:
 
     # --- views ------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> ServiceSnapshot:
         """The service's status as plain data (the wire form of ``status``).
 
         ``state`` is ``paused`` while the main process is stopped by a signal
@@ -541,7 +541,7 @@ class ServiceRunner:
             **self._cgroup.stats().to_json(),
         }
 
-    def detail(self) -> dict[str, Any]:
+    def detail(self) -> ServiceDetail:
         """:meth:`snapshot` plus spec summary, recent events and log lines."""
         spec = self.spec
         return {

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import signal
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from k4sinit.netspec import NetworkSpec
 
@@ -37,11 +37,11 @@ class RestartPolicy(enum.Enum):
 
 
 # Names a service can depend on that are not services: the daemon provides them.
-NETWORK = "network"  # addresses, routes and DNS configured (network.py)
-PKI = "pki"  # the node's certificates and kubeconfigs exist (identity.py)
+NETWORK: Final = "network"  # addresses, routes and DNS configured (network.py)
+PKI: Final = "pki"  # the node's certificates and kubeconfigs exist (identity.py)
 BUILTIN_DEPENDENCIES = frozenset({NETWORK, PKI})
 # ``k4sinit status preflight``: the boot's machine checks (preflight.py), not a service.
-PREFLIGHT = "preflight"
+PREFLIGHT: Final = "preflight"
 # What ``k4sinit status NAME`` answers for itself, so no service may be called so.
 STATUS_NAMES = frozenset({*BUILTIN_DEPENDENCIES, PREFLIGHT})
 

@@ -19,7 +19,7 @@ import enum
 import os
 import signal
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 
 class State(enum.Enum):
@@ -70,7 +70,7 @@ class ExitStatus:
             return f"killed by {self.signal_name}"
         return f"exit code {self.code}"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ExitJSON:
         """``{"code": 3}`` or ``{"signal": "SIGKILL"}``: the wire form."""
         if self.signal is not None:
             return {"signal": self.signal_name}
@@ -91,7 +91,7 @@ class Event:
     ready: bool
     reason: str
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> EventJSON:
         return {
             "time": self.time,
             "state": self.state.value,
@@ -109,5 +109,57 @@ class LogLine:
     pid: int
     line: str
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> LogLineJSON:
         return {"time": self.time, "stream": self.stream, "pid": self.pid, "line": self.line}
+
+
+# --- the wire forms (control.py re-exports them; the CLI reads them) ---------------
+
+
+class ExitJSON(TypedDict, total=False):
+    """:class:`ExitStatus` on the wire: ``code`` or ``signal`` (a name), never both."""
+
+    code: int | None
+    signal: str | None
+
+
+class EventJSON(TypedDict):
+    time: float
+    state: str
+    ready: bool
+    reason: str
+
+
+class LogLineJSON(TypedDict):
+    time: float
+    stream: str
+    pid: int
+    line: str
+
+
+class ServiceSnapshot(TypedDict):
+    """One service in ``status``: ``state`` is a :class:`State` value or ``paused``."""
+
+    name: str
+    state: str
+    ready: bool
+    pid: int | None
+    restarts: int
+    last_exit: ExitJSON | None
+    since: float
+    reason: str
+    next_restart_in: float | None
+    depends_on: dict[str, str]  # name -> Condition value
+    probes_not_counted: int
+    dropped_lines: int
+
+
+class ServiceDetail(ServiceSnapshot):
+    """``status NAME``: the snapshot, a summary of the spec, recent events and output."""
+
+    spec: dict[str, Any]
+    probe_results: dict[str, dict[str, Any]]
+    cgroup: dict[str, Any] | None
+    rss_bytes: int | None
+    events: list[EventJSON]
+    logs: list[LogLineJSON]

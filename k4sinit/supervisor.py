@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
 
 import trio
 
@@ -22,6 +21,7 @@ from .escapees import SERVICE_ENV
 from .graph import DependencyGraph
 from .runner import Dependency, RunnerContext, ServiceRunner
 from .spec import Config
+from .state import ServiceSnapshot
 
 
 class UnknownService(KeyError):
@@ -116,6 +116,6 @@ class Supervisor:
                 nursery.start_soon(stop_one, name)
         self._all_stopped.set()
 
-    def snapshot(self) -> list[dict[str, Any]]:
+    def snapshot(self) -> list[ServiceSnapshot]:
         """Every service's status, in dependency order."""
         return [runner.snapshot() for runner in self.runners.values()]

@@ -658,3 +658,22 @@ async def test_status_pki_of_a_node_that_has_not_made_it_yet(tmp_path: Path) -> 
         "ok": True,
         "result": {"pki": {"ready": False, "reason": "waiting for the network"}},
     }
+
+
+# --- the wire types describe what the daemon sends -------------------------------------
+
+
+async def test_status_replies_have_exactly_the_keys_of_their_wire_types(tmp_path: Path) -> None:
+    """control.py's reply types are what the CLI reads: no key missing, none unknown."""
+    from k4sinit import control
+    from k4sinit.control import Request
+
+    config = "services: {a: {command: [sleep, '1000']}}\n"
+    status = (await ask_daemon(tmp_path, config, Request("status")))["result"]
+    assert set(status) == control.StatusReply.__required_keys__
+    assert set(status["daemon"]) == control.DaemonInfo.__required_keys__
+    assert set(status["memory"]) == control.MemoryInfo.__required_keys__
+    assert set(status["pki"]) == control.PKIStatus.__required_keys__
+    assert [set(s) for s in status["services"]] == [control.ServiceSnapshot.__required_keys__]
+    detail = (await ask_daemon(tmp_path, config, Request("status", "a")))["result"]
+    assert set(detail) == control.ServiceDetail.__required_keys__
