@@ -117,9 +117,9 @@ def test_a_flood_of_idle_clients_cannot_take_the_daemons_descriptors(nobody_dir:
 
         for _ in range(120):  # more than the daemon has descriptors for
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(30)
-            s.connect(str(sock))
             idle.append(s)
+            s.connect(str(sock))  # blocking: waits (as the CLI does) while the queue is full
+            s.settimeout(30)
         out = subprocess.run(
             [*AS_NOBODY, *K4SINIT, "status", "--json", "--socket", str(sock)],
             capture_output=True,
