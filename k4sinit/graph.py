@@ -298,7 +298,3 @@ class DependencyGraph:
                     heapq.heappush(ready, position[dependent])
         assert len(order) == len(names), "a cycle passed check_dependencies"
         return order
-
-    def reverse_order(self) -> list[str]:
-        """The exact reverse of :meth:`order` (a stop order: dependents first)."""
-        return self.order()[::-1]

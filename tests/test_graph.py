@@ -28,7 +28,6 @@ def test_order_puts_dependencies_first_and_ties_in_config_order() -> None:
         services(kubelet=["containerd", "network"], network=[], containerd=["network"], etcd=[])
     )
     assert graph.order() == ["network", "containerd", "kubelet", "etcd"]
-    assert graph.reverse_order() == ["etcd", "kubelet", "containerd", "network"]
 
 
 def test_order_without_dependencies_is_config_order() -> None:
