@@ -47,8 +47,9 @@ def check_dependencies(
 ) -> list[DependencyProblem]:
     """Every dependency rule, checked once over ``services`` (in config order).
 
-    ``roles`` are the services a profile added (their restartPolicy is not
-    the user's to change), None when there is no ``node`` section. The rules:
+    ``roles`` are the services a profile added (their ``dependsOn`` and
+    restartPolicy are not the user's to change, so a hint does not suggest
+    it), None when there is no ``node`` section. The rules:
 
     * a dependency names a service of ``services`` or a built-in (``network``,
       ``pki``); else "unknown service", with the closest name as a hint (or,
@@ -83,10 +84,11 @@ def check_dependencies(
                     f"condition Completed on {what}, which has restartPolicy Always"
                     " and so never completes"
                 )
-                hint = "use Ready" + (
-                    "" if role else ", or set its restartPolicy to OnFailure or Never"
-                )
-                problems.append(DependencyProblem(name, dep, message, hint))
+                # The fixes open to the user: a role's dependsOn and restartPolicy are not.
+                fixes = [] if roles is not None and name in roles else ["use Ready"]
+                if not role:
+                    fixes.append("set its restartPolicy to OnFailure or Never")
+                problems.append(DependencyProblem(name, dep, message, ", or ".join(fixes) or None))
     edges = {name: [dep for dep, _ in spec.depends_on] for name, spec in services.items()}
     for cycle in find_cycles_in(edges):
         message = "dependency cycle: " + " -> ".join(cycle)

@@ -156,6 +156,19 @@ def test_rule_completed_on_a_role_with_restart_policy_always() -> None:
     ]
 
 
+def test_rule_completed_hints_only_the_fixes_open_to_the_user() -> None:
+    # kubelet is a role: its dependsOn is the profile's, only images can change.
+    images, kubelet = spec("images"), spec("kubelet", images=Condition.COMPLETED)
+    [problem] = check_dependencies(by_name(images, kubelet), roles={"kubelet"})
+    assert problem.message == (
+        "condition Completed on 'images', which has restartPolicy Always and so never completes"
+    )
+    assert problem.hint == "set its restartPolicy to OnFailure or Never"
+    # Both roles (a profile never does this): nothing is the user's to change.
+    [problem] = check_dependencies(by_name(images, kubelet), roles={"images", "kubelet"})
+    assert problem.hint is None
+
+
 def test_rule_completed_on_a_built_in() -> None:
     problems = check_dependencies(
         by_name(spec("app", network=Condition.COMPLETED, pki=Condition.READY))

@@ -468,10 +468,11 @@ def test_the_same_mistake_reads_the_same_written_by_the_file_or_by_a_role() -> N
     hint = "use Ready, or set its restartPolicy to OnFailure or Never"
     assert (by_file.line, by_file.service, by_file.field) == (9, "app", "dependsOn.images")
     assert (by_file.message, by_file.hint) == (message, hint)
-    # The role's dependency is written nowhere in the file: the node section it came from.
+    # The role's dependency is written nowhere in the file: the node section it came
+    # from; and it is not the file's to change, so only the other fix is offered.
     assert (by_role.line, by_role.service, by_role.field) == (1, "kubelet", "dependsOn.images")
     assert by_role.message == message + " (a dependency of the role, from profile single)"
-    assert by_role.hint == hint
+    assert by_role.hint == "set its restartPolicy to OnFailure or Never"
 
 
 def test_dependency_errors_found_at_expansion_keep_the_files_lines() -> None:
