@@ -298,13 +298,14 @@ def test_logs_follow_prints_new_lines_and_daemon_survives_client_kill(
     # -n 0: no backlog, so every line printed was produced after the subscription
     cmd = [sys.executable, "-m", "k4sinit", "logs", "--socket", str(d.socket)]
     follower = subprocess.Popen([*cmd, "ticker", "-n", "0", "-f"], stdout=subprocess.PIPE)
+    assert follower.stdout is not None
     try:
         first = read_line(follower, 15)
         second = read_line(follower, 15)
     finally:
         os.kill(follower.pid, signal.SIGKILL)
         follower.wait()
-        follower.stdout.close()  # type: ignore[union-attr]
+        follower.stdout.close()
     assert re.fullmatch(r"stdout\[\d+\]: tick \d+\n", first)
     n1, n2 = (int(line.split()[-1]) for line in (first, second))
     assert n2 == n1 + 1
@@ -463,7 +464,9 @@ def test_stop_kills_a_double_forked_grandchild(start_daemon: Any, tmp_path: Path
     d = start_daemon(
         services_config({"forker": {"command": child_cmd("--grandchild", str(pid_file))}})
     )
-    grandchild = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), what="pid"))
+    grandchild = int(
+        wait_until(lambda: pid_file.read_text() if pid_file.exists() else None, what="pid")
+    )
     assert pid_alive(grandchild)
     assert d.cli("stop", "forker").returncode == 0
     wait_until(lambda: not pid_alive(grandchild), timeout=5, what="grandchild gone")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import textwrap
@@ -680,7 +681,7 @@ def test_a_node_name_kubelet_cannot_register_is_a_config_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A fresh kernel's hostname, when neither the config nor the kernel names the node.
-    monkeypatch.setattr(node.socket, "gethostname", lambda: "(none)")
+    monkeypatch.setattr(socket, "gethostname", lambda: "(none)")  # the socket module node calls
     with pytest.raises(ConfigErrors) as caught:
         node.settings(load("node: {profile: single}\n"))
     (error,) = caught.value.errors
