@@ -84,6 +84,26 @@ def test_check_valid_config_exits_0_and_says_valid(tmp_path: Path) -> None:
     assert "valid" in out.stdout
 
 
+def test_check_expands_the_node_profile_as_run_does(tmp_path: Path) -> None:
+    """A config whose own service breaks a role's dependency passed ``check`` and
+    failed at ``run``: check now expands the roles too."""
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        "node:\n"
+        "  profile: single\n"
+        "  roles:\n"
+        "    images: {disabled: true}\n"
+        "services:\n"
+        "  images:\n"
+        '    command: ["sleep", "1000"]\n'
+    )
+    out = k4sinit("check", "--config", str(config))
+    assert out.returncode == 1, out.stdout
+    assert (
+        f"{config}:1: service 'kubelet', field dependsOn.images: condition Completed" in out.stderr
+    )
+
+
 def test_check_broken_config_lists_every_error_with_line_and_hint(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(BROKEN.format(marker=tmp_path / "marker"))
