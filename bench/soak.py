@@ -129,8 +129,10 @@ def phase_restarts(run: DaemonRun, tmp: Path, count: int) -> str:
     while (done := restarts_of(run, ("crasher",)) - before) < count:
         run.check_alive()
         time.sleep(0.2)
-    (tmp / "go").unlink()
-    run.request("kill", name="crasher", signal="KILL")  # the next life sleeps again
+    (tmp / "go").unlink()  # the next life sleeps again
+    run.wait_until(
+        lambda ss: by_name(ss)["crasher"]["state"] == "running", timeout=30, interval=0.1
+    )
     return f"{done} restarts"
 
 
