@@ -83,7 +83,8 @@ class DaemonRun:
         return control.request(self.socket, control.Request(op, **kw), timeout=timeout)
 
     def status(self) -> Services:
-        return self.request("status")["services"]  # type: ignore[no-any-return]
+        services: Services = self.request("status")["services"]
+        return services
 
     def wait_socket(self, timeout: float = 30.0, interval: float = 0.005) -> float:
         """Poll until ``status`` answers; returns seconds since spawn."""

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     text = config(args.services)
     if not cfg.exists() or cfg.read_text() != text:
         cfg.write_text(text)
-    image = build.build(cfg, OUT, compress=not args.no_compress)
+    image = build.build(cfg, OUT, userland=None, compress=not args.no_compress)
     key = json.loads(image.with_name(image.name + ".key").read_text())
     cpio_bytes = int(key["cpio_bytes"])
     print(

@@ -29,9 +29,10 @@ import resource
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from _common import DaemonRun, Services, exit_on_signals, machine, summary, table, yaml_list
 
@@ -112,13 +113,13 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def by_name(services: Services) -> dict[str, dict[str, object]]:
+def by_name(services: Services) -> dict[str, dict[str, Any]]:
     return {str(s["name"]): s for s in services}
 
 
 def restarts_of(run: DaemonRun, names: tuple[str, ...]) -> int:
     services = by_name(run.status())
-    return sum(int(services[n]["restarts"]) for n in names)  # type: ignore[call-overload]
+    return sum(int(services[n]["restarts"]) for n in names)
 
 
 def phase_restarts(run: DaemonRun, tmp: Path, count: int) -> str:
@@ -128,8 +129,10 @@ def phase_restarts(run: DaemonRun, tmp: Path, count: int) -> str:
     while (done := restarts_of(run, ("crasher",)) - before) < count:
         run.check_alive()
         time.sleep(0.2)
-    (tmp / "go").unlink()
-    run.request("kill", name="crasher", signal="KILL")  # the next life sleeps again
+    (tmp / "go").unlink()  # the next life sleeps again
+    run.wait_until(
+        lambda ss: by_name(ss)["crasher"]["state"] == "running", timeout=30, interval=0.1
+    )
     return f"{done} restarts"
 
 
@@ -207,7 +210,7 @@ def main() -> None:
         all_latencies: list[float] = []
         all_failures: list[str] = []
         watch = StatusWatch(run)
-        phases = [
+        phases: list[tuple[float, str, Callable[[], str]]] = [
             (args.restarts, "restarts", lambda: phase_restarts(run, run.tmp, args.restarts)),
             (args.connects, "connect", lambda: phase_connect(run, args.connects)),
             (args.followers, "followers", lambda: phase_followers(run, args.followers, args.wave)),

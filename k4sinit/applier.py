@@ -44,6 +44,9 @@ from typing import Any, NoReturn
 
 import trio
 
+from .restart import backoff_delay
+from .spec import Backoff
+
 SUFFIXES = (".yaml", ".yml", ".json")
 FIELD_MANAGER = "k4sinit"
 #: A documentation address (TEST-NET-1): connecting a UDP socket to it sends
@@ -196,10 +199,16 @@ class Applier:
                     applied, failed, failures = wanted, None, 0
                 else:
                     failures += 1
-                    delay = min(self.backoff_initial * 2 ** (failures - 1), self.backoff_max)
+                    delay = self._retry_delay(failures)
                     failed, retry_at = wanted, trio.current_time() + delay
                     self.say(f"trying again in {delay:g}s, or as soon as a file changes")
             await trio.sleep(self.period)
+
+    def _retry_delay(self, failures: int) -> float:
+        """``backoff_initial`` doubled per failure in a row, at most ``backoff_max``:
+        the restarts' own schedule (the first failure waits ``backoff_initial``)."""
+        backoff = Backoff(initial=self.backoff_initial, max=self.backoff_max, jitter=0.0)
+        return backoff_delay(backoff, failures + 1, rand=0.5)
 
     def _generated(self) -> str | None:
         """The generated objects (JSON) for stdin, or None when there are none yet."""

@@ -185,8 +185,12 @@ def entry() -> None:
 
 
 def cmd_check(path: str) -> int:
+    """``k4sinit check``: the file, and the services it makes with the node's roles
+    expanded (as ``run`` and PID 1 expand them), so what passes here can run."""
+    from . import node
+
     try:
-        config = load_config(path)
+        config = node.expand(load_config(path))
     except ConfigErrors as exc:
         print(exc, file=sys.stderr)
         return 1

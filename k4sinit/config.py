@@ -49,7 +49,7 @@ from typing import Any, TypeGuard, TypeVar
 
 import yaml
 
-from k4sinit.graph import find_cycles_in
+from k4sinit.graph import check_dependencies
 from k4sinit.netspec import (
     DEFAULT_V4,
     DEFAULT_V6,
@@ -219,7 +219,14 @@ def load_config_text(text: str, source: str) -> Config:
     services, system, network, node = _read_config(doc, data)
     if doc.errors:
         raise ConfigErrors(source, sorted(doc.errors, key=lambda e: e.line or 0))
-    return Config(source=source, services=services, system=system, network=network, node=node)
+    return Config(
+        source=source,
+        services=services,
+        system=system,
+        network=network,
+        node=node,
+        where=doc.where,
+    )
 
 
 def _read_bytes(source: str) -> bytes:
@@ -334,6 +341,9 @@ class _Document:
         self.file = file
         self.errors: list[ConfigError] = []
         self.lines: dict[_Path, int] = {}
+        # (service, dependency or None) -> (line, field): where the file wrote it,
+        # for the errors the expansion finds (Config.where).
+        self.where: dict[tuple[str, str | None], tuple[int | None, str | None]] = {}
         self._constructor = yaml.constructor.SafeConstructor()
         self._open: set[int] = set()  # ids of collection nodes being built, to stop at recursion
         self._built: set[int] = set()  # ids of nodes built once: building one again is an alias
@@ -502,50 +512,6 @@ def _did_you_mean(word: str, options: Sequence[str]) -> str | None:
     same_case = {option.lower(): option for option in options}.get(word.lower())
     close = same_case or next(iter(difflib.get_close_matches(word, options, 1, 0.6)), None)
     return None if close is None else f"did you mean {close!r}?"
-
-
-class _NameHints:
-    """'did you mean ...?' for unknown names among many, in bounded work per name.
-
-    Up to ``full`` names, every one is compared (difflib, as
-    :func:`_did_you_mean`). Among more, only names within one deleted
-    character of the unknown one are (``contaner`` and ``containre`` reach
-    ``container``: a typo, a missing or extra letter, a swap), at most
-    ``full`` of them: an index of each name with one character deleted finds
-    them in ``len(word)`` lookups, so a thousand unknown names among a
-    thousand services cost thousands of comparisons, not a million.
-    """
-
-    def __init__(self, names: Sequence[str], full: int = 32) -> None:
-        self._names = list(names)
-        self._full = full
-        self._lower = {name.lower(): name for name in reversed(self._names)}
-        self._index: dict[str, list[str]] = {}
-        if len(self._names) > full:
-            for name in self._names:
-                for variant in dict.fromkeys(_one_deleted(name)):
-                    self._index.setdefault(variant, []).append(name)
-
-    def hint(self, word: str, exclude: str | None = None) -> str | None:
-        """The hint for ``word``, never suggesting ``exclude``."""
-        same_case = self._lower.get(word.lower())
-        if same_case is not None and same_case != exclude:
-            return f"did you mean {same_case!r}?"
-        if len(self._names) <= self._full:
-            candidates = self._names
-        else:
-            near: dict[str, None] = {}
-            for variant in dict.fromkeys(_one_deleted(word)):
-                near.update(dict.fromkeys(self._index.get(variant, ())))
-            candidates = list(near)[: self._full]
-        candidates = [name for name in candidates if name != exclude]
-        close = difflib.get_close_matches(word, candidates, 1, 0.6)
-        return f"did you mean {close[0]!r}?" if close else None
-
-
-def _one_deleted(word: str) -> list[str]:
-    """``word`` and every string made by deleting one of its characters."""
-    return [word, *(word[:i] + word[i + 1 :] for i in range(len(word)))]
 
 
 def _is_str(value: object) -> TypeGuard[str]:
@@ -1420,7 +1386,9 @@ def _read_services(top: _Reader, node: NodeSpec | None) -> dict[str, ServiceSpec
         entry = section.mapping(name)
         if entry is not None:
             services[name] = _read_service(entry, name)
-    _check_dependencies(top.doc, services, set(section.data) | roles, roles - ONESHOT_ROLES)
+    top.doc.where = _check_dependencies(
+        top.doc, services, list(section.data), None if node is None else roles
+    )
     return {name: s.spec for name, s in services.items() if s.spec is not None}
 
 
@@ -1613,46 +1581,44 @@ def _is_deps(value: object) -> TypeGuard[dict[str, Any] | list[Any]]:
 def _check_dependencies(
     doc: _Document,
     services: dict[str, _Service],
-    names: set[str] | frozenset[str],
-    roles: frozenset[str] = frozenset(),
-) -> None:
-    """Cross-service checks: unknown names, impossible conditions, cycles.
+    names: list[str],
+    roles: frozenset[str] | None = None,
+) -> dict[tuple[str, str | None], tuple[int | None, str | None]]:
+    """The file's dependencies through :func:`k4sinit.graph.check_dependencies`.
 
-    ``roles`` are the node section's role services with restartPolicy Always
-    (not the oneshot ``images``): a Completed condition on one is an error.
+    ``names`` are all the file's service names, in order, the invalid ones
+    too (a dependency on one is not unknown). ``roles`` are the node
+    section's role services (None without one): they
+    stand in with their restartPolicy (Always, but OnFailure for the oneshot
+    ``images``) and no dependencies of their own, which :func:`k4sinit.node.expand`
+    checks. Each problem is reported where the dependency (or, for a cycle,
+    the service) is written. Returns where that is for every service and
+    dependency (line, field), for the errors the expansion finds.
     """
-    hints = _NameHints([*sorted(names), *sorted(BUILTIN_DEPENDENCIES)])
-    for name, service in services.items():
+    paths: dict[tuple[str, str | None], _Path] = {}
+    stand_ins = {}
+    for name in names:
+        paths[(name, None)] = ("services", name)
+        service = services.get(name, _Service(None, None, ()))
         for dep in service.dependencies:
-            target = services.get(dep.name)
-            if dep.name in roles and dep.condition is Condition.COMPLETED:
-                message = f"condition Completed on the role {dep.name!r}, which never completes"
-                doc.error(dep.path, message, "use Ready")
-                continue
-            if dep.name in BUILTIN_DEPENDENCIES:
-                if dep.condition is Condition.COMPLETED:
-                    message = f"the built-in {dep.name!r} condition never completes"
-                    doc.error(dep.path, message, "use Ready")
-                continue
-            if dep.name not in names:
-                message = f"unknown service {dep.name!r} in dependsOn"
-                doc.error(dep.path, message, hints.hint(dep.name, exclude=name))
-            elif (
-                target is not None
-                and dep.condition is Condition.COMPLETED
-                and target.restart_policy is RestartPolicy.ALWAYS
-            ):
-                message = (
-                    f"condition Completed on {dep.name!r},"
-                    " which has restartPolicy Always and so never completes"
-                )
-                doc.error(dep.path, message, "set its restartPolicy to OnFailure or Never")
-    edges = {
-        name: [d.name for d in s.dependencies if d.name not in BUILTIN_DEPENDENCIES]
-        for name, s in services.items()
-    }
-    for cycle in find_cycles_in(edges):
-        doc.error(("services", cycle[0]), "dependency cycle: " + " -> ".join(cycle))
+            paths[(name, dep.name)] = dep.path
+        # An invalid condition or restartPolicy is reported already: stand-ins that
+        # raise no second error (the name of the dependency is still checked).
+        depends_on = tuple((d.name, d.condition or Condition.READY) for d in service.dependencies)
+        policy = service.restart_policy or RestartPolicy.NEVER
+        stand_ins[name] = ServiceSpec(name, (name,), depends_on=depends_on, restart_policy=policy)
+    for role in sorted(roles or ()):
+        policy = RestartPolicy.ON_FAILURE if role in ONESHOT_ROLES else RestartPolicy.ALWAYS
+        stand_ins.setdefault(role, ServiceSpec(role, (role,), restart_policy=policy))
+    for problem in check_dependencies(stand_ins, roles):
+        doc.error(paths[(problem.service, problem.dependency)], problem.message, problem.hint)
+    return {key: _where(doc, path) for key, path in paths.items()}
+
+
+def _where(doc: _Document, path: _Path) -> tuple[int | None, str | None]:
+    """The line and field of ``path`` inside its service, as an error names them."""
+    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path[2:])
+    return doc.line(path), field.lstrip(".") or None
 
 
 # --- probes ------------------------------------------------------------------------

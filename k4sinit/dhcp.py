@@ -42,6 +42,9 @@ from typing import Any
 import structlog
 import trio
 
+from k4sinit.restart import backoff_delay
+from k4sinit.spec import Backoff
+
 DEFAULT_LEASE_DIR = Path("/run/k4sinit/dhcp")
 
 
@@ -182,11 +185,23 @@ class DHCPClient:
         while True:
             reason, got_lease = await self._attempt()
             failures = 1 if got_lease else failures + 1
-            delay = backoff_delay(
-                failures, self.backoff_initial, self.backoff_max, self._rng.random()
-            )
+            delay = self.retry_delay(failures)
             self._report_error(f"{self.interface}: {reason}; retrying in {round(delay, 1):g}s")
             await trio.sleep(delay)
+
+    def retry_delay(self, failures: int, rand: float | None = None) -> float:
+        """Seconds to wait after ``failures`` (>= 1) failed attempts in a row.
+
+        ``backoff_initial * 2**(failures-1)``, at most ``backoff_max``, spread
+        by +/-20 % (``rand`` uniform in [0, 1), by default from the client's
+        random source). The services' restart backoff computes it
+        (:func:`k4sinit.restart.backoff_delay`): the same doubling, bounded
+        for any count, one step later because a service's first restart is
+        immediate and a DHCP retry's is not.
+        """
+        backoff = Backoff(initial=self.backoff_initial, max=self.backoff_max)
+        rand = self._rng.random() if rand is None else rand
+        return backoff_delay(backoff, failures + 1, rand)
 
     def _report_error(self, reason: str) -> None:
         self.reason = reason
@@ -438,13 +453,3 @@ def _read_name(raw: bytes, pos: int) -> tuple[str | None, int]:
             return None, len(raw)
         labels.append(label.decode("ascii", "replace"))
         pos += 1 + length
-
-
-def backoff_delay(failures: int, initial: float, maximum: float, rand: float) -> float:
-    """Seconds to wait after ``failures`` (>= 1) failed attempts in a row.
-
-    ``initial * 2**(failures-1)`` capped at ``maximum``, spread by +/-20 % with
-    ``rand`` uniform in [0, 1).
-    """
-    base = min(maximum, initial * 2.0 ** max(0, failures - 1))
-    return max(0.0, min(maximum, base * (0.8 + 0.4 * rand)))

@@ -1,25 +1,156 @@
-"""The service dependency graph: start order, direct neighbours and cycles.
+"""The service dependency graph: the one dependency check, start order, neighbours.
 
 An edge points from a service to a service it depends on (``dependsOn``).
 Everything here is pure and deterministic: wherever several answers are
 possible, the one following the config file's order is given.
+
+:func:`check_dependencies` holds every dependency rule, once: the config
+loader runs it on the file's services (with the profile's roles as
+stand-ins), :func:`k4sinit.node.expand` on the services after expansion and
+:class:`DependencyGraph` before it accepts services, so the same mistake gets
+the same words wherever it is found. It gives :class:`DependencyProblem` s
+naming the service and the dependency; each caller puts them where they were
+written (file, line, field).
 """
 
 from __future__ import annotations
 
+import difflib
 import heapq
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-from k4sinit.spec import BUILTIN_DEPENDENCIES, ServiceSpec
+from k4sinit.nodespec import ALL_ROLES
+from k4sinit.spec import BUILTIN_DEPENDENCIES, Condition, RestartPolicy, ServiceSpec
 
 
-class CycleError(ValueError):
-    """The graph has dependency cycles, so it has no start order."""
+@dataclass(frozen=True, slots=True)
+class DependencyProblem:
+    """One broken dependency rule.
 
-    def __init__(self, cycles: list[list[str]]) -> None:
-        self.cycles = cycles
-        super().__init__("dependency cycle: " + "; ".join(" -> ".join(c) for c in cycles))
+    ``service`` is the service whose ``dependsOn`` holds ``dependency``; for
+    a cycle, ``dependency`` is None, ``cycle`` the closed path (``a, b, a``)
+    and ``service`` its first member (in config order). ``hint`` is the
+    likely fix, if there is one.
+    """
+
+    service: str
+    dependency: str | None
+    message: str
+    hint: str | None = None
+    cycle: tuple[str, ...] = ()
+
+
+def check_dependencies(
+    services: Mapping[str, ServiceSpec], roles: Collection[str] | None = None
+) -> list[DependencyProblem]:
+    """Every dependency rule, checked once over ``services`` (in config order).
+
+    ``roles`` are the services a profile added (their ``dependsOn`` and
+    restartPolicy are not the user's to change, so a hint does not suggest
+    it), None when there is no ``node`` section. The rules:
+
+    * a dependency names a service of ``services`` or a built-in (``network``,
+      ``pki``); else "unknown service", with the closest name as a hint (or,
+      for a Kubernetes role, that this profile does not run it);
+    * condition Completed only on a service that can complete: not on a
+      built-in, not on one with restartPolicy Always;
+    * no cycles (a service depending on itself is one).
+
+    Problems come per service in config order, its dependencies in order,
+    then the cycles.
+    """
+    hints = None  # made at the first unknown name: a valid config needs none
+    problems = []
+    for name, spec in services.items():
+        for dep, condition in spec.depends_on:
+            target = services.get(dep)
+            if dep in BUILTIN_DEPENDENCIES:
+                if condition is Condition.COMPLETED:
+                    message = f"condition Completed on the built-in {dep!r}, which never completes"
+                    problems.append(DependencyProblem(name, dep, message, "use Ready"))
+            elif target is None:
+                hint: str | None = "it is not a role of this profile (or it is disabled)"
+                if roles is None or dep not in ALL_ROLES:
+                    hints = hints or NameHints([*sorted(services), *sorted(BUILTIN_DEPENDENCIES)])
+                    hint = hints.hint(dep, exclude=name)
+                message = f"unknown service {dep!r} in dependsOn"
+                problems.append(DependencyProblem(name, dep, message, hint))
+            elif condition is Condition.COMPLETED and target.restart_policy is RestartPolicy.ALWAYS:
+                role = roles is not None and dep in roles
+                what = f"the role {dep!r}" if role else repr(dep)
+                message = (
+                    f"condition Completed on {what}, which has restartPolicy Always"
+                    " and so never completes"
+                )
+                # The fixes open to the user: a role's dependsOn and restartPolicy are not.
+                fixes = [] if roles is not None and name in roles else ["use Ready"]
+                if not role:
+                    fixes.append("set its restartPolicy to OnFailure or Never")
+                problems.append(DependencyProblem(name, dep, message, ", or ".join(fixes) or None))
+    edges = {name: [dep for dep, _ in spec.depends_on] for name, spec in services.items()}
+    for cycle in find_cycles_in(edges):
+        message = "dependency cycle: " + " -> ".join(cycle)
+        problems.append(DependencyProblem(cycle[0], None, message, cycle=tuple(cycle)))
+    return problems
+
+
+class DependencyError(ValueError):
+    """Services whose dependencies break a rule of :func:`check_dependencies`."""
+
+    def __init__(self, problems: list[DependencyProblem]) -> None:
+        self.problems = problems
+        super().__init__(
+            "; ".join(
+                f"service {p.service!r}: {p.message}" + ("" if p.hint is None else f", {p.hint}")
+                for p in problems
+            )
+        )
+
+
+class NameHints:
+    """'did you mean ...?' for unknown names among many, in bounded work per name.
+
+    Up to ``full`` names, every one is compared (difflib). Among more, only
+    names within one deleted character of the unknown one are (``contaner``
+    and ``containre`` reach ``container``: a typo, a missing or extra letter,
+    a swap), at most ``full`` of them: an index of each name with one
+    character deleted finds them in ``len(word)`` lookups, so a thousand
+    unknown names among a thousand services cost thousands of comparisons,
+    not a million. A name differing only in case is suggested first.
+    """
+
+    def __init__(self, names: Sequence[str], full: int = 32) -> None:
+        self._names = list(names)
+        self._full = full
+        self._lower = {name.lower(): name for name in reversed(self._names)}
+        self._index: dict[str, list[str]] = {}
+        if len(self._names) > full:
+            for name in self._names:
+                for variant in dict.fromkeys(_one_deleted(name)):
+                    self._index.setdefault(variant, []).append(name)
+
+    def hint(self, word: str, exclude: str | None = None) -> str | None:
+        """The hint for ``word``, never suggesting ``exclude``."""
+        same_case = self._lower.get(word.lower())
+        if same_case is not None and same_case != exclude:
+            return f"did you mean {same_case!r}?"
+        if len(self._names) <= self._full:
+            candidates = self._names
+        else:
+            near: dict[str, None] = {}
+            for variant in dict.fromkeys(_one_deleted(word)):
+                near.update(dict.fromkeys(self._index.get(variant, ())))
+            candidates = list(near)[: self._full]
+        candidates = [name for name in candidates if name != exclude]
+        close = difflib.get_close_matches(word, candidates, 1, 0.6)
+        return f"did you mean {close[0]!r}?" if close else None
+
+
+def _one_deleted(word: str) -> list[str]:
+    """``word`` and every string made by deleting one of its characters."""
+    return [word, *(word[:i] + word[i + 1 :] for i in range(len(word)))]
 
 
 def find_cycles_in(edges: Mapping[str, Iterable[str]]) -> list[list[str]]:
@@ -112,13 +243,17 @@ def _cycle_through(start: str, component: set[str], deps: Mapping[str, list[str]
 class DependencyGraph:
     """Who depends on whom among one config's services.
 
-    Built from services in config order; every ``dependsOn`` name must be one
-    of them (``ValueError`` otherwise: the config loader reports unknown names
+    Built from services in config order, which must pass
+    :func:`check_dependencies` (:class:`DependencyError` otherwise; the config
+    loader and the expansion report the same problems, with their lines,
     before a graph is built). Methods taking a name raise ``KeyError`` for an
     unknown one.
     """
 
     def __init__(self, services: Mapping[str, ServiceSpec]) -> None:
+        problems = check_dependencies(services)
+        if problems:
+            raise DependencyError(problems)
         self._deps = {
             name: tuple(
                 dict.fromkeys(dep for dep, _ in spec.depends_on if dep not in BUILTIN_DEPENDENCIES)
@@ -128,8 +263,6 @@ class DependencyGraph:
         dependents: dict[str, list[str]] = {name: [] for name in self._deps}
         for name, deps in self._deps.items():
             for dep in deps:
-                if dep not in dependents:
-                    raise ValueError(f"service {name!r} depends on unknown service {dep!r}")
                 dependents[dep].append(name)
         self._dependents = {name: tuple(names) for name, names in dependents.items()}
 
@@ -146,15 +279,11 @@ class DependencyGraph:
         """The services that depend directly on ``name``, in config order."""
         return self._dependents[name]
 
-    def find_cycles(self) -> list[list[str]]:
-        """Dependency cycles, as :func:`find_cycles_in` gives them; empty if none."""
-        return find_cycles_in(self._deps)
-
     def order(self) -> list[str]:
         """All names, each after everything it depends on (a start order).
 
         Among services whose dependencies are all placed, the one first in the
-        config comes first. Raises :class:`CycleError` if there is a cycle.
+        config comes first. (The graph has no cycle: the constructor refused it.)
         """
         position = {name: i for i, name in enumerate(self._deps)}
         waiting = {name: len(deps) for name, deps in self._deps.items()}
@@ -169,10 +298,5 @@ class DependencyGraph:
                 waiting[dependent] -= 1
                 if waiting[dependent] == 0:
                     heapq.heappush(ready, position[dependent])
-        if len(order) < len(names):
-            raise CycleError(self.find_cycles())
+        assert len(order) == len(names), "a cycle passed check_dependencies"
         return order
-
-    def reverse_order(self) -> list[str]:
-        """The exact reverse of :meth:`order` (a stop order: dependents first)."""
-        return self.order()[::-1]

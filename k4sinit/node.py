@@ -28,7 +28,6 @@ hostname, :func:`expand` looks for binaries, :func:`write_files` writes.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import posixpath
 import re
@@ -40,7 +39,7 @@ from types import ModuleType
 from typing import Any
 
 from k4sinit.config import ConfigError, ConfigErrors, worker_problems
-from k4sinit.graph import find_cycles_in
+from k4sinit.graph import check_dependencies
 from k4sinit.netspec import IPAddress, IPNetwork
 from k4sinit.nodespec import (
     PROFILES,
@@ -64,13 +63,11 @@ from k4sinit.services import (
 )
 from k4sinit.spec import (
     BUILTIN_DEPENDENCIES,
-    Condition,
     Config,
     ExecAction,
     FileAction,
     HTTPGetAction,
     Probe,
-    RestartPolicy,
     ServiceSpec,
     TCPSocketAction,
     UnixSocketAction,
@@ -307,7 +304,7 @@ def expand(
             errors.append(ConfigError(config.source, None, name, None, message, hint))
             continue
         services[name] = spec
-    errors += _check(config.source, services, set(node_settings.roles))
+    errors += _check(config, node, services, set(node_settings.roles))
     if errors:
         raise ConfigErrors(config.source, errors)
     return dataclasses.replace(config, services=services, node=node)
@@ -350,32 +347,28 @@ def _dispatch(spec: ServiceSpec, node: NodeSettings) -> ServiceSpec:
     return dataclasses.replace(spec, executable=node.multicall)
 
 
-def _check(source: str, services: dict[str, ServiceSpec], roles: set[str]) -> list[ConfigError]:
+def _check(
+    config: Config, node: NodeSpec, services: dict[str, ServiceSpec], roles: set[str]
+) -> list[ConfigError]:
+    """The expanded ``services`` through :func:`k4sinit.graph.check_dependencies`.
+
+    A problem in the file's own service is put where the file wrote it
+    (``config.where``: line and field, as the loader gives them). A cycle is
+    put at its first member the file wrote (the roles' dependencies are not
+    the file's to change). A problem in a role's dependency is put where the
+    node section starts, saying the profile gave the role that dependency.
+    """
     errors = []
-    for name, spec in services.items():
-        for dep, condition in spec.depends_on:
-            if dep in BUILTIN_DEPENDENCIES:
-                continue
-            target = services.get(dep)
-            field = f"dependsOn.{dep}"
-            if target is None:
-                close = difflib.get_close_matches(dep, [n for n in services if n != name], 1, 0.6)
-                hint = f"did you mean {close[0]!r}?" if close else None
-                if dep in _MODULES:
-                    hint = "it is not a role of this profile (or it is disabled)"
-                errors.append(
-                    ConfigError(
-                        source, None, name, field, f"unknown service {dep!r} in dependsOn", hint
-                    )
-                )
-            elif condition is Condition.COMPLETED and target.restart_policy is RestartPolicy.ALWAYS:
-                what = "the role" if dep in roles else "the service"
-                message = f"condition Completed on {what} {dep!r}, which has restartPolicy Always"
-                errors.append(ConfigError(source, None, name, field, message, "use Ready"))
-    edges = {name: [d for d, _ in s.depends_on] for name, s in services.items()}
-    for cycle in find_cycles_in(edges):
-        message = "dependency cycle: " + " -> ".join(cycle)
-        errors.append(ConfigError(source, None, cycle[0], None, message))
+    for problem in check_dependencies(services, roles):
+        name, dep, message = problem.service, problem.dependency, problem.message
+        name = next((n for n in problem.cycle if n not in roles), name)
+        field = None if dep is None else f"dependsOn.{dep}"
+        if name in roles:
+            line = config.node.line if config.node is not None else None
+            message += f" (a dependency of the role, from profile {node.profile.value})"
+        else:
+            line, field = config.where.get((name, dep), (None, field))
+        errors.append(ConfigError(config.source, line, name, field, message, problem.hint))
     return errors
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -237,3 +238,8 @@ class Config:
     # The ``node:`` section (None: no Kubernetes roles); k4sinit.node.expand
     # turns it into role services.
     node: NodeSpec | None = None
+    # Where the file wrote each service, (name, None), and each of its dependencies,
+    # (name, dependency): (line, field), for the errors k4sinit.node.expand finds.
+    where: Mapping[tuple[str, str | None], tuple[int | None, str | None]] = field(
+        default_factory=dict, compare=False, repr=False
+    )

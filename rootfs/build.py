@@ -344,9 +344,10 @@ def build(
     tmp.replace(image)
     key_file.write_text(json.dumps({"key": key, "cpio_bytes": raw_size}))
     versions = description.get("versions") or {}
+    assert isinstance(versions, dict)  # _install_userland's, or none
     say(
         f"build: {image} ({len(installed)} modules for {kver}; "
-        f"{', '.join(f'{k} {v}' for k, v in versions.items()) or 'no Kubernetes'}): "  # type: ignore[attr-defined]
+        f"{', '.join(f'{k} {v}' for k, v in versions.items()) or 'no Kubernetes'}): "
         f"{_sizes(raw_size, image)} in {time.monotonic() - started:.1f}s"
     )
     return image
@@ -479,8 +480,8 @@ def _input_key(
     for path in (*binaries, *ldd_closure(binaries)):  # a package upgrade changes these
         add_file(Path(path).resolve())
     if userland is not None:
-        for path in _userland_files(userland):
-            add_file(path)
+        for file in _userland_files(userland):
+            add_file(file)
     add([(d.metadata["Name"], d.version) for d in dists])
     for src in _k4sinit_sources():
         add_file(src)

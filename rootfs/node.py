@@ -202,7 +202,7 @@ class Cluster:
 
     def diagnose(self, objects: Sequence[str] = ()) -> str:
         """What kubectl can tell about a stuck cluster; never raises."""
-        queries = [
+        queries: list[tuple[str, ...]] = [
             ("get", "nodes", "-o", "wide"),
             ("get", "events", "-A", "--sort-by=.lastTimestamp"),
         ]
@@ -220,10 +220,11 @@ class Cluster:
 
     def node_ready(self) -> dict[str, Any] | None:
         """The first node whose Ready condition is True, or None."""
+        item: dict[str, Any]
         for item in self.json("get", "nodes")["items"]:
             ready = [c for c in item["status"].get("conditions", []) if c["type"] == "Ready"]
             if ready and ready[0]["status"] == "True":
-                return item  # type: ignore[no-any-return]
+                return item
         return None
 
     def apply_pods(self, manifests: str, timeout: float = 300) -> None:

@@ -54,8 +54,8 @@ def layer_tar(files: LayerFiles) -> bytes:
         parts = path.strip("/").split("/")
         for i in range(1, len(parts)):
             entries.setdefault("/".join(parts[:i]), None)  # a directory
-    for path, content in files.items():
-        entries[path.strip("/")] = content
+    for path, data in files.items():
+        entries[path.strip("/")] = data
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name in sorted(entries):

@@ -41,7 +41,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import trio
 
@@ -138,6 +138,20 @@ def qemu_command(
     ]
 
 
+class QemuOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`qemu_command` that :class:`VM` passes on."""
+
+    kernel: str | os.PathLike[str] | None
+    append: str
+    accel: Sequence[str] | None
+    memory_mb: int
+    cpus: int
+    reboot: bool
+    quiet: bool
+    terminal: bool
+    forward: Sequence[tuple[int, int]]
+
+
 class VM:
     """One qemu run of ``image``; use as a context manager.
 
@@ -158,13 +172,13 @@ class VM:
         *,
         log_path: str | os.PathLike[str] | None = None,
         control_socket: str | os.PathLike[str] | None = None,
-        **qemu_args: object,
+        **qemu_args: Unpack[QemuOptions],
     ) -> None:
         self.image = Path(image)
         self.control_socket = str(control_socket) if control_socket else None
         self._port_dir = tempfile.mkdtemp(prefix="k4sinit-vm-port-") if control_socket else None
         port = os.path.join(self._port_dir, "port.sock") if self._port_dir else None
-        self.command = qemu_command(image, control_port=port, **qemu_args)  # type: ignore[arg-type]
+        self.command = qemu_command(image, control_port=port, **qemu_args)
         self._relay = (
             RelayThread(port, self.control_socket) if port and self.control_socket else None
         )

@@ -66,7 +66,7 @@ def main() -> int:
         while True:
             time.sleep(3600)
     time.sleep(args.sleep)
-    return args.exit
+    return int(args.exit)
 
 
 def _double_fork(pid_file: str) -> None:

@@ -10,9 +10,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import pytest
@@ -144,7 +144,7 @@ def start_daemon(tmp_path: Path) -> Iterator[Any]:
 def pid_alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)  # psutil is untyped
     except psutil.NoSuchProcess:
         return False
 
@@ -162,7 +162,12 @@ def services_config(services: dict[str, dict[str, Any]]) -> str:
     return json.dumps({"services": services}, indent=2)
 
 
-def wait_until(predicate: Any, timeout: float = 30, what: str = "condition") -> Any:
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T | None], timeout: float = 30, what: str = "condition"
+) -> T:
     """Poll ``predicate()`` until it returns something truthy, which is returned."""
     deadline = time.monotonic() + timeout
     while True:

@@ -184,3 +184,14 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         applier.main(["--kubeconfig", "k", "--dir", "d", "--dns-service", "kube-dns"])
     assert caught.value.code == 2
     assert "expected NAMESPACE/NAME" in capsys.readouterr().err
+
+
+def test_a_thousand_failures_in_a_row_keep_the_backoff_at_its_max(tmp_path: Path) -> None:
+    """The delay was 2 ** failures before the cap: the 1,025th failure overflowed."""
+    (tmp_path / "a.yaml").write_text("kind: A\n")
+    kubectl = FakeKubectl(codes=[1] * 1100)
+    said: list[str] = []
+    loop = Applier(tmp_path, kubectl, say=said.append, period=60.0, backoff_max=60.0)
+    run_for(1060 * 61.0, loop)  # ends before the 1,100 failures run out
+    assert len(kubectl.calls) >= 1050
+    assert said.count("trying again in 60s, or as soon as a file changes") >= 1040

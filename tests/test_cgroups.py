@@ -126,6 +126,11 @@ def double_forked_sleeper(cgroup: Path) -> int:
     return orphan
 
 
+def gone(pid: int) -> Callable[[], bool]:
+    """A condition for :func:`wait_until`: ``pid`` has exited and been reaped."""
+    return lambda: not pid_alive(pid)
+
+
 def pids_of(cgroup: Path) -> list[int]:
     return [int(pid) for pid in (cgroup / "cgroup.procs").read_text().split()]
 
@@ -151,7 +156,7 @@ async def test_kill_and_wait_empties_the_cgroup_double_forked_and_nested_too(
     assert cgroup.pids() == []
     assert Cgroup(nested).pids() == []
     for pid in (direct, orphan, deep):
-        wait_until(lambda pid=pid: not pid_alive(pid), timeout=10, what=f"pid {pid} gone")
+        wait_until(gone(pid), timeout=10, what=f"pid {pid} gone")
 
 
 @needs_cgroup2
@@ -169,7 +174,7 @@ async def test_a_node_stop_kills_every_cgroup_but_k4sinits_own(
     with trio.fail_after(30):
         assert await tree.kill_everything(within=20, say=said.append) is True
     for pid in (service, shim, pod):
-        wait_until(lambda pid=pid: not pid_alive(pid), timeout=10, what=f"pid {pid} gone")
+        wait_until(gone(pid), timeout=10, what=f"pid {pid} gone")
     assert pid_alive(ours) and pids_of(cgroup_dir / "init") == [ours]
     assert said == [
         f"killing 1 process(es) left in {cgroup_dir}/services",

@@ -84,6 +84,26 @@ def test_check_valid_config_exits_0_and_says_valid(tmp_path: Path) -> None:
     assert "valid" in out.stdout
 
 
+def test_check_expands_the_node_profile_as_run_does(tmp_path: Path) -> None:
+    """A config whose own service breaks a role's dependency passed ``check`` and
+    failed at ``run``: check now expands the roles too."""
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        "node:\n"
+        "  profile: single\n"
+        "  roles:\n"
+        "    images: {disabled: true}\n"
+        "services:\n"
+        "  images:\n"
+        '    command: ["sleep", "1000"]\n'
+    )
+    out = k4sinit("check", "--config", str(config))
+    assert out.returncode == 1, out.stdout
+    assert (
+        f"{config}:1: service 'kubelet', field dependsOn.images: condition Completed" in out.stderr
+    )
+
+
 def test_check_broken_config_lists_every_error_with_line_and_hint(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(BROKEN.format(marker=tmp_path / "marker"))
@@ -308,13 +328,14 @@ def test_logs_follow_prints_new_lines_and_daemon_survives_client_kill(
     # -n 0: no backlog, so every line printed was produced after the subscription
     cmd = [sys.executable, "-m", "k4sinit", "logs", "--socket", str(d.socket)]
     follower = subprocess.Popen([*cmd, "ticker", "-n", "0", "-f"], stdout=subprocess.PIPE)
+    assert follower.stdout is not None
     try:
         first = read_line(follower, 15)
         second = read_line(follower, 15)
     finally:
         os.kill(follower.pid, signal.SIGKILL)
         follower.wait()
-        follower.stdout.close()  # type: ignore[union-attr]
+        follower.stdout.close()
     assert re.fullmatch(r"stdout\[\d+\]: tick \d+\n", first)
     n1, n2 = (int(line.split()[-1]) for line in (first, second))
     assert n2 == n1 + 1
@@ -473,7 +494,9 @@ def test_stop_kills_a_double_forked_grandchild(start_daemon: Any, tmp_path: Path
     d = start_daemon(
         services_config({"forker": {"command": child_cmd("--grandchild", str(pid_file))}})
     )
-    grandchild = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), what="pid"))
+    grandchild = int(
+        wait_until(lambda: pid_file.read_text() if pid_file.exists() else None, what="pid")
+    )
     assert pid_alive(grandchild)
     assert d.cli("stop", "forker").returncode == 0
     wait_until(lambda: not pid_alive(grandchild), timeout=5, what="grandchild gone")

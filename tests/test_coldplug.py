@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -95,7 +95,7 @@ class Recorder:
 
     def __init__(
         self,
-        effects: dict[str, Callable[[], None]] | None = None,
+        effects: Mapping[str, Callable[[], object]] | None = None,
         failures: dict[str, str] | None = None,
     ) -> None:
         self.effects = effects or {}

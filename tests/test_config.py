@@ -463,7 +463,62 @@ def test_completed_on_an_always_service_can_never_happen() -> None:
     assert errors[0].message == (
         "condition Completed on 'daemon', which has restartPolicy Always and so never completes"
     )
-    assert errors[0].hint == "set its restartPolicy to OnFailure or Never"
+    assert errors[0].hint == "use Ready, or set its restartPolicy to OnFailure or Never"
+
+
+def test_completed_on_a_built_in_can_never_happen() -> None:
+    error = only_error("""
+        services:
+          app:
+            command: [x]
+            dependsOn: {pki: Ready, network: Completed}
+    """)
+    assert where([error]) == [(4, "app", "dependsOn.network")]
+    assert error.message == "condition Completed on the built-in 'network', which never completes"
+    assert error.hint == "use Ready"
+
+
+def test_a_dependency_on_an_invalid_entry_is_not_unknown() -> None:
+    # The entry itself is the error; its name exists, and a bad condition or
+    # restartPolicy already reported raises no second error.
+    errors = errors_of("""
+        services:
+          broken: 3
+          odd: {command: [x], restartPolicy: Sometimes}
+          app:
+            command: [x]
+            dependsOn: {broken: Ready, odd: Completed, app2: Readyy}
+    """)
+    assert [(e.line, e.field) for e in errors] == [
+        (2, None),
+        (3, "restartPolicy"),
+        (6, "dependsOn.app2"),
+        (6, "dependsOn.app2"),
+    ]
+    assert errors[2].message.startswith("expected one of Started, Ready, Completed")
+    assert errors[3].message == "unknown service 'app2' in dependsOn"
+
+
+def test_the_config_keeps_where_each_dependency_is_written() -> None:
+    config = load("""
+        services:
+          a: {command: [x]}
+          b:
+            command: [x]
+            dependsOn: [a, network]
+          c:
+            command: [x]
+            dependsOn:
+              b: Ready
+    """)
+    assert dict(config.where) == {
+        ("a", None): (2, None),
+        ("b", None): (3, None),
+        ("b", "a"): (5, "dependsOn[0]"),
+        ("b", "network"): (5, "dependsOn[1]"),
+        ("c", None): (6, None),
+        ("c", "b"): (9, "dependsOn.b"),
+    }
 
 
 def test_dependency_errors() -> None:

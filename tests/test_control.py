@@ -176,8 +176,8 @@ def test_dead_followers_of_a_silent_service_do_not_exhaust_connections(
     for _ in range(70):
         with connect(daemon.socket) as sock:
             sock.sendall(follow)
-            with sock.makefile("rb") as replies:
-                assert json.loads(replies.readline()) == {"ok": True, "result": []}
+            with sock.makefile("rb") as lines:
+                assert json.loads(lines.readline()) == {"ok": True, "result": []}
     replies = exchange(daemon.socket, STATUS)
     assert len(replies) == 1 and replies[0]["ok"] is True, replies
     daemon.assert_undisturbed()
@@ -448,6 +448,8 @@ def run_daemon_briefly(tmp_path: Path, sock: Path) -> subprocess.CompletedProces
     finally:
         daemon.stop()
     text = log.read_text(errors="replace")
+    if code is None:
+        pytest.fail(f"k4sinit started after all with the socket {sock}:\n{text}")
     return subprocess.CompletedProcess(daemon.proc.args, code, text, "")
 
 

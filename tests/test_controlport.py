@@ -248,8 +248,8 @@ async def test_the_guest_bridge_drops_garbage_and_other_boots_frames(
         await host.send(b'{"ping": true}\n')
         assert await host.frame() == {"hello": bridge.boot}  # nothing for session 7 came first
         request = control.encode(Request(op="status", name="raw").to_json()).decode()
-        for frame in ({"s": 8, "open": True}, {"s": 8, "data": request}, {"s": 8, "close": True}):
-            await host.send(controlport.encode({"boot": bridge.boot, **frame}))
+        for sent in ({"s": 8, "open": True}, {"s": 8, "data": request}, {"s": 8, "close": True}):
+            await host.send(controlport.encode({"boot": bridge.boot, **sent}))
         data = b""
         while "close" not in (frame := await host.frame()):
             assert frame["s"] == 8

@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import queue
+import random
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from k4sinit.dhcp import backoff_delay, decode_domain_search
+from k4sinit.dhcp import DHCPClient, decode_domain_search
 
 # The client under test: argv is IFNAME LEASE_DIR OFFER_TIMEOUT. One JSON line per
 # event on stdout; SIGTERM cancels the client, which must release and return.
@@ -85,18 +86,26 @@ def test_domain_search_keeps_what_precedes_a_fault() -> None:
     assert decode_domain_search(b"\xc0\x00") == ()  # a pointer loop ends, not hangs
 
 
+class Half(random.Random):
+    """A random source whose every draw is 0.5: the jitter's midpoint."""
+
+    def random(self) -> float:
+        return 0.5
+
+
 def test_backoff_doubles_up_to_the_maximum_with_jitter() -> None:
-    assert [backoff_delay(n, 1.0, 30.0, 0.5) for n in range(1, 8)] == [
-        1.0,
-        2.0,
-        4.0,
-        8.0,
-        16.0,
-        30.0,
-        30.0,
-    ]
-    assert backoff_delay(1, 1.0, 30.0, 0.0) == pytest.approx(0.8)
-    assert backoff_delay(9, 1.0, 30.0, 0.999) <= 30.0
+    client = DHCPClient("eth0", on_lease=lambda lease: None, rng=Half())
+    assert [client.retry_delay(n) for n in range(1, 8)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert client.retry_delay(1, rand=0.0) == pytest.approx(0.8)
+    assert client.retry_delay(9, rand=0.999) <= 30.0
+
+
+def test_backoff_stays_at_the_maximum_however_long_the_server_is_away() -> None:
+    # 2.0 ** 1024 overflows a float: after 1025 failed attempts in a row (some
+    # eight hours at 30 s each) the delay used to raise OverflowError.
+    client = DHCPClient("eth0", on_lease=lambda lease: None, rng=Half())
+    assert client.retry_delay(1025) == 30.0
+    assert client.retry_delay(10**9) == 30.0
 
 
 # --- against udhcpd -------------------------------------------------------------

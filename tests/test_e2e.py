@@ -87,9 +87,10 @@ def wait_status(machine: vm.VM, predicate: Any, timeout: float, what: str) -> di
     last: Any = None
     while time.monotonic() < deadline:
         try:
-            last = machine.request("status", timeout=30)
-            if predicate(last):
-                return last  # type: ignore[no-any-return]
+            status: dict[str, Any] = machine.request("status", timeout=30)
+            last = status
+            if predicate(status):
+                return status
         except ControlClientError as exc:  # the node may be between boots; keep asking
             last = exc
         if machine.exit_code is not None:
@@ -141,19 +142,25 @@ def image(vm_tools: None, userland: Any) -> Path:
 
 
 @pytest.fixture(scope="module")
-def machine(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[vm.VM]:
+def api_port() -> int:
+    """The host port forwarded to the node's apiserver."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def machine(
+    image: Path, api_port: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[vm.VM]:
     """The running node; qemu is killed by pid on teardown, whatever happened."""
     work = tmp_path_factory.mktemp("e2e")
-    port = free_port()
     the_vm = vm.VM(
         image,
         log_path=work / "console.log",
         control_socket=work / "control.sock",
         memory_mb=node.NODE_MEMORY_MB,
         reboot=True,
-        forward=[(port, node.API_PORT)],
+        forward=[(api_port, node.API_PORT)],
     )
-    the_vm.api_port = port  # type: ignore[attr-defined]
     with the_vm:
         wait_status(the_vm, all_ready, BOOT_TIMEOUT, "every role ready")
         TIMES["qemu start to all roles ready"] = time.monotonic() - the_vm.started
@@ -161,11 +168,12 @@ def machine(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[v
 
 
 @pytest.fixture(scope="module")
-def kube(machine: vm.VM, userland: Any, tmp_path_factory: pytest.TempPathFactory) -> Kube:
+def kube(
+    machine: vm.VM, api_port: int, userland: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Kube:
     work = tmp_path_factory.mktemp("kube")
     assert machine.control_socket is not None
-    port = machine.api_port  # type: ignore[attr-defined]
-    kube = Kube(machine.control_socket, userland.k4s, port, work / "kubeconfig")
+    kube = Kube(machine.control_socket, userland.k4s, api_port, work / "kubeconfig")
     kube.refresh()
     return kube
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import sys
+import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -45,8 +47,8 @@ def toolchain_zip() -> bytes:
 def no_system_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The machine's go is 1.19 (Debian 12's), and the cache is empty."""
     old = fake_go(tmp_path, "go1.19.8")
-    monkeypatch.setattr(gobuild.shutil, "which", lambda name: str(old))
-    monkeypatch.setattr(gobuild.os, "access", lambda path, mode: str(path) == str(old))
+    monkeypatch.setattr(shutil, "which", lambda name: str(old))  # the modules gobuild calls
+    monkeypatch.setattr(os, "access", lambda path, mode: str(path) == str(old))
     monkeypatch.setattr(gobuild, "GO_CACHE", tmp_path / "cache")
     return tmp_path
 
@@ -58,7 +60,7 @@ def serve(monkeypatch: pytest.MonkeyPatch, data: bytes) -> list[str]:
         fetched.append(url)
         return io.BytesIO(data)
 
-    monkeypatch.setattr(gobuild.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)  # the module gobuild calls
     return fetched
 
 
@@ -66,7 +68,7 @@ def test_a_new_enough_go_of_the_machine_is_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     go = fake_go(tmp_path, f"go{gobuild.GO_VERSION}")
-    monkeypatch.setattr(gobuild.shutil, "which", lambda name: str(go))
+    monkeypatch.setattr(shutil, "which", lambda name: str(go))
     assert gobuild.go_command(say=lambda line: None) == str(go)
 
 

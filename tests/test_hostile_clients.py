@@ -20,7 +20,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 import pytest
@@ -117,9 +117,9 @@ def test_a_flood_of_idle_clients_cannot_take_the_daemons_descriptors(nobody_dir:
 
         for _ in range(120):  # more than the daemon has descriptors for
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(30)
-            s.connect(str(sock))
             idle.append(s)
+            s.connect(str(sock))  # blocking: waits (as the CLI does) while the queue is full
+            s.settimeout(30)
         out = subprocess.run(
             [*AS_NOBODY, *K4SINIT, "status", "--json", "--socket", str(sock)],
             capture_output=True,
@@ -345,7 +345,8 @@ async def test_accept_errors_are_backed_off_and_logged_not_fatal(
     server._waiting[object()] = waiting  # a client that has not sent its request yet
     listener = FailingListener(failures=250)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server._accept_forever, listener, nursery)
+        # a duck: _accept_forever calls nothing but accept()
+        nursery.start_soon(server._accept_forever, cast("trio.SocketListener", listener), nursery)
         await trio.sleep(60)
         nursery.cancel_scope.cancel()
     assert len(listener.calls) == 251

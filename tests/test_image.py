@@ -200,7 +200,9 @@ def test_the_userland_fills_bbin_like_a_u_root_k4s(tmp_path: Path, userland: Any
         "source": "rootfs/k4s (gobuild.py)",
     }
     assert description["versions"] == userland.versions
-    refs = [archive["ref"] for archive in description["images"]]
+    archives = description["images"]
+    assert isinstance(archives, list)
+    refs = [archive["ref"] for archive in archives]
     assert refs == [f"k4sinit.local/pause:{userland.versions['pause']}", oci.BUSYBOX_REF]
     info = image.load(write(tmp_path, json.dumps(description)))
     assert info is not None and info.summary().startswith("kubernetes v1.37.")
@@ -249,10 +251,16 @@ def read_archive(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, tarfile.TarInfo]]:
     """The manifest, the image config and the layer's members of a one-layer archive."""
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        (manifest,) = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
-        config = json.load(tar.extractfile(manifest["Config"]))  # type: ignore[arg-type]
+
+        def read(name: str) -> bytes:
+            file = tar.extractfile(name)
+            assert file is not None, f"{name} is no regular file"
+            return file.read()
+
+        (manifest,) = json.loads(read("manifest.json"))
+        config = json.loads(read(manifest["Config"]))
         (layer_name,) = manifest["Layers"]
-        layer = tar.extractfile(layer_name).read()  # type: ignore[union-attr]
+        layer = read(layer_name)
     with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
         members = {m.name: m for m in tar.getmembers()}
     return manifest, config, members

@@ -7,7 +7,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -129,7 +129,7 @@ def test_a_drop_with_nothing_queued_is_still_reported_on_close() -> None:
 # --- boot.report_failure ---------------------------------------------------------------
 
 
-def report(exc: BaseException) -> list[dict[str, Any]]:
+def report(exc: BaseException) -> list[MutableMapping[str, Any]]:
     with capture_logs() as logs:
         boot.report_failure(exc, structlog.get_logger("test"))
     return logs

@@ -100,7 +100,8 @@ def switch() -> Iterator[Switch]:
 
 def network_status(node: Container) -> dict[str, Any]:
     out = node.cli("status", "network", "--json")
-    return json.loads(out.stdout)["network"]
+    network: dict[str, Any] = json.loads(out.stdout)["network"]
+    return network
 
 
 def test_network_condition_holds_a_dependent_until_carrier_and_reports_flaps(

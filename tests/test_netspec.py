@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
@@ -76,9 +77,9 @@ def test_route_defaults_to_the_ipv4_default_route() -> None:
         (lambda: Route(to=DEFAULT_V4, via=IPv6Address("fe80::1")), "the families differ"),
     ],
 )
-def test_impossible_descriptions_are_refused(make: object, message: str) -> None:
+def test_impossible_descriptions_are_refused(make: Callable[[], object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        make()  # type: ignore[operator]
+        make()
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,9 +45,11 @@ import yaml
 from k4sinit.cgroups import Cgroup
 from k4sinit.devenv import cleanup, host_cgroup2_mount
 from k4sinit.services import containerd
-from rootfs import oci
 
 from .conftest import Container, pid_alive, wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "rootfs"))
+import oci  # rootfs/ is a directory of scripts, not a package
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or host_cgroup2_mount() is None,

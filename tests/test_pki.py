@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from ipaddress import ip_address
 from pathlib import Path
+from typing import cast
 
 import pytest
 import yaml
@@ -221,7 +222,7 @@ def test_fresh_tree(spec: PKISpec, umask: int) -> None:
     print(f"fresh tree: {(time.perf_counter() - t0) * 1000:.1f} ms")
 
     assert set(result.created) == {*CAS, "sa", *LEAVES, *KUBECONFIGS}
-    assert result.reused == result.reissued == result.warnings == ()
+    assert result.reused == () and result.reissued == () and result.warnings == ()
     for name in (*CAS, "sa", *LEAVES):
         key = spec.dir / f"{name}.key"
         public = spec.dir / ("sa.pub" if name == "sa" else f"{name}.crt")
@@ -285,7 +286,7 @@ def test_second_call_changes_nothing(tree: PKISpec) -> None:
     print(f"valid tree: {(time.perf_counter() - t0) * 1000:.1f} ms")
     assert snapshot(tree) == before
     assert set(result.reused) == {*CAS, "sa", *LEAVES, *KUBECONFIGS}
-    assert result.created == result.reissued == result.warnings == ()
+    assert result.created == () and result.reissued == () and result.warnings == ()
     assert not result.changed
     assert str(result).startswith("reused: ca, front-proxy-ca, sa, apiserver,")
 
@@ -523,7 +524,9 @@ def handshake(spec: PKISpec, client: str) -> tuple[bytes | Exception, Exception 
             with server_ctx.wrap_socket(conn, server_side=True) as tls:
                 peer = tls.getpeercert()
                 assert peer is not None
-                tls.sendall(b"hello " + dict(x[0] for x in peer["subject"])["commonName"].encode())
+                # typeshed types every field of a peer certificate as one union
+                subject = cast("tuple[tuple[tuple[str, str], ...], ...]", peer["subject"])
+                tls.sendall(b"hello " + dict(x[0] for x in subject)["commonName"].encode())
         except Exception as e:
             errors.append(e)
         finally:

@@ -65,7 +65,7 @@ def free_space(monkeypatch: pytest.MonkeyPatch, free: int) -> list[str]:
         asked.append(str(path))
         return SimpleNamespace(f_bavail=free // 4096, f_frsize=4096)
 
-    monkeypatch.setattr(preflight.os, "statvfs", statvfs)
+    monkeypatch.setattr(os, "statvfs", statvfs)  # the os module preflight calls
     return asked
 
 

@@ -540,7 +540,11 @@ async def test_sockets_the_daemon_cannot_open_are_inconclusive(tmp_path: Path) -
         tcp.bind(("127.0.0.1", 0))
         tcp.listen()
         port = tcp.getsockname()[1]
-        actions = [UnixSocketAction(path), TCPSocketAction(port=port), HTTPGetAction(port=port)]
+        actions: list[ProbeAction] = [
+            UnixSocketAction(path),
+            TCPSocketAction(port=port),
+            HTTPGetAction(port=port),
+        ]
         with no_free_fds():
             results = [await check(action, 2.0, no_exec) for action in actions]
     for result in results:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import textwrap
@@ -359,7 +360,10 @@ def test_a_dependency_on_a_role_the_kernels_profile_lacks_is_an_error() -> None:
     with pytest.raises(ConfigErrors) as caught:
         node.expand(config, role_from_kernel="worker")
     [error] = caught.value.errors
-    assert (error.service, error.field) == ("backup", "dependsOn.kube-apiserver")
+    # Found only after expansion, yet where the file wrote it, as the loader would say.
+    assert (error.line, error.service, error.field) == (5, "backup", "dependsOn[0]")
+    assert error.message == "unknown service 'kube-apiserver' in dependsOn"
+    assert error.hint == "it is not a role of this profile (or it is disabled)"
 
 
 def test_without_a_node_section_the_config_is_unchanged() -> None:
@@ -438,6 +442,82 @@ def test_completed_on_a_role_is_an_error() -> None:
     )
     assert error.field == "dependsOn.kubelet"
     assert "never completes" in error.message
+
+
+REPLACED_IMAGES = """
+node:
+  name: n
+  roles: {images: {disabled: true}}
+services:
+  images:
+    command: [/opt/import]
+"""
+
+
+def test_the_same_mistake_reads_the_same_written_by_the_file_or_by_a_role() -> None:
+    # The file's images always restarts: Completed on it can never happen. Once the
+    # file asks for it (found at load), once the kubelet role does (found at expansion).
+    [by_file] = errors_of(
+        REPLACED_IMAGES + "  app:\n    command: [x]\n    dependsOn: {images: Completed}\n"
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        expanded(REPLACED_IMAGES)
+    [by_role] = caught.value.errors
+    message = (
+        "condition Completed on 'images', which has restartPolicy Always and so never completes"
+    )
+    hint = "use Ready, or set its restartPolicy to OnFailure or Never"
+    assert (by_file.line, by_file.service, by_file.field) == (9, "app", "dependsOn.images")
+    assert (by_file.message, by_file.hint) == (message, hint)
+    # The role's dependency is written nowhere in the file: the node section it came
+    # from; and it is not the file's to change, so only the other fix is offered.
+    assert (by_role.line, by_role.service, by_role.field) == (1, "kubelet", "dependsOn.images")
+    assert by_role.message == message + " (a dependency of the role, from profile single)"
+    assert by_role.hint == "set its restartPolicy to OnFailure or Never"
+
+
+def test_dependency_errors_found_at_expansion_keep_the_files_lines() -> None:
+    # single lets a service wait for the apiserver; the kernel's controller profile
+    # has no kubelet, and the loader could not know: the expansion finds it.
+    config = load(
+        """
+        node: {profile: single, name: n}
+        hostname: x
+        services:
+          a:
+            command: [x]
+            dependsOn: {kube-apiserver: Ready, kubelet: Started}
+          b:
+            command: [x]
+            dependsOn: [network, kube-proxy]
+        """
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        node.expand(config, role_from_kernel="controller")
+    assert [(e.line, e.service, e.field, e.message) for e in caught.value.errors] == [
+        (6, "a", "dependsOn.kubelet", "unknown service 'kubelet' in dependsOn"),
+        (9, "b", "dependsOn[1]", "unknown service 'kube-proxy' in dependsOn"),
+    ]
+
+
+def test_a_cycle_through_roles_is_put_at_the_files_own_service() -> None:
+    # The file's containerd waits for kubelet, which (through images) waits for it.
+    config = load(
+        """
+        node:
+          name: n
+          roles: {containerd: {disabled: true}}
+        services:
+          containerd:
+            command: [x]
+            dependsOn: [kubelet]
+        """
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        node.expand(config)
+    [error] = caught.value.errors
+    assert (error.line, error.service, error.field) == (5, "containerd", None)
+    assert error.message == "dependency cycle: images -> containerd -> kubelet -> images"
 
 
 def test_completed_on_the_images_oneshot_is_valid() -> None:
@@ -601,7 +681,7 @@ def test_a_node_name_kubelet_cannot_register_is_a_config_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A fresh kernel's hostname, when neither the config nor the kernel names the node.
-    monkeypatch.setattr(node.socket, "gethostname", lambda: "(none)")
+    monkeypatch.setattr(socket, "gethostname", lambda: "(none)")  # the socket module node calls
     with pytest.raises(ConfigErrors) as caught:
         node.settings(load("node: {profile: single}\n"))
     (error,) = caught.value.errors

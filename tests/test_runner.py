@@ -123,7 +123,11 @@ async def test_a_death_after_a_stable_run_restarts_at_once(
         pid, killed_at = api.pid, trio.current_time()
         assert pid is not None
         signal_pid(pid, signal.SIGKILL)
-        await until(api, lambda r, pid=pid: r.pid != pid and r.state is State.RUNNING)
+
+        def replaced(r: ServiceRunner, pid: int = pid) -> bool:
+            return r.pid != pid and r.state is State.RUNNING
+
+        await until(api, replaced)
         assert trio.current_time() - killed_at == expected_delay
     # Hours of good service, then a crash: back at once, and the count starts over.
     await trio.sleep(3600)

@@ -424,7 +424,7 @@ def version_flags() -> str:
     go_mod = HERE / "go.mod"
     kubernetes = _required_version(go_mod, "k8s.io/kubernetes")
     major, minor = kubernetes.removeprefix("v").split(".")[:2]
-    stamps = {}
+    stamps: dict[str, str] = {}
     for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
         stamps |= {
             f"{package}.gitVersion": kubernetes,
