@@ -78,7 +78,6 @@ from k4sinit.nodespec import (
     profile_roles,
 )
 from k4sinit.spec import (
-    BUILTIN_DEPENDENCIES,
     PREFLIGHT,
     STATUS_NAMES,
     Backoff,
