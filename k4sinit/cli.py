@@ -544,7 +544,7 @@ def format_detail(s: control.ServiceDetail) -> str:
     return "\n".join(lines)
 
 
-def format_network_line(network: dict[str, Any]) -> str:
+def format_network_line(network: control.NetworkSnapshot) -> str:
     """The line under the status table: ``network: ready (eth0 10.0.2.15/24)``."""
     configured = [
         f"{name} {' '.join(i['addresses']) or 'no address'}"
@@ -585,7 +585,7 @@ def format_image_line(image: dict[str, Any] | None) -> str | None:
     return f"image: {summary}" if summary else None
 
 
-def format_network(network: dict[str, Any]) -> str:
+def format_network(network: control.NetworkSnapshot) -> str:
     """``status network``: readiness, problems, each link with its addresses and routes."""
     state = "ready" if network["ready"] else f"not ready: {network['reason']}"
     lines = [f"network: {state} (configured from {network['source']})"]

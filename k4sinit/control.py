@@ -44,7 +44,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from signal import Signals
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import trio
 
@@ -53,6 +53,12 @@ from .state import ExitJSON as ExitJSON
 from .state import LogLineJSON as LogLineJSON
 from .state import ServiceDetail as ServiceDetail
 from .state import ServiceSnapshot as ServiceSnapshot
+
+if TYPE_CHECKING:  # types only: the CLI does not load pyroute2 to read a reply
+    from .network import InterfaceSnapshot as InterfaceSnapshot
+    from .network import NetworkSnapshot as NetworkSnapshot
+    from .preflight import CheckJSON as CheckJSON
+    from .preflight import SummaryJSON as SummaryJSON
 
 DEFAULT_SOCKET = "/run/k4sinit/control.sock"
 MAX_REQUEST = 64 * 1024
@@ -208,14 +214,14 @@ class StatusReply(TypedDict):
     daemon: DaemonInfo
     memory: MemoryInfo
     services: list[ServiceSnapshot]  # in dependency order
-    network: dict[str, Any]  # network.Network.snapshot()
+    network: NetworkSnapshot
     pki: PKIStatus
-    preflight: dict[str, Any] | None  # preflight.summary_json(); None: no checks ran
+    preflight: SummaryJSON | None  # None: no checks ran
     image: dict[str, Any] | None  # image.ImageInfo.to_json(); None: no image.json
 
 
 class NetworkReply(TypedDict):
-    network: dict[str, Any]
+    network: NetworkSnapshot
 
 
 class PKIReply(TypedDict):
@@ -223,7 +229,7 @@ class PKIReply(TypedDict):
 
 
 class PreflightReply(TypedDict):
-    preflight: list[dict[str, Any]]  # preflight.to_json(): name, status, detail, fatal
+    preflight: list[CheckJSON]
 
 
 class StartReply(ServiceSnapshot):

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from ipaddress import ip_address, ip_interface, ip_network
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import trio
 from pyroute2 import IPRoute, IPRSocket
@@ -93,6 +93,34 @@ _AF_BRIDGE = 7
 # Links that copy the MAC of another (so a MAC names the other) or are made, not found.
 _NOT_BY_MAC = frozenset({"bridge", "vlan", "bond", "team", "macvlan", "macvtap", "ipvlan"})
 _VIRTUAL = _NOT_BY_MAC | {"dummy", "vxlan", "tun", "tuntap", "wireguard", "gre", "ipip", "sit"}
+
+
+# --- status: the wire form (control.py's NetworkReply and StatusReply hold it) ------
+
+
+class InterfaceSnapshot(TypedDict):
+    """One link the kernel has; ``configured``: the config's label for it, if any."""
+
+    index: int
+    configured: str | None
+    state: str  # operstate, lower case: up, down, unknown, ...
+    up: bool
+    carrier: bool
+    mtu: int
+    mac: str  # empty for a link without one
+    kind: str | None
+    master: str | None
+    addresses: list[str]
+    routes: list[str]
+
+
+class NetworkSnapshot(TypedDict):
+    ready: bool
+    reason: str
+    source: str  # netspec.Source value: where the network config came from
+    problems: list[str]
+    applying: list[str]  # interfaces being applied again, or about to be
+    interfaces: dict[str, InterfaceSnapshot]
 
 
 # --- the kernel's state, as the events tell it ---------------------------------------
@@ -585,7 +613,7 @@ class Network:
         self.ready = False
         self.reason = "network state not known yet (not watching)"
         self.events: deque[NetworkEvent] = deque(maxlen=EVENT_HISTORY)
-        self._last_snapshot: dict[str, Any] = {}
+        self._last_snapshot: NetworkSnapshot | None = None
         self._changed = trio.Event()
 
     # --- applying -----------------------------------------------------------------
@@ -1051,19 +1079,19 @@ class Network:
 
     # --- status ---------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> NetworkSnapshot:
         """For ``k4sinit status network``: readiness, problems, and each link the
         kernel has (state, carrier, MTU, MAC, addresses, main-table routes). A
         fresh copy: changing it changes nothing here."""
         return self._build_snapshot()
 
-    def _build_snapshot(self) -> dict[str, Any]:
+    def _build_snapshot(self) -> NetworkSnapshot:
         configured: dict[int, str] = {}
         for iface in self.spec.interfaces:
             link = self._find(iface)
             if link is not None:
                 configured[link.index] = iface.label
-        interfaces: dict[str, Any] = {}
+        interfaces: dict[str, InterfaceSnapshot] = {}
         for link in sorted(self._links.values(), key=lambda link: link.index):
             routes = sorted(
                 (r for r in self._routes if r.oif == link.index),

@@ -47,7 +47,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 from .nodespec import CONTAINERD, ONESHOT_ROLES, Profile
 from .process import DEFAULT_PATH
@@ -497,7 +497,25 @@ def format_table(checks: Sequence[Check]) -> str:
     return "\n".join([*lines, tail]) + "\n"
 
 
-def to_json(checks: Sequence[Check]) -> list[dict[str, Any]]:
+class CheckJSON(TypedDict):
+    """A :class:`Check` on the wire (``status preflight``)."""
+
+    name: str
+    status: str  # a Status value
+    detail: str
+    fatal: bool
+
+
+class SummaryJSON(TypedDict):
+    """The checks' counts and failures, under the ``status`` table."""
+
+    passed: int
+    warnings: int
+    failed: int
+    failures: list[str]  # "name: detail"
+
+
+def to_json(checks: Sequence[Check]) -> list[CheckJSON]:
     """The checks as status shows them."""
     return [
         {"name": c.name, "status": c.status.value, "detail": c.detail, "fatal": c.fatal}
@@ -505,7 +523,7 @@ def to_json(checks: Sequence[Check]) -> list[dict[str, Any]]:
     ]
 
 
-def summary_json(checks: Sequence[Check]) -> dict[str, Any] | None:
+def summary_json(checks: Sequence[Check]) -> SummaryJSON | None:
     """The line status shows (None when no preflight ran): counts and the failures."""
     if not checks:
         return None

@@ -679,3 +679,17 @@ async def test_status_replies_have_exactly_the_keys_of_their_wire_types(tmp_path
     assert [set(s) for s in status["services"]] == [control.ServiceSnapshot.__required_keys__]
     detail = (await ask_daemon(tmp_path, config, Request("status", "a")))["result"]
     assert set(detail) == control.ServiceDetail.__required_keys__
+
+
+def test_network_and_preflight_wire_forms_have_exactly_the_keys_of_their_types() -> None:
+    from k4sinit import network, preflight
+    from k4sinit.log import get_logger
+    from k4sinit.netspec import NetworkSpec
+
+    net = network.Network(NetworkSpec(), get_logger(), resolv_conf=None, hosts=None)
+    assert set(net.snapshot()) == network.NetworkSnapshot.__required_keys__
+    checks = [preflight.Check("kernel", preflight.Status.FAIL, "too old", fatal=True)]
+    assert [set(row) for row in preflight.to_json(checks)] == [
+        preflight.CheckJSON.__required_keys__
+    ]
+    assert set(preflight.summary_json(checks) or {}) == preflight.SummaryJSON.__required_keys__
