@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 import trio
 
-from . import __version__, control, escapees, power, preflight
+from . import __version__, control, escapees, preflight
 from .cgroups import CGROUP_MOUNT, Cgroup, CgroupTree, CgroupUnavailable
 from .control import (
     POWER_OPS,
@@ -49,6 +49,7 @@ from .image import ImageInfo
 from .netspec import NetworkSpec
 from .network import Network
 from .node import NodeSettings
+from .power import Action  # imported by name: Daemon() has a flag called power
 from .preflight import Check
 from .process import DEFAULT_PATH
 from .reaper import ExitStatus, Reaper, become_subreaper
@@ -58,7 +59,7 @@ from .supervisor import Supervisor, UnknownService
 
 # How a shutdown ends: a power action (PID 1), or None, a plain stop: `k4sinit run`
 # exits (and PID 1, asked by `stop --all`, reboots).
-Shutdown = power.Action | None
+Shutdown = Action | None
 
 # What each signal asks for: a plain stop ends `k4sinit run`; PID 1 follows busybox
 # init (SIGTERM reboot, SIGUSR1 halt, SIGUSR2 power-off; SIGINT is ctrl-alt-del,
@@ -77,11 +78,11 @@ RUN_SIGNALS: dict[int, Shutdown] = {
     signal.SIGALRM: None,
 }
 INIT_SIGNALS: dict[int, Shutdown] = {
-    signal.SIGTERM: power.Action.REBOOT,
-    signal.SIGINT: power.Action.REBOOT,
-    signal.SIGUSR1: power.Action.HALT,
-    signal.SIGUSR2: power.Action.POWEROFF,
-    signal.SIGPWR: power.Action.POWEROFF,
+    signal.SIGTERM: Action.REBOOT,
+    signal.SIGINT: Action.REBOOT,
+    signal.SIGUSR1: Action.HALT,
+    signal.SIGUSR2: Action.POWEROFF,
+    signal.SIGPWR: Action.POWEROFF,
 }
 
 
@@ -389,7 +390,7 @@ class Daemon:
             elif request.op in POWER_OPS and not self._power:
                 raise RequestError(f"{request.op}: k4sinit is not PID 1 here; use 'stop --all'")
             elif request.op in ("stop_all", *POWER_OPS):
-                action = None if request.op == "stop_all" else power.Action[request.op.upper()]
+                action = None if request.op == "stop_all" else Action[request.op.upper()]
                 self._stop_replies_pending += 1
                 try:
                     self.request_shutdown(f"k4sinit {request.op.replace('_all', ' --all')}", action)
