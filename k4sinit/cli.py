@@ -12,7 +12,9 @@ Commands and exit codes:
 ``config --config FILE [--profile P]``
                                    print the config with the node's roles expanded,
                                    as YAML; 0, or 1 and every error
-``status [NAME] [--json]``         0 when every service is up and ready (or completed)
+``status [NAME] [--json]``         0 when every service is up and ready (or completed);
+                                   NAME may be network or pki (0 when ready) or
+                                   preflight (1 on a fatal failure)
 ``logs NAME [-n N] [-f]``          the last N lines, then new ones with ``-f``
 ``start|stop|restart NAME``        operator commands; ``stop --all`` stops everything
 ``kill NAME [-s SIGNAL]``          signal a service's main process (default TERM)
