@@ -135,11 +135,6 @@ class NodeSettings:
         """The environment of every role service."""
         return (("PATH", self.path),)
 
-    @property
-    def apiserver_service_ip(self) -> IPAddress:
-        """The first address of the service range: ``kubernetes.default``'s, a SAN of the apiserver."""
-        return self.service_cidr[1]
-
 
 _MODULES: dict[str, ModuleType] = {
     **{d.value: datastore for d in Datastore},

@@ -250,11 +250,6 @@ def _file(action: FileAction) -> ProbeResult:
     return ProbeResult(False, f"file {action.path} does not exist")
 
 
-async def check(action: ProbeAction, timeout: float, run_exec: ExecRunner) -> ProbeResult:  # noqa: ASYNC109
-    """One-off :meth:`Prober.check` (no SSL context cache); loops use a Prober."""
-    return await Prober(run_exec).check(action, timeout)
-
-
 async def _get_status(stream: trio.abc.Stream, action: HTTPGetAction, where: str) -> int | None:
     """Send the GET; return the status, or None if the peer closed before replying.
 

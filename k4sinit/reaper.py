@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-from collections import deque
 from collections.abc import Callable
 
 import trio
@@ -90,11 +89,10 @@ OrphanHandler = Callable[[int, ExitStatus], None]
 class Reaper:
     """Reaps all children of this process; see the module docstring."""
 
-    def __init__(self, on_orphan: OrphanHandler | None = None, history: int = 64) -> None:
+    def __init__(self, on_orphan: OrphanHandler | None = None) -> None:
         self._children: dict[int, Child] = {}
         self._on_orphan = on_orphan
         self.orphans_reaped = 0
-        self.recent_orphans: deque[tuple[int, ExitStatus]] = deque(maxlen=history)
 
     def register(self, pid: int, owner: object = None) -> Child:
         """Start tracking ``pid``. Call right after the fork, with no checkpoint between."""
@@ -132,7 +130,6 @@ class Reaper:
                 child._set_status(exit_status)
             else:
                 self.orphans_reaped += 1
-                self.recent_orphans.append((pid, exit_status))
                 if self._on_orphan is not None:
                     self._on_orphan(pid, exit_status)
         return count

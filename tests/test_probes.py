@@ -24,7 +24,6 @@ from k4sinit.probes import (
     Prober,
     ProbeResult,
     ProbeTracker,
-    check,
     run_probe,
 )
 from k4sinit.spec import (
@@ -49,6 +48,11 @@ async def no_exec(argv: Sequence[str], timeout: float) -> tuple[int | None, str]
 
 
 # --- ProbeTracker --------------------------------------------------------------
+
+
+async def check(action: ProbeAction, timeout: float, run_exec: ExecRunner) -> ProbeResult:  # noqa: ASYNC109
+    """One check by a fresh :class:`Prober` (the runner keeps one per service)."""
+    return await Prober(run_exec).check(action, timeout)
 
 
 def verdicts(probe: Probe, results: str) -> list[bool | None]:

@@ -212,7 +212,6 @@ def test_defaults_resolve_from_the_node_section() -> None:
     assert s.pki_dir == "/data/pki"
     assert s.kubeconfig("admin") == "/data/kubeconfigs/admin.conf"
     assert str(s.cluster_dns) == "10.43.0.10"
-    assert str(s.apiserver_service_ip) == "10.43.0.1"
     assert s.images_dir == "/data/images"
     assert s.manifests_dir == "/data/manifests"
     assert s.path == "/bbin:/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin"
