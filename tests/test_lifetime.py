@@ -193,14 +193,19 @@ def escaping_service(pids: Path) -> str:
     return services_config({"escaper": {"command": ["sh", "-c", ESCAPING, "escaper", str(pids)]}})
 
 
+def all_escaped(daemon: DaemonProcess, pids: Path) -> list[int]:
+    """The escapees' pids, once the daemon is up and every one has written its pid."""
+    daemon.wait_socket()
+    wait_until(lambda: len(read_pids(pids)) == ESCAPEES, what="50 escapees")
+    return read_pids(pids)
+
+
 def test_without_cgroups_a_stop_kills_the_escapees_of_the_service(
     tmp_path: Path, escapees: Path
 ) -> None:
     daemon = run_without_cgroups(tmp_path, escaping_service(escapees))
     try:
-        daemon.wait_socket()
-        wait_until(lambda: len(read_pids(escapees)) == ESCAPEES, what="50 escapees")
-        pids = read_pids(escapees)
+        pids = all_escaped(daemon, escapees)
         assert all(pid_alive(p) for p in pids)
         warning = [e for e in daemon.log_events() if e.get("event", "").startswith("no cgroups")]
         assert warning and "best effort" in warning[0]["event"], daemon.log_text()
@@ -218,9 +223,7 @@ def test_without_cgroups_the_daemons_exit_kills_every_escapee(
 ) -> None:
     daemon = run_without_cgroups(tmp_path, escaping_service(escapees))
     try:
-        daemon.wait_socket()
-        wait_until(lambda: len(read_pids(escapees)) == ESCAPEES, what="50 escapees")
-        pids = read_pids(escapees)
+        pids = all_escaped(daemon, escapees)
         daemon.proc.send_signal(signal.SIGTERM)
         assert daemon.proc.wait(timeout=60) == 0, daemon.log_text()
         assert not [p for p in pids if pid_alive(p)]
@@ -240,9 +243,7 @@ def test_without_cgroups_escapees_that_clear_their_environment_die_with_the_daem
     )
     daemon = run_without_cgroups(tmp_path, text)
     try:
-        daemon.wait_socket()
-        wait_until(lambda: len(read_pids(escapees)) == ESCAPEES, what="50 escapees")
-        pids = read_pids(escapees)
+        pids = all_escaped(daemon, escapees)
         out = daemon.cli("stop", "escaper")
         assert out.returncode == 0, out.stderr
         assert all(pid_alive(p) for p in pids)
