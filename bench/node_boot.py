@@ -49,7 +49,7 @@ import vm  # noqa: E402
 from boot import milestones  # noqa: E402
 
 from k4sinit.control import ControlClientError  # noqa: E402
-from k4sinit.nodespec import Datastore, Profile, profile_roles  # noqa: E402
+from k4sinit.core.nodespec import Datastore, Profile, profile_roles  # noqa: E402
 
 ROLES = profile_roles(Profile.SINGLE, Datastore.KINE)  # what node-vm.yaml runs
 

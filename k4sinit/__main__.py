@@ -1,5 +1,5 @@
 """``python -m k4sinit``: the same as the ``k4sinit`` command."""
 
-from .cli import entry
+from k4sinit.cli import entry
 
 entry()

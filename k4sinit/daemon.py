@@ -21,9 +21,8 @@ from typing import Any
 import psutil
 import trio
 
-from . import __version__, control, escapees, preflight
-from .cgroups import CGROUP_MOUNT, Cgroup, CgroupTree, CgroupUnavailable
-from .control import (
+from k4sinit import __version__, control
+from k4sinit.control import (
     POWER_OPS,
     DaemonInfo,
     KillReply,
@@ -43,19 +42,23 @@ from .control import (
     error,
     ok,
 )
-from .controlport import GuestBridge
-from .identity import AlwaysReady, NodePKI
-from .image import ImageInfo
-from .netspec import NetworkSpec
-from .network import Network
-from .node import NodeSettings
-from .power import Action  # imported by name: Daemon() has a flag called power
-from .preflight import Check
-from .process import DEFAULT_PATH
-from .reaper import ExitStatus, Reaper, become_subreaper
-from .runner import RunnerContext, ServiceRunner
-from .spec import NETWORK, PKI, PREFLIGHT, Config
-from .supervisor import Supervisor, UnknownService
+from k4sinit.control.port import GuestBridge
+from k4sinit.core.config import Config
+from k4sinit.core.imageinfo import ImageInfo
+from k4sinit.core.netspec import NetworkSpec
+from k4sinit.core.nodespec import NodeSettings
+from k4sinit.core.spec import NETWORK, PKI, PREFLIGHT
+from k4sinit.network import Network
+from k4sinit.node import preflight
+from k4sinit.node.pkicondition import AlwaysReady, NodePKI
+from k4sinit.node.preflight import Check
+from k4sinit.pid1.power import Action  # imported by name: Daemon() has a flag called power
+from k4sinit.supervision import escapees
+from k4sinit.supervision.cgroups import CGROUP_MOUNT, Cgroup, CgroupTree, CgroupUnavailable
+from k4sinit.supervision.process import DEFAULT_PATH
+from k4sinit.supervision.reaper import ExitStatus, Reaper, become_subreaper
+from k4sinit.supervision.runner import RunnerContext, ServiceRunner
+from k4sinit.supervision.supervisor import Supervisor, UnknownService
 
 # How a shutdown ends: a power action (PID 1), or None, a plain stop: `k4sinit run`
 # exits (and PID 1, asked by `stop --all`, reboots).

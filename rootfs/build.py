@@ -23,7 +23,7 @@ Kubernetes node image. The image holds:
   ``modules.dep`` for just those;
 * ``/etc/k4sinit/config.yaml`` (the config given), ``/etc/k4sinit/image.json``
   (what the image holds and the upstream versions, read by k4sinit at boot: see
-  ``k4sinit/image.py``), ``/etc/passwd``, ``/etc/group``, ``/etc/hosts``, and
+  ``k4sinit/core/imageinfo.py``), ``/etc/passwd``, ``/etc/group``, ``/etc/hosts``, and
   empty mount points;
 * binaries at their host paths with their ldd closures (default: Debian's
   iptables-nft with its extensions and ``iptables``/``ip6tables`` (``-save``,
@@ -89,7 +89,7 @@ DEFAULT_MODULES = (
     "net_failover",
     "virtio_net",
     "virtio_rng",
-    "virtio_console",  # the control port (k4sinit/controlport.py)
+    "virtio_console",  # the control port (k4sinit/control/port.py)
     "overlay",
     "llc",
     "stp",

@@ -45,10 +45,12 @@ from typing import Any, TypedDict, Unpack
 
 import trio
 
-from k4sinit import control, controlport
+from k4sinit import control
+from k4sinit.control.port import PORT_NAME
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build
+from relay import HostRelay
 
 QEMU = "qemu-system-x86_64"
 BASE_APPEND = "console=ttyS0 panic=-1 printk.time=1"
@@ -85,7 +87,7 @@ def qemu_command(
     qemu's stdio: a plain pipe (what :class:`VM` reads), or with ``terminal`` an
     interactive terminal with qemu's monitor behind Ctrl-A c. ``control_port``: a
     unix socket path at which qemu serves k4sinit's control port (a virtio-serial
-    port named ``org.k4sinit.control``; see k4sinit/controlport.py). ``forward``:
+    port named ``org.k4sinit.control``; see k4sinit/control/port.py). ``forward``:
     ``(host port, guest port)`` pairs of TCP ports forwarded from the host's
     loopback into the guest (the apiserver, for kubectl on the host)."""
     cmdline = " ".join(p for p in (BASE_APPEND, "quiet" if quiet else "", append) if p)
@@ -129,7 +131,7 @@ def qemu_command(
                 "-chardev",
                 f"socket,id=ctl,path={control_port},server=on,wait=off",
                 "-device",
-                f"virtserialport,chardev=ctl,name={controlport.PORT_NAME}",
+                f"virtserialport,chardev=ctl,name={PORT_NAME}",
             ]
             if control_port
             else []
@@ -161,7 +163,7 @@ class VM:
     console as it arrives. Keyword arguments go to :func:`qemu_command`.
 
     With ``control_socket`` the guest's control port is relayed to that host path
-    (mode 0600; :class:`k4sinit.controlport.HostRelay` in a thread): ``k4sinit
+    (mode 0600; :class:`relay.HostRelay` in a thread): ``k4sinit
     status --socket PATH`` on the host talks to PID 1 in the VM; see :meth:`request`
     and :meth:`k4sinit`.
     """
@@ -392,14 +394,14 @@ class VM:
 
 
 class RelayThread:
-    """:class:`k4sinit.controlport.HostRelay` between qemu's port socket ``port_path``
+    """:class:`relay.HostRelay` between qemu's port socket ``port_path``
     and the host control socket ``listen_path``, in its own thread and trio run.
 
     :meth:`start` returns once ``listen_path`` accepts (VMError if the relay could
     not start); :meth:`stop` ends it (it also ends by itself when qemu exits)."""
 
     def __init__(self, port_path: str, listen_path: str) -> None:
-        self.relay = controlport.HostRelay(port_path, listen_path)
+        self.relay = HostRelay(port_path, listen_path)
         self._thread = threading.Thread(target=self._run, name="vm-relay", daemon=True)
         self._ready = threading.Event()
         self._token: trio.lowlevel.TrioToken | None = None

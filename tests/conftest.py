@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
-from k4sinit.devenv import container_init, host_cgroup2_mount
+from k4sinit.pid1.container import container_init, host_cgroup2_mount
 
 TESTS = Path(__file__).resolve().parent
 CHILD = [sys.executable, str(TESTS / "child.py")]

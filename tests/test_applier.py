@@ -1,4 +1,4 @@
-"""``k4sinit apply-manifests`` (k4sinit/applier.py): when it applies, retries and is ready.
+"""``k4sinit apply-manifests`` (k4sinit/network/applier.py): when it applies, retries and is ready.
 
 The loop runs on trio's virtual clock with a recording stand-in for kubectl (it
 says it is one: :class:`FakeKubectl`), so rounds and backoff happen at exact
@@ -15,8 +15,8 @@ import pytest
 import trio
 import trio.testing
 
-from k4sinit import applier
-from k4sinit.applier import Applier, ApplyResult
+from k4sinit.network import applier
+from k4sinit.network.applier import Applier, ApplyResult
 
 
 class FakeKubectl:
@@ -74,7 +74,7 @@ def test_a_file_replaced_with_the_same_size_and_mtime_is_seen(tmp_path: Path) ->
     replacement = tmp_path / ".a.yaml.tmp"
     replacement.write_text("kind: B\n")
     os.utime(replacement, ns=(st.st_atime_ns, st.st_mtime_ns))
-    replacement.replace(path)  # atomically, as k4sinit.node.write_files does
+    replacement.replace(path)  # atomically, as k4sinit.node.roles.write_files does
     assert applier.fingerprint(tmp_path) != before
 
 

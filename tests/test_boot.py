@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from k4sinit.devenv import host_cgroup2_mount
+from k4sinit.pid1.container import host_cgroup2_mount
 
 from .conftest import child_cmd, pid_alive, wait_until
 

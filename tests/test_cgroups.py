@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from k4sinit import process
-from k4sinit.cgroups import (
+from k4sinit.core.spec import Resources
+from k4sinit.supervision import process
+from k4sinit.supervision.cgroups import (
     Cgroup,
     CgroupTree,
     CgroupUnavailable,
@@ -28,8 +29,7 @@ from k4sinit.cgroups import (
     Stats,
     own_cgroup,
 )
-from k4sinit.reaper import Reaper
-from k4sinit.spec import Resources
+from k4sinit.supervision.reaper import Reaper
 from tests.conftest import pid_alive, wait_until
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from k4sinit import cmdline
-from k4sinit.cmdline import KernelOptions
+from k4sinit.core import cmdline
+from k4sinit.core.cmdline import KernelOptions
 
 
 def test_every_known_option_is_read() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from k4sinit import system
+from k4sinit.host import system
 
 VIRTIO_PCI_NET = "pci:v00001AF4d00001041sv00001AF4sd00001041bc02sc00i00"
 VIRTIO_PCI_RNG = "pci:v00001AF4d00001044sv00001AF4sd00001044bcFFscFFi00"

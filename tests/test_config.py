@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from k4sinit.config import ConfigError, ConfigErrors, load_config, load_config_text
-from k4sinit.netspec import (
+from k4sinit.core.config import Config, Fallback, SwitchRoot
+from k4sinit.core.netspec import (
     DEFAULT_V4,
     DEFAULT_V6,
     DNS,
@@ -20,19 +21,16 @@ from k4sinit.netspec import (
     NetworkSpec,
     Route,
 )
-from k4sinit.spec import (
+from k4sinit.core.spec import (
     Backoff,
     Condition,
-    Config,
     ExecAction,
-    Fallback,
     FileAction,
     HTTPGetAction,
     Probe,
     Resources,
     RestartPolicy,
     ServiceSpec,
-    SwitchRoot,
     TCPSocketAction,
     TLSConfig,
     UnixSocketAction,

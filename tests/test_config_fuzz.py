@@ -5,7 +5,7 @@ shipped configs (etc/k4sinit/*.yaml, the node configs among them), must each
 give a :class:`~k4sinit.config.Config` or :class:`~k4sinit.config.ConfigErrors`
 whose every error names the file and a place in it (a line or a field):
 never another exception. What loads is expanded as ``k4sinit run`` does
-(k4sinit.node.expand), under the same rule. ``k4sinit check`` is run
+(k4sinit.node.roles), under the same rule. ``k4sinit check`` is run
 in-process on every mutated file for its documented exit codes (0 valid,
 1 invalid), and a few hostile configs go through the real command line.
 
@@ -29,8 +29,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from k4sinit import cli, node
+from k4sinit import cli
 from k4sinit.config import ConfigErrors, load_config, load_config_text
+from k4sinit.node import roles
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = sorted((ROOT / "etc" / "k4sinit").glob("*.yaml"))
@@ -126,7 +127,7 @@ def check_loads(text: str) -> None:
     """The invariant: a Config, or ConfigErrors each naming the file and a place in it."""
     try:
         config = load_config_text(text, SOURCE)
-        node.expand(config)  # what `k4sinit run` does next
+        roles.expand(config)  # what `k4sinit run` does next
     except ConfigErrors as exc:
         assert exc.errors
         lines = text.count("\n") + 1

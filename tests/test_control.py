@@ -300,11 +300,11 @@ async def test_a_stop_request_leaves_the_daemon_its_power_action(
     """What PID 1 does after the daemon ends is a power.Action (None: a plain stop)."""
     import trio
 
-    from k4sinit import power
     from k4sinit.control import Request
+    from k4sinit.core.config import Config
+    from k4sinit.core.log import get_logger
     from k4sinit.daemon import Daemon
-    from k4sinit.log import get_logger
-    from k4sinit.spec import Config
+    from k4sinit.pid1 import power
 
     daemon = Daemon(Config("t", {}), str(tmp_path / "sock"), get_logger(), power=True)
     replies: list[dict[str, Any]] = []
@@ -325,15 +325,15 @@ async def test_a_stop_request_leaves_the_daemon_its_power_action(
 
 async def ask_daemon(tmp_path: Path, config_text: str | None, request: Any) -> dict[str, Any]:
     """One request to a Daemon (not running) built from ``config_text`` (no node: None)."""
-    from k4sinit import node
     from k4sinit.config import load_config_text
     from k4sinit.control import RequestError
+    from k4sinit.core.config import Config
+    from k4sinit.core.log import get_logger
     from k4sinit.daemon import Daemon
-    from k4sinit.log import get_logger
-    from k4sinit.spec import Config
+    from k4sinit.node import roles
 
     config = load_config_text(config_text, "test.yaml") if config_text else Config("t", {})
-    settings = node.settings(config) if config.node else None
+    settings = roles.settings(config) if config.node else None
     daemon = Daemon(config, str(tmp_path / "sock"), get_logger(), node=settings)
     replies: list[dict[str, Any]] = []
 
@@ -635,7 +635,7 @@ def test_a_client_waits_in_a_full_accept_queue_instead_of_failing(tmp_path: Path
 async def test_status_of_each_reserved_name_answers_for_itself(tmp_path: Path) -> None:
     """Issue 12: ``status pki`` was "unknown service"; no service can take these names."""
     from k4sinit.control import Request
-    from k4sinit.spec import STATUS_NAMES
+    from k4sinit.core.spec import STATUS_NAMES
 
     config = "services: {a: {command: [sleep, '1000']}}\n"
     replies = {n: await ask_daemon(tmp_path, config, Request("status", n)) for n in STATUS_NAMES}
@@ -682,9 +682,10 @@ async def test_status_replies_have_exactly_the_keys_of_their_wire_types(tmp_path
 
 
 def test_network_and_preflight_wire_forms_have_exactly_the_keys_of_their_types() -> None:
-    from k4sinit import network, preflight
-    from k4sinit.log import get_logger
-    from k4sinit.netspec import NetworkSpec
+    from k4sinit import network
+    from k4sinit.core.log import get_logger
+    from k4sinit.core.netspec import NetworkSpec
+    from k4sinit.node import preflight
 
     net = network.Network(NetworkSpec(), get_logger(), resolv_conf=None, hosts=None)
     assert set(net.snapshot()) == network.NetworkSnapshot.__required_keys__

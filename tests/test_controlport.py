@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import struct
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +23,13 @@ import pytest
 import structlog
 import trio
 
-from k4sinit import control, controlport
+from k4sinit import control
 from k4sinit.control import ControlClientError, ControlServer, Request, RequestError, Send, ok
-from k4sinit.controlport import GuestBridge, HostRelay, LineReader
+from k4sinit.control import port as controlport
+from k4sinit.control.port import GuestBridge, LineReader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "rootfs"))
+from relay import HostRelay
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""k4sinit.dhcp against a real DHCP server: busybox udhcpd across a veth pair.
+"""k4sinit.network.dhcp against a real DHCP server: busybox udhcpd across a veth pair.
 
 Two network namespaces built here: the server's, with udhcpd on one end of a veth
 pair, and the client's, where a small trio program (``CLIENT`` below) runs
@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from k4sinit.dhcp import DHCPClient, decode_domain_search
+from k4sinit.network.dhcp import DHCPClient, decode_domain_search
 
 # The client under test: argv is IFNAME LEASE_DIR OFFER_TIMEOUT. One JSON line per
 # event on stdout; SIGTERM cancels the client, which must release and return.

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from k4sinit.control import ControlClientError
-from k4sinit.nodespec import Datastore, Profile, profile_roles
+from k4sinit.core.nodespec import Datastore, Profile, profile_roles
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "rootfs"))

@@ -1,10 +1,10 @@
-"""Tests for k4sinit.graph: the dependency check, start order, neighbours and cycles."""
+"""Tests for k4sinit.core.graph: the dependency check, start order, neighbours and cycles."""
 
 from __future__ import annotations
 
 import pytest
 
-from k4sinit.graph import (
+from k4sinit.core.graph import (
     DependencyError,
     DependencyGraph,
     DependencyProblem,
@@ -12,7 +12,7 @@ from k4sinit.graph import (
     check_dependencies,
     find_cycles_in,
 )
-from k4sinit.spec import Condition, RestartPolicy, ServiceSpec
+from k4sinit.core.spec import Condition, RestartPolicy, ServiceSpec
 
 
 def services(**deps: list[str]) -> dict[str, ServiceSpec]:

@@ -39,12 +39,12 @@ from k4sinit.control import (
     encode,
     ok,
 )
+from k4sinit.core.config import Config
+from k4sinit.core.log import get_logger
+from k4sinit.core.state import LogLine
 from k4sinit.daemon import Daemon
-from k4sinit.devenv import host_cgroup2_mount
-from k4sinit.log import get_logger
-from k4sinit.output import MAX_LINE
-from k4sinit.spec import Config
-from k4sinit.state import LogLine
+from k4sinit.pid1.container import host_cgroup2_mount
+from k4sinit.supervision.output import MAX_LINE
 from tests.conftest import services_config, wait_until
 
 

@@ -1,5 +1,5 @@
 """What the node image holds: ``/etc/k4sinit/image.json`` as rootfs/build.py writes it,
-as k4sinit reads it (k4sinit/image.py), and as ``k4sinit status`` and the daemon show it.
+as k4sinit reads it (k4sinit/core/imageinfo.py), and as ``k4sinit status`` and the daemon show it.
 
 Pure and fast: no image is built, no VM booted (tests/test_vm.py does that). The
 build side is exercised on a scratch tree: the ``/bbin`` layout and the description
@@ -22,11 +22,12 @@ from typing import Any
 
 import pytest
 
-from k4sinit import cli, control, image
+from k4sinit import cli, control
 from k4sinit.control import Request
+from k4sinit.core import imageinfo
+from k4sinit.core.config import Config
+from k4sinit.core.log import get_logger
 from k4sinit.daemon import Daemon
-from k4sinit.log import get_logger
-from k4sinit.spec import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "rootfs"))  # build.py and oci.py: scripts, not a package
@@ -62,15 +63,15 @@ def write(tmp_path: Path, content: str | bytes) -> str:
     return str(path)
 
 
-# --- k4sinit/image.py ----------------------------------------------------------------
+# --- k4sinit/core/imageinfo.py ----------------------------------------------------------------
 
 
 def test_no_file_means_no_description(tmp_path: Path) -> None:
-    assert image.load(str(tmp_path / "absent.json")) is None
+    assert imageinfo.load(str(tmp_path / "absent.json")) is None
 
 
 def test_the_summary_names_the_versions_inside(tmp_path: Path) -> None:
-    info = image.load(write(tmp_path, json.dumps(DESCRIPTION)))
+    info = imageinfo.load(write(tmp_path, json.dumps(DESCRIPTION)))
     assert info is not None and info.error is None and info.notice() is None
     assert info.roles == ["kine", "kubelet"] and info.versions == VERSIONS
     assert info.summary() == SUMMARY  # Kubernetes first, then its parts; not the Go version
@@ -82,7 +83,7 @@ def test_the_summary_names_the_versions_inside(tmp_path: Path) -> None:
 
 def test_an_image_without_versions_says_so(tmp_path: Path) -> None:
     path = write(tmp_path, json.dumps({"kernel": "6.1.0-57-amd64"}))
-    info = image.load(path)
+    info = imageinfo.load(path)
     assert info is not None and info.notice() is None
     assert info.summary() == f"{path} names no Kubernetes components"
 
@@ -101,7 +102,7 @@ def test_a_malformed_file_gives_a_notice_naming_it_never_an_exception(
     tmp_path: Path, content: str | bytes, why: str
 ) -> None:
     path = write(tmp_path, content)
-    info = image.load(path)
+    info = imageinfo.load(path)
     assert info is not None
     notice = info.notice()
     assert notice is not None and path in notice and why in notice, notice
@@ -110,7 +111,7 @@ def test_a_malformed_file_gives_a_notice_naming_it_never_an_exception(
 
 
 def test_an_unreadable_path_gives_a_notice(tmp_path: Path) -> None:
-    info = image.load(str(tmp_path))  # a directory
+    info = imageinfo.load(str(tmp_path))  # a directory
     assert info is not None
     assert info.notice() == f"image description {tmp_path} is unreadable: Is a directory"
 
@@ -150,7 +151,7 @@ def run_status(
 def test_status_prints_what_the_image_holds_on_its_own_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    info = image.load(write(tmp_path, json.dumps(DESCRIPTION)))
+    info = imageinfo.load(write(tmp_path, json.dumps(DESCRIPTION)))
     assert info is not None
     code, out = run_status(monkeypatch, capsys, status_result(info.to_json()))
     assert code == 0
@@ -168,7 +169,7 @@ def test_status_has_no_image_line_without_an_image(
 
 
 async def test_the_daemons_status_snapshot_carries_the_image(tmp_path: Path) -> None:
-    info = image.load(write(tmp_path, json.dumps(DESCRIPTION)))
+    info = imageinfo.load(write(tmp_path, json.dumps(DESCRIPTION)))
     replies: list[Any] = []
 
     async def send(reply: Any) -> None:
@@ -204,12 +205,12 @@ def test_the_userland_fills_bbin_like_a_u_root_k4s(tmp_path: Path, userland: Any
     assert isinstance(archives, list)
     refs = [archive["ref"] for archive in archives]
     assert refs == [f"k4sinit.local/pause:{userland.versions['pause']}", oci.BUSYBOX_REF]
-    info = image.load(write(tmp_path, json.dumps(description)))
+    info = imageinfo.load(write(tmp_path, json.dumps(description)))
     assert info is not None and info.summary().startswith("kubernetes v1.37.")
 
 
 def test_k4s_has_every_role_k4sinit_runs_from_bbin(userland: Any) -> None:
-    from k4sinit import nodespec
+    from k4sinit.core import nodespec
 
     runs = {*nodespec.ALL_ROLES} - {"images", "manifests"}  # a shell script; k4sinit itself
     assert runs <= set(userland.roles())

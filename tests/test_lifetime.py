@@ -27,13 +27,13 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
-from k4sinit.cgroups import own_cgroup
 from k4sinit.config import load_config_text
+from k4sinit.core.netspec import NetworkSpec
 from k4sinit.daemon import Daemon, describe_survivors, survivors
-from k4sinit.devenv import host_cgroup2_mount
-from k4sinit.netspec import NetworkSpec
 from k4sinit.network import Network
-from k4sinit.reaper import PR_SET_CHILD_SUBREAPER
+from k4sinit.pid1.container import host_cgroup2_mount
+from k4sinit.supervision.cgroups import own_cgroup
+from k4sinit.supervision.reaper import PR_SET_CHILD_SUBREAPER
 
 from .conftest import DaemonProcess, child_cmd, pid_alive, services_config, wait_until
 

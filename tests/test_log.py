@@ -14,9 +14,10 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from k4sinit import boot, log
 from k4sinit.config import ConfigError, ConfigErrors
-from k4sinit.log import NonBlockingWriter
+from k4sinit.core import log
+from k4sinit.core.log import NonBlockingWriter
+from k4sinit.pid1 import boot
 
 
 @pytest.fixture

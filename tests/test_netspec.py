@@ -1,4 +1,4 @@
-"""Tests for k4sinit.netspec: the dataclasses and the kernel's ``ip=`` option."""
+"""Tests for k4sinit.core.netspec: the dataclasses and the kernel's ``ip=`` option."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6
 
 import pytest
 
-from k4sinit.netspec import (
+from k4sinit.core.netspec import (
     DEFAULT_V4,
     DNS,
     Interface,

@@ -31,16 +31,9 @@ from typing import Any
 import pytest
 import trio
 
-from k4sinit.netspec import (
-    DNS,
-    Interface,
-    InterfaceKind,
-    NetworkSource,
-    NetworkSpec,
-    Route,
-)
+from k4sinit.core.netspec import DNS, Interface, InterfaceKind, NetworkSource, NetworkSpec, Route
+from k4sinit.core.spec import Condition
 from k4sinit.network import Network, render_hosts, render_resolv_conf
-from k4sinit.spec import Condition
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 30  # seconds for any one step; generous for a loaded machine

@@ -42,9 +42,9 @@ from typing import Any
 import pytest
 import yaml
 
-from k4sinit.cgroups import Cgroup
-from k4sinit.devenv import cleanup, host_cgroup2_mount
+from k4sinit.pid1.container import cleanup, host_cgroup2_mount
 from k4sinit.services import containerd
+from k4sinit.supervision.cgroups import Cgroup
 
 from .conftest import Container, pid_alive, wait_until
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import trio
 import trio.testing
 
-from k4sinit.output import DROP_PAUSE, LineBudget, LineSplitter, pump_lines
+from k4sinit.supervision.output import DROP_PAUSE, LineBudget, LineSplitter, pump_lines
 
 
 class Collect:

@@ -1,4 +1,4 @@
-"""Tests for k4sinit.pki: the tree it lays out, idempotence, reissue rules, TLS."""
+"""Tests for k4sinit.node.pki: the tree it lays out, idempotence, reissue rules, TLS."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from k4sinit.pki import PKIError, PKIResult, PKISpec, ensure_pki
+from k4sinit.node.pki import PKIError, PKIResult, PKISpec, ensure_pki
 
 NODE = "node1"
 ADDR = ip_address("192.0.2.10")

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from k4sinit import preflight
 from k4sinit.cli import main
-from k4sinit.nodespec import Profile
-from k4sinit.preflight import Check, Status
+from k4sinit.core.nodespec import Profile
+from k4sinit.node import preflight
+from k4sinit.node.preflight import Check, Status
 
 GiB = 1 << 30
 MiB = 1 << 20

@@ -1,4 +1,4 @@
-"""Tests for k4sinit.probes: thresholds, loop timing (virtual clock), real checks."""
+"""Tests for k4sinit.supervision.probes: thresholds, loop timing (virtual clock), real checks."""
 
 from __future__ import annotations
 
@@ -18,15 +18,7 @@ import h11
 import pytest
 import trio
 
-from k4sinit.probes import (
-    ExecRunner,
-    ProbeInconclusive,
-    Prober,
-    ProbeResult,
-    ProbeTracker,
-    run_probe,
-)
-from k4sinit.spec import (
+from k4sinit.core.spec import (
     ExecAction,
     FileAction,
     HTTPGetAction,
@@ -36,7 +28,15 @@ from k4sinit.spec import (
     TLSConfig,
     UnixSocketAction,
 )
-from k4sinit.timeouts import DaemonLate
+from k4sinit.supervision.probes import (
+    ExecRunner,
+    ProbeInconclusive,
+    Prober,
+    ProbeResult,
+    ProbeTracker,
+    run_probe,
+)
+from k4sinit.supervision.timeouts import DaemonLate
 from tests.certs import CA, CertFiles
 
 OK = ProbeResult(True, "ok")

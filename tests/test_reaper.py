@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from k4sinit.daemon import raise_fd_limit
-from k4sinit.process import SpawnError, spawn, terminate
-from k4sinit.reaper import ExitStatus, Reaper
+from k4sinit.supervision.process import SpawnError, spawn, terminate
+from k4sinit.supervision.reaper import ExitStatus, Reaper
 
 ENV = {"PATH": "/usr/bin:/bin"}
 

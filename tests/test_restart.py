@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from k4sinit.restart import RestartTracker, backoff_delay
-from k4sinit.spec import Backoff, RestartPolicy
-from k4sinit.state import ExitStatus, State
+from k4sinit.core.restart import RestartTracker, backoff_delay
+from k4sinit.core.spec import Backoff, RestartPolicy
+from k4sinit.core.state import ExitStatus, State
 
 FAIL = ExitStatus(code=1)
 OK = ExitStatus(code=0)
@@ -113,6 +113,6 @@ def test_a_crash_loop_without_limit_keeps_restarting_at_max() -> None:
 
 def test_the_policy_is_pure_it_imports_no_trio() -> None:
     """Issue 12: restart.py took ExitStatus from reaper, and with it trio."""
-    code = "import sys, k4sinit.restart; print(sorted(m for m in sys.modules if m == 'trio'))"
+    code = "import sys, k4sinit.core.restart; print(sorted(m for m in sys.modules if m == 'trio'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout == "[]\n"

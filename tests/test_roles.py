@@ -1,4 +1,4 @@
-"""Tests for the Kubernetes roles: k4sinit.node, k4sinit.services, the node: section.
+"""Tests for the Kubernetes roles: k4sinit.node.roles, k4sinit.services, the node: section.
 
 The golden tests compare, for each profile and datastore, every role's
 command line, probes, dependencies (``services.yaml``, as ``k4sinit config``
@@ -21,12 +21,14 @@ from typing import Any
 import pytest
 import yaml
 
-from k4sinit import cli, node
+from k4sinit import cli
 from k4sinit.config import ConfigError, ConfigErrors, load_config, load_config_text
-from k4sinit.nodespec import Datastore, Profile, profile_roles
-from k4sinit.process import SpawnError, spawn
-from k4sinit.reaper import Reaper
-from k4sinit.spec import Condition, Config, HTTPGetAction, Resources, TCPSocketAction
+from k4sinit.core.config import Config
+from k4sinit.core.nodespec import Datastore, NodeSettings, Profile, profile_roles
+from k4sinit.core.spec import Condition, HTTPGetAction, Resources, TCPSocketAction
+from k4sinit.node import roles
+from k4sinit.supervision.process import SpawnError, spawn
+from k4sinit.supervision.reaper import Reaper
 
 GOLDEN = Path(__file__).parent / "golden"
 SINGLE_YAML = Path(__file__).parent.parent / "etc" / "k4sinit" / "single.yaml"
@@ -75,11 +77,11 @@ def errors_of(text: str) -> list[ConfigError]:
 
 
 def expanded(text: str, **kwargs: Any) -> Config:
-    return node.expand(load(text), **kwargs)
+    return roles.expand(load(text), **kwargs)
 
 
-def settings_of(text: str, **kwargs: Any) -> node.NodeSettings:
-    result = node.settings(load(text), **kwargs)
+def settings_of(text: str, **kwargs: Any) -> NodeSettings:
+    result = roles.settings(load(text), **kwargs)
     assert result is not None
     return result
 
@@ -98,13 +100,13 @@ def tree(root: Path) -> dict[str, str]:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden(case: str, tmp_path: Path) -> None:
     config = load(CASES[case])
-    settings = node.settings(config)
+    settings = roles.settings(config)
     assert settings is not None
     services = yaml.safe_dump(
-        node.describe(node.expand(config), settings), sort_keys=False, default_flow_style=False
+        roles.describe(roles.expand(config), settings), sort_keys=False, default_flow_style=False
     )
     root = tmp_path / "root"
-    node.write_files(settings, root)
+    roles.write_files(settings, root)
     got = {"services.yaml": services} | {f"files/{p}": t for p, t in tree(root).items()}
     golden = GOLDEN / case
     if UPDATE:
@@ -324,14 +326,14 @@ def test_a_service_may_not_take_a_roles_name() -> None:
 
 def test_the_kernels_role_wins_and_is_checked_again() -> None:
     config = load("node: {profile: single, name: n}")
-    assert list(node.expand(config, role_from_kernel="controller").services)[-1] == "coredns"
+    assert list(roles.expand(config, role_from_kernel="controller").services)[-1] == "coredns"
     with pytest.raises(ConfigErrors) as caught:
-        node.expand(config, role_from_kernel="worker")  # no server, no token
+        roles.expand(config, role_from_kernel="worker")  # no server, no token
     [error] = caught.value.errors
     assert error.field == "node"
     assert "k4sinit.role=" in error.message
     with pytest.raises(ConfigErrors, match="'master' is not a profile"):
-        node.expand(config, role_from_kernel="master")
+        roles.expand(config, role_from_kernel="master")
 
 
 def test_a_dependency_on_a_role_the_kernels_profile_lacks_is_an_error() -> None:
@@ -345,7 +347,7 @@ def test_a_dependency_on_a_role_the_kernels_profile_lacks_is_an_error() -> None:
         """
     )
     with pytest.raises(ConfigErrors) as caught:
-        node.expand(config, role_from_kernel="worker")
+        roles.expand(config, role_from_kernel="worker")
     assert "server" in str(caught.value)  # the worker's join is checked first
     config = load(
         """
@@ -357,7 +359,7 @@ def test_a_dependency_on_a_role_the_kernels_profile_lacks_is_an_error() -> None:
         """
     )
     with pytest.raises(ConfigErrors) as caught:
-        node.expand(config, role_from_kernel="worker")
+        roles.expand(config, role_from_kernel="worker")
     [error] = caught.value.errors
     # Found only after expansion, yet where the file wrote it, as the loader would say.
     assert (error.line, error.service, error.field) == (5, "backup", "dependsOn[0]")
@@ -367,8 +369,8 @@ def test_a_dependency_on_a_role_the_kernels_profile_lacks_is_an_error() -> None:
 
 def test_without_a_node_section_the_config_is_unchanged() -> None:
     config = load("services:\n  a:\n    command: [x]\n")
-    assert node.expand(config) is config
-    assert node.settings(config) is None
+    assert roles.expand(config) is config
+    assert roles.settings(config) is None
 
 
 # --- validation of the node section --------------------------------------------------
@@ -492,7 +494,7 @@ def test_dependency_errors_found_at_expansion_keep_the_files_lines() -> None:
         """
     )
     with pytest.raises(ConfigErrors) as caught:
-        node.expand(config, role_from_kernel="controller")
+        roles.expand(config, role_from_kernel="controller")
     assert [(e.line, e.service, e.field, e.message) for e in caught.value.errors] == [
         (6, "a", "dependsOn.kubelet", "unknown service 'kubelet' in dependsOn"),
         (9, "b", "dependsOn[1]", "unknown service 'kube-proxy' in dependsOn"),
@@ -513,7 +515,7 @@ def test_a_cycle_through_roles_is_put_at_the_files_own_service() -> None:
         """
     )
     with pytest.raises(ConfigErrors) as caught:
-        node.expand(config)
+        roles.expand(config)
     [error] = caught.value.errors
     assert (error.line, error.service, error.field) == (5, "containerd", None)
     assert error.message == "dependency cycle: images -> containerd -> kubelet -> images"
@@ -522,7 +524,7 @@ def test_a_cycle_through_roles_is_put_at_the_files_own_service() -> None:
 def test_completed_on_the_images_oneshot_is_valid() -> None:
     # images is restartPolicy OnFailure: a service may wait for the import to finish.
     text = "node: {}\nservices:\n  a:\n    command: [x]\n    dependsOn: {images: Completed}\n"
-    config = node.expand(load(text))
+    config = roles.expand(load(text))
     assert dict(config.services["a"].depends_on) == {"images": Condition.COMPLETED}
 
 
@@ -587,14 +589,14 @@ def test_a_missing_binary_says_where_it_was_looked_for(tmp_path: Path) -> None:
 
 def test_write_files_makes_private_files_and_the_directories(tmp_path: Path) -> None:
     settings = settings_of(CASES["single-kine"])
-    written = node.write_files(settings, tmp_path)
+    written = roles.write_files(settings, tmp_path)
     assert "/var/lib/k4sinit/kubelet/config.yaml" in written
     for path in written:
         mode = stat.S_IMODE((tmp_path / path.lstrip("/")).stat().st_mode)
         assert mode == 0o600, path
     assert (tmp_path / "var/lib/k4sinit/db").is_dir()
     assert (tmp_path / "var/lib/k4sinit/manifests").is_dir()
-    assert node.write_files(settings, tmp_path) == written  # every boot, the same
+    assert roles.write_files(settings, tmp_path) == written  # every boot, the same
 
 
 def test_generated_files_parse() -> None:
@@ -602,7 +604,7 @@ def test_generated_files_parse() -> None:
     import tomllib
 
     settings = settings_of(CASES["single-kine"])
-    files = node.files(settings)
+    files = roles.files(settings)
     toml = tomllib.loads(files["/var/lib/k4sinit/containerd/config.toml"])
     assert toml["version"] == 3  # containerd 2's layout
     plugins = toml["plugins"]
@@ -649,9 +651,9 @@ def test_config_command_prints_the_expansion(
     assert cli.main(["config", "--config", str(path), "--profile", "single"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     config = load_config(path)
-    want = node.describe(
-        node.expand(config, role_from_kernel="single"),
-        node.settings(config, role_from_kernel="single"),
+    want = roles.describe(
+        roles.expand(config, role_from_kernel="single"),
+        roles.settings(config, role_from_kernel="single"),
     )
     assert printed == want
     assert printed["node"]["profile"] == "single"
@@ -670,7 +672,7 @@ def test_config_command_exits_1_with_the_errors(
 
 def test_the_shipped_single_node_config_expands() -> None:
     config = load_config(SINGLE_YAML)
-    expanded_config = node.expand(config, hostname="node-1")
+    expanded_config = roles.expand(config, hostname="node-1")
     assert list(expanded_config.services) == list(profile_roles(Profile.SINGLE, Datastore.KINE))
     assert config.network.interfaces[0].dhcp
     assert "br_netfilter" in config.system.modules
@@ -682,7 +684,7 @@ def test_a_node_name_kubelet_cannot_register_is_a_config_error(
     # A fresh kernel's hostname, when neither the config nor the kernel names the node.
     monkeypatch.setattr(socket, "gethostname", lambda: "(none)")  # the socket module node calls
     with pytest.raises(ConfigErrors) as caught:
-        node.settings(load("node: {profile: single}\n"))
+        roles.settings(load("node: {profile: single}\n"))
     (error,) = caught.value.errors
     assert error.field == "node.name"
     assert error.message == "node name '(none)' (from the system's hostname) is not a DNS subdomain"

@@ -26,12 +26,12 @@ import trio
 import trio.testing
 
 from k4sinit.config import load_config_text
+from k4sinit.core.state import State
 from k4sinit.daemon import default_env
-from k4sinit.output import LINE_BURST
-from k4sinit.reaper import ExitStatus, Reaper
-from k4sinit.runner import LINES_PER_EVENT, RunnerContext, ServiceRunner
-from k4sinit.state import State
-from k4sinit.supervisor import Supervisor
+from k4sinit.supervision.output import LINE_BURST
+from k4sinit.supervision.reaper import ExitStatus, Reaper
+from k4sinit.supervision.runner import LINES_PER_EVENT, RunnerContext, ServiceRunner
+from k4sinit.supervision.supervisor import Supervisor
 
 from .conftest import child_cmd, pid_alive
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from k4sinit.process import SpawnError, spawn
-from k4sinit.reaper import ExitStatus, Reaper
+from k4sinit.supervision.process import SpawnError, spawn
+from k4sinit.supervision.reaper import ExitStatus, Reaper
 
 ENV = {"PATH": "/usr/bin:/bin"}
 

@@ -11,11 +11,11 @@ import structlog
 import trio
 
 from k4sinit.config import load_config_text
+from k4sinit.core.state import State
 from k4sinit.daemon import default_env
-from k4sinit.reaper import Reaper
-from k4sinit.runner import RunnerContext, ServiceRunner
-from k4sinit.state import State
-from k4sinit.supervisor import Supervisor
+from k4sinit.supervision.reaper import Reaper
+from k4sinit.supervision.runner import RunnerContext, ServiceRunner
+from k4sinit.supervision.supervisor import Supervisor
 
 from .conftest import child_cmd, pid_alive
 

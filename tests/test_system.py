@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from k4sinit import boot, system
-from k4sinit.spec import SwitchRoot, SystemSpec
+from k4sinit.core.config import SwitchRoot, SystemSpec
+from k4sinit.host import system
+from k4sinit.pid1 import boot
 
 REPO = Path(__file__).resolve().parent.parent
 

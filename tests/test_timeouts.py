@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from k4sinit.timeouts import TOLERANCE, DaemonLate, call_with_timeout
+from k4sinit.supervision.timeouts import TOLERANCE, DaemonLate, call_with_timeout
 
 
 async def answer_at(t: float) -> str:

@@ -4,14 +4,14 @@ Every role module has the same three functions, all pure (no I/O, no trio):
 
 * ``service(node) -> ServiceSpec``: the command line, probes, dependencies
   and stop grace of the role, built from the resolved
-  :class:`~k4sinit.node.NodeSettings`;
+  :class:`~k4sinit.core.nodespec.NodeSettings`;
 * ``files(node) -> dict[str, str]``: absolute path -> content of the config
-  files the role reads (written by :func:`k4sinit.node.write_files` at boot);
+  files the role reads (written by :func:`k4sinit.node.roles.write_files` at boot);
 * ``directories(node) -> tuple[str, ...]``: directories that must exist
   before it starts (and that the role does not create itself).
 
-Command lines are pinned to **Kubernetes v1.31** (containerd 1.6/1.7 with a
-version 2 config, etcd 3.5, kine 0.13). The flag sets follow what the two
+Command lines are pinned to **Kubernetes v1.37** (containerd 2 with a version 3
+config, etcd 3.7, kine 0.17: the versions of ``rootfs/k4s/go.mod``). The flag sets follow what the two
 single-binary distributions pass, minus what they need for their own
 extras (konnectivity, cloud controller, embedded tunnels): k0s
 ``pkg/component/controller/{apiserver,scheduler,controllermanager,kine,etcd}.go``
@@ -19,7 +19,9 @@ and ``pkg/component/worker/kubelet.go``; k3s ``pkg/daemons/control/server.go``
 and ``pkg/daemons/agent``. Every flag is written ``--name=value`` (one argv
 item), so ``node.roles.<role>.extraArgs`` can replace it by name.
 
-:mod:`k4sinit.node` picks the modules of a profile, applies the config's
+:mod:`k4sinit.services.registry` maps role names to their modules (the
+:class:`~k4sinit.services.registry.RoleModule` protocol);
+:mod:`k4sinit.node.roles` picks the modules of a profile, applies the config's
 overrides and resolves the binary (busybox dispatch).
 """
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from k4sinit.spec import HTTPGetAction, Resources, TLSConfig
+from k4sinit.core.spec import HTTPGetAction, Resources, TLSConfig
 
 __all__ = ["CONTROL_PLANE_FIRST", "flags", "https_get"]
 

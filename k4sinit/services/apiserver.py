@@ -41,12 +41,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from k4sinit.nodespec import APISERVER
+from k4sinit.core.nodespec import APISERVER
+from k4sinit.core.spec import NETWORK, PKI, Condition, Probe, ServiceSpec, TLSConfig
 from k4sinit.services import CONTROL_PLANE_FIRST, datastore, flags, https_get
-from k4sinit.spec import NETWORK, PKI, Condition, Probe, ServiceSpec, TLSConfig
 
 if TYPE_CHECKING:
-    from k4sinit.node import NodeSettings
+    from k4sinit.core.nodespec import NodeSettings
 
 NAME = APISERVER
 PORT = 6443
@@ -123,7 +123,7 @@ def admin_tls(node: NodeSettings) -> TLSConfig:
 
 
 def files(node: NodeSettings) -> dict[str, str]:
-    return {}  # certificates and keys come from k4sinit.pki
+    return {}  # certificates and keys come from k4sinit.node.pki
 
 
 def directories(node: NodeSettings) -> tuple[str, ...]:

@@ -39,12 +39,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from k4sinit.nodespec import CONTAINERD, Profile
+from k4sinit.core.nodespec import CONTAINERD, Profile
+from k4sinit.core.spec import Probe, ServiceSpec, UnixSocketAction
 from k4sinit.services import flags
-from k4sinit.spec import Probe, ServiceSpec, UnixSocketAction
 
 if TYPE_CHECKING:
-    from k4sinit.node import NodeSettings
+    from k4sinit.core.nodespec import NodeSettings
 
 NAME = CONTAINERD
 ROOT = "/var/lib/containerd"

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from k4sinit.nodespec import CONTROLLER_MANAGER, Profile
+from k4sinit.core.nodespec import CONTROLLER_MANAGER, Profile
+from k4sinit.core.spec import Condition, Probe, ServiceSpec, TLSConfig
 from k4sinit.services import apiserver, flags, https_get
-from k4sinit.spec import Condition, Probe, ServiceSpec, TLSConfig
 
 if TYPE_CHECKING:
-    from k4sinit.node import NodeSettings
+    from k4sinit.core.nodespec import NodeSettings
 
 NAME = CONTROLLER_MANAGER
 PORT = 10257
@@ -73,7 +73,7 @@ def service(node: NodeSettings) -> ServiceSpec:
 
 
 def files(node: NodeSettings) -> dict[str, str]:
-    return {}  # the kubeconfig comes from k4sinit.pki
+    return {}  # the kubeconfig comes from k4sinit.node.pki
 
 
 def directories(node: NodeSettings) -> tuple[str, ...]:

@@ -27,19 +27,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from k4sinit.nodespec import COREDNS, MANIFESTS
+from k4sinit.core.nodespec import COREDNS, MANIFESTS
+from k4sinit.core.spec import NETWORK, Condition, HTTPGetAction, Probe, ServiceSpec
 from k4sinit.services import apiserver
-from k4sinit.spec import NETWORK, Condition, HTTPGetAction, Probe, ServiceSpec
 
 if TYPE_CHECKING:
-    from k4sinit.node import NodeSettings
+    from k4sinit.core.nodespec import NodeSettings
 
 NAME = COREDNS
 DNS_PORT = 53
 READY_PORT = 8181
 HEALTH_PORT = 8080
 METRICS_PORT = 9153
-USER = "k4sinit:coredns"  # the CN of its client certificate (k4sinit.pki)
+USER = "k4sinit:coredns"  # the CN of its client certificate (k4sinit.node.pki)
 
 
 def corefile_path(node: NodeSettings) -> str:

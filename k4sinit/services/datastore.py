@@ -29,12 +29,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from k4sinit.nodespec import Datastore
+from k4sinit.core.nodespec import Datastore
+from k4sinit.core.spec import HTTPGetAction, Probe, ServiceSpec, TCPSocketAction
 from k4sinit.services import CONTROL_PLANE_FIRST, flags
-from k4sinit.spec import HTTPGetAction, Probe, ServiceSpec, TCPSocketAction
 
 if TYPE_CHECKING:
-    from k4sinit.node import NodeSettings
+    from k4sinit.core.nodespec import NodeSettings
 
 CLIENT_PORT = 2379
 # kine's own sqlite.DefaultParams, less what modernc.org/sqlite ignores (cache=shared,

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from k4sinit.nodespec import IMAGES
+from k4sinit.core.nodespec import IMAGES
+from k4sinit.core.spec import Backoff, Condition, RestartPolicy, ServiceSpec
 from k4sinit.services import containerd
-from k4sinit.spec import Backoff, Condition, RestartPolicy, ServiceSpec
 
 #: Where k4sinit itself finds a shell (as process.SHELL): a node's binPath need
 #: hold none (u-root's /bbin has no sh; Debian has /usr/bin/sh only by merged /usr).
 SHELL = "/bin/sh"
 
 if TYPE_CHECKING:
-    from k4sinit.node import NodeSettings
+    from k4sinit.core.nodespec import NodeSettings
 
 NAME = IMAGES
 

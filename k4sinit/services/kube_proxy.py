@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from k4sinit.nodespec import KUBE_PROXY
+from k4sinit.core.nodespec import KUBE_PROXY
+from k4sinit.core.spec import NETWORK, Condition, HTTPGetAction, Probe, ServiceSpec
 from k4sinit.services import flags, kubelet, manifests
-from k4sinit.spec import NETWORK, Condition, HTTPGetAction, Probe, ServiceSpec
 
 if TYPE_CHECKING:
-    from k4sinit.node import NodeSettings
+    from k4sinit.core.nodespec import NodeSettings
 
 NAME = KUBE_PROXY
 HEALTHZ_PORT = 10256

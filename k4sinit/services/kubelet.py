@@ -45,12 +45,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from k4sinit.nodespec import KUBELET, Profile
+from k4sinit.core.nodespec import KUBELET, Profile
+from k4sinit.core.spec import NETWORK, Condition, HTTPGetAction, Probe, ServiceSpec
 from k4sinit.services import apiserver, containerd, flags, images
-from k4sinit.spec import NETWORK, Condition, HTTPGetAction, Probe, ServiceSpec
 
 if TYPE_CHECKING:
-    from k4sinit.node import NodeSettings
+    from k4sinit.core.nodespec import NodeSettings
 
 NAME = KUBELET
 HEALTHZ_PORT = 10248

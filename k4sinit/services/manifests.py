@@ -2,7 +2,7 @@
 
 What kubeadm's ``bootstrap-token`` and ``addon`` phases and k0s' manifest applier
 do, as a service of the control plane: ``k4sinit apply-manifests`` (see
-:mod:`k4sinit.applier`) applies every ``*.yaml``/``*.yml``/``*.json`` under
+:mod:`k4sinit.network.applier`) applies every ``*.yaml``/``*.yml``/``*.json`` under
 ``node.manifestsDir`` (default ``<dataDir>/manifests``) with ``kubectl apply
 --server-side`` once the apiserver is ready, and again whenever a file there
 changes, as k3s auto-deploys its manifests directory. It is ready (a file
@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from k4sinit.nodespec import COREDNS, MANIFESTS
+from k4sinit.core.nodespec import COREDNS, MANIFESTS
+from k4sinit.core.spec import Condition, FileAction, Probe, ServiceSpec
 from k4sinit.services import apiserver, coredns
-from k4sinit.spec import Condition, FileAction, Probe, ServiceSpec
 
 if TYPE_CHECKING:
-    from k4sinit.node import NodeSettings
+    from k4sinit.core.nodespec import NodeSettings
 
 NAME = MANIFESTS
 #: Written by the applier once everything has been applied; removed at its start.

@@ -1,0 +1,68 @@
+"""The whole config as types: the system section, and the one object the loader returns.
+
+:mod:`k4sinit.config` reads YAML into these; :mod:`k4sinit.core.spec`,
+:mod:`k4sinit.core.netspec` and :mod:`k4sinit.core.nodespec` hold the
+sections' own types. Nothing here does I/O or imports trio.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from k4sinit.core.netspec import NetworkSpec
+from k4sinit.core.nodespec import NodeSpec
+from k4sinit.core.spec import ServiceSpec
+
+
+class Fallback(enum.Enum):
+    """What PID 1 does when booting fails (it never exits: that panics the kernel)."""
+
+    SHELL = "shell"  # an emergency shell on the console; boot is retried when it exits
+    RETRY = "retry"  # wait ``delay`` seconds, then run the boot stages again
+    REBOOT = "reboot"  # count down ``delay`` seconds on the console, then reboot
+
+
+class SwitchRoot(enum.Enum):
+    """Whether PID 1 copies an initramfs root into a tmpfs and switches into it."""
+
+    AUTO = "auto"  # when booted from an initramfs (runc cannot pivot_root out of one)
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+@dataclass(frozen=True, slots=True)
+class SystemSpec:
+    """The node itself, set up by PID 1 before any service starts."""
+
+    hostname: str | None = None
+    modules: tuple[str, ...] = ()
+    sysctls: tuple[tuple[str, str], ...] = ()
+    fallback: Fallback = Fallback.SHELL
+    fallback_delay: float = 10.0
+    switch_root: SwitchRoot = SwitchRoot.AUTO
+    shell: tuple[str, ...] = ("/bin/sh",)
+    # "enforce": a fatal preflight failure fails the boot (the fallback follows);
+    # "warn": it is reported (log, status) and the node boots anyway.
+    preflight: str = "enforce"
+    # Load the modules the devices present ask for (their modalias), before ``modules``.
+    coldplug: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole validated config. ``services`` keeps the file's order."""
+
+    source: str
+    services: dict[str, ServiceSpec]
+    system: SystemSpec = field(default_factory=SystemSpec)
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    # The ``node:`` section (None: no Kubernetes roles); k4sinit.node.roles
+    # turns it into role services.
+    node: NodeSpec | None = None
+    # Where the file wrote each service, (name, None), and each of its dependencies,
+    # (name, dependency): (line, field), for the errors k4sinit.node.roles finds.
+    where: Mapping[tuple[str, str | None], tuple[int | None, str | None]] = field(
+        default_factory=dict, compare=False, repr=False
+    )

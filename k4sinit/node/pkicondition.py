@@ -1,0 +1,104 @@
+"""The node's cluster identity at boot: the ``pki`` built-in dependency.
+
+Once the network is ready, the node's addresses are known, so the PKI can be
+made or checked (:func:`k4sinit.node.pki.ensure_pki`, in a worker thread: keys and
+signatures are CPU work). Then ``pki`` is ready and the apiserver, which
+``dependsOn: {pki: Ready}``, may start. A failure (an unreadable CA, say) is
+the reason shown for ``pki`` and retried every 30 s: an operator can fix the
+files without rebooting the node.
+
+``AlwaysReady`` stands in where a node has no PKI to make (no ``node:``
+section): the condition then holds at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from k4sinit.core.nodespec import NodeSettings
+from k4sinit.core.spec import PKI, Condition
+from k4sinit.network import Network
+from k4sinit.node.pki import PKIError, PKISpec, ensure_pki
+
+RETRY_SECONDS = 30.0
+
+
+class NodePKI:
+    """Ensures the PKI once the network is ready; a :class:`~k4sinit.supervision.runner.Dependency`."""
+
+    name = PKI
+
+    def __init__(self, settings: NodeSettings, network: Network, log: Any) -> None:
+        self._settings = settings
+        self._network = network
+        self._log = log.bind(service=PKI)
+        self.ready = False
+        self.reason = "waiting for the network"
+        self._changed = trio.Event()
+
+    def spec(self, addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]) -> PKISpec:
+        node = self._settings
+        return PKISpec(
+            node_name=node.name,
+            node_addresses=addresses,
+            dir=Path(node.pki_dir),
+            kubeconfig_dir=Path(node.kubeconfig_dir),
+            service_cidr=node.service_cidr,
+            cluster_domain=node.cluster_domain,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Wait for the network, ensure the PKI (retrying on failure), then stay ready."""
+        task_status.started()
+        while not self._network.ready:
+            await self._network.changed()
+        while True:
+            spec = self.spec(self._network.node_addresses())
+            try:
+                result = await trio.to_thread.run_sync(ensure_pki, spec)
+            except (PKIError, OSError, ValueError) as exc:
+                self._set(False, f"cannot make the PKI: {exc}")
+                self._log.error(PKI, error=str(exc))
+                await trio.sleep(RETRY_SECONDS)
+                continue
+            for line in result.lines():
+                self._log.info("pki: " + line)
+            self._set(True, f"certificates in {spec.dir}, kubeconfigs in {spec.kubeconfig_dir}")
+            return
+
+    def _set(self, ready: bool, reason: str) -> None:
+        self.ready, self.reason = ready, reason
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def satisfies(self, condition: Condition) -> bool:
+        return condition is not Condition.COMPLETED and self.ready
+
+    def unmet_reason(self, condition: Condition) -> str:
+        return self.reason
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+
+class AlwaysReady:
+    """A built-in condition with nothing to wait for."""
+
+    ready = True
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+
+    def satisfies(self, condition: Condition) -> bool:
+        return condition is not Condition.COMPLETED
+
+    def unmet_reason(self, condition: Condition) -> str:
+        return f"{self.name} never completes"
+
+    async def changed(self) -> None:
+        await trio.sleep_forever()

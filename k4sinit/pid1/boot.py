@@ -1,0 +1,429 @@
+"""PID 1: the boot stages, then the supervisor, then a clean end. Never exits.
+
+::
+
+    init_main()
+      loop forever:
+        boot():   mounts -> kernel cmdline -> config -> [switch into a tmpfs
+                  root, re-exec] -> modules -> sysctls -> hostname -> machine-id
+                  -> loopback -> cgroups -> supervise (trio) until a shutdown
+                  is asked for
+        shutdown: services stopped in reverse order (by the daemon), then
+                  everything left SIGTERMed, SIGKILLed, sync, unmount, reboot(2)
+        any error on the way: log it, then the fallback (emergency shell,
+                  retry, or reboot after a countdown), and boot again
+
+PID 1 exiting panics the kernel, so :func:`init_main` catches everything: this
+is the one catch-all handler in k4sinit (STYLE.md rule 8).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from k4sinit import control
+from k4sinit.config import ConfigErrors, load_config
+from k4sinit.core import cmdline, imageinfo, log
+from k4sinit.core.config import Config, Fallback, SwitchRoot, SystemSpec
+from k4sinit.core.netspec import NetworkSpec, choose_network
+from k4sinit.core.nodespec import NodeSettings
+from k4sinit.host import system
+from k4sinit.node import preflight, roles
+from k4sinit.pid1 import power
+
+PATH = "/bbin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CP_PATH = "/bin:/usr/bin"  # where a cp with -a is (busybox, coreutils); not u-root's /bbin
+SWITCHED_ENV = "K4SINIT_SWITCHED"  # set across the re-exec after a switch root
+NEW_ROOT = "/newroot"
+MOVED_MOUNTS = ("/dev", "/proc", "/sys", "/run", "/tmp")
+MIN_RETRY_DELAY = 5.0  # between boot attempts, so a fallback can never spin
+
+
+@dataclass
+class InitOptions:
+    """What the command line of ``k4sinit init`` gave (None: from the kernel or default)."""
+
+    config: str | None = None
+    socket: str | None = None
+    log_format: str = "auto"
+
+
+class BootError(Exception):
+    """A boot stage failed in a way the fallback must handle; the message says how."""
+
+
+def init_main(options: InitOptions) -> NoReturn:
+    """Run as PID 1 forever: boot, supervise, shut down, or fall back. Never returns."""
+    os.environ["PATH"] = PATH
+    os.environ.setdefault("HOME", "/")
+    os.umask(0o022)
+    container = system.in_container()
+    # /proc first: the kernel command line says whether to log debug events.
+    early = system.mount_filesystems(container=container)
+    kernel = cmdline.read()
+    writer = log.configure(options.log_format, colors=False, debug=kernel.debug)
+    logger = log.get_logger()
+    logger.info(
+        "k4sinit starting",
+        pid=os.getpid(),
+        container=container,
+        monotonic=round(time.monotonic(), 3),
+    )
+    image_info = imageinfo.load()  # the banner: what runs as the node's roles
+    if image_info is not None and image_info.notice() is not None:
+        logger.warning(image_info.summary())
+    elif image_info is not None:
+        logger.info("image: " + image_info.summary())
+    for line in early:
+        logger.info("stage 1: " + line)
+    for warning in kernel.warnings:
+        logger.warning(warning)
+    system_spec = SystemSpec()
+    while True:
+        try:
+            action, system_spec = boot(options, kernel, logger, writer, image_info)
+            logger.info("services stopped; ending", action=action.name.lower())
+            writer.wait_idle(2)
+            finish(action, logger, writer)
+        except BaseException as exc:
+            report_failure(exc, logger)
+            writer.wait_idle(2)
+            fallback(system_spec, logger, writer)
+
+
+def boot(
+    options: InitOptions,
+    kernel: cmdline.KernelOptions,
+    logger: Any,
+    writer: log.NonBlockingWriter,
+    image_info: imageinfo.ImageInfo | None = None,
+) -> tuple[power.Action, SystemSpec]:
+    """The stages, then supervision; returns the shutdown action and the system spec.
+    ``image_info``: what the image says it holds (read once, for the banner), for status.
+
+    Raises on any stage failure (ConfigErrors for a broken config).
+    """
+    started = time.monotonic()
+    container = system.in_container()
+    for line in system.mount_filesystems(container=container):  # again: a retry after a fix
+        logger.info("stage 1: " + line)
+    path = options.config or kernel.config or cmdline.DEFAULT_CONFIG
+    config = load_config(path)
+    spec = config.system
+    if should_switch_root(spec, kernel.switch_root, container=container):
+        logger.info("switching into a tmpfs root", reason="booted from an initramfs")
+        writer.wait_idle(2)
+        switch_root_and_reexec()  # does not return
+    settings = roles.settings(config, role_from_kernel=kernel.role, hostname=kernel.hostname)
+    config = roles.expand(config, role_from_kernel=kernel.role, hostname=kernel.hostname)
+    network = node_network(config, kernel, logger)
+    prepare_system(config, kernel, network, container=container, logger=logger)
+    checks = run_preflight(config, settings, logger)
+    if settings is not None:
+        for path in roles.write_files(settings):
+            logger.debug("written", path=path)
+    logger.info("system ready", seconds=round(time.monotonic() - started, 3))
+    named = bool(kernel.hostname or spec.hostname or network.hostname)
+    action = supervise(
+        config,
+        network,
+        options,
+        logger,
+        container=container,
+        named=named,
+        settings=settings,
+        checks=checks,
+        image_info=image_info,
+    )
+    return action, spec
+
+
+def run_preflight(
+    config: Config, settings: NodeSettings | None, logger: Any
+) -> list[preflight.Check]:
+    """The profile's preflight checks, logged as a table; none without a ``node:`` profile.
+
+    A fatal failure raises BootError (the fallback follows) unless the config
+    says ``boot.preflight: warn``.
+    """
+    if settings is None:
+        return []
+    checks = preflight.check_node(settings, config)
+    for line in preflight.format_table(checks).splitlines():
+        logger.info("preflight: " + line)
+    fatal = preflight.fatal(checks)
+    if fatal and config.system.preflight == "enforce":
+        raise BootError("preflight failed: " + "; ".join(f"{c.name}: {c.detail}" for c in fatal))
+    return checks
+
+
+def node_network(config: Config, kernel: cmdline.KernelOptions, logger: Any) -> NetworkSpec:
+    """The config's network section, else the kernel's ``ip=``, else loopback only.
+
+    A malformed ``ip=`` is a warning (the node boots without it), not a fatal error.
+    """
+    try:
+        return choose_network(config.network, kernel.ip)
+    except ValueError as exc:
+        logger.warning("kernel ip= option ignored", error=str(exc))
+        return config.network
+
+
+def prepare_system(
+    config: Config,
+    kernel: cmdline.KernelOptions,
+    network: NetworkSpec,
+    *,
+    container: bool,
+    logger: Any,
+) -> None:
+    """Coldplug, modules, sysctls, hostname, machine-id, loopback: each problem logged, none fatal."""
+    spec = config.system
+    if spec.coldplug and not container:  # in a container the kernel is the host's
+        plugged = system.coldplug()
+        for line in plugged.details():
+            logger.debug("stage 1: coldplug: " + line)
+        logger.info("stage 1: coldplug: " + plugged.summary())
+        for problem in plugged.problems:
+            logger.warning("stage 1: coldplug: " + problem)
+    if spec.modules and container:
+        logger.info(
+            "stage 1: kernel modules are the host's in a container; not loading",
+            modules=list(spec.modules),
+        )
+    elif spec.modules:
+        for problem in system.load_modules(spec.modules):
+            logger.warning("stage 1: " + problem)
+    for problem in system.apply_sysctls(spec.sysctls, container=container):
+        logger.warning("stage 1: " + problem)
+    hostname = kernel.hostname or spec.hostname or network.hostname
+    if hostname:
+        try:
+            system.set_hostname(hostname)
+        except OSError as exc:
+            logger.warning("stage 1: hostname not set", error=str(exc))
+    try:
+        logger.info("stage 1: machine id", machine_id=system.ensure_machine_id())
+    except OSError as exc:
+        logger.warning("stage 1: no machine id", error=str(exc))
+    # Loopback: the network brings it up first thing, before any service starts.
+    if not container:
+        power.disable_ctrl_alt_del()
+
+
+def supervise(
+    config: Config,
+    network_spec: NetworkSpec,
+    options: InitOptions,
+    logger: Any,
+    *,
+    container: bool,
+    named: bool,
+    settings: NodeSettings | None = None,
+    checks: list[preflight.Check] | None = None,
+    image_info: imageinfo.ImageInfo | None = None,
+) -> power.Action:
+    """Run the daemon (in trio) until a shutdown is asked for; returns how to end.
+
+    ``named``: the node has a configured hostname (else DHCP may give one)."""
+    import trio
+
+    from k4sinit.control.port import PORT_NAME
+    from k4sinit.daemon import INIT_SIGNALS, Daemon, setup_cgroups
+    from k4sinit.network import Network
+
+    socket_path = control.socket_path(options.socket)
+
+    def dhcp_hostname(name: str) -> None:
+        try:
+            system.set_hostname(name)
+            logger.info("hostname from DHCP", hostname=name)
+        except OSError as exc:
+            logger.warning("hostname from DHCP not set", error=str(exc))
+
+    async def run() -> power.Action | None:
+        cgroups = setup_cgroups(logger)
+        # A container's /etc is the host's: it writes no resolv.conf or hosts.
+        files = not container
+        network = Network(
+            network_spec,
+            logger,
+            resolv_conf=Path("/etc/resolv.conf") if files else None,
+            hosts=Path("/etc/hosts") if files else None,
+            on_dhcp_hostname=None if named else dhcp_hostname,
+        )
+        daemon = Daemon(
+            config,
+            socket_path,
+            logger,
+            cgroups=cgroups,
+            network=network,
+            node=settings,
+            checks=checks or [],
+            signals=INIT_SIGNALS,
+            power=True,
+            image=image_info,
+            control_port=None if container else PORT_NAME,
+        )
+        await daemon.run()
+        return daemon.action
+
+    action = trio.run(run)
+    # A plain stop (`stop --all`) of PID 1 ends the node as a reboot does.
+    return power.Action.REBOOT if action is None else action
+
+
+def finish(action: power.Action, logger: Any, writer: log.NonBlockingWriter) -> None:
+    """The end of the node: kill what is left, flush logs, sync, unmount, reboot(2)."""
+    power.kill_everything(lambda line: logger.warning(line))
+    logger.info("syncing and unmounting", action=action.name.lower())
+    writer.wait_idle(2)
+    power.unmount_all(lambda line: logger.warning(line))
+    power.reboot(action)  # returns only if the kernel refused
+    raise BootError(f"reboot({action.name.lower()}) refused by the kernel")
+
+
+def report_failure(exc: BaseException, logger: Any) -> None:
+    """Show what went wrong on the console, readably (a config's errors, not a traceback)."""
+    if isinstance(exc, ConfigErrors):
+        logger.error("boot failed: the config is invalid", errors=len(exc.errors))
+        for line in str(exc).splitlines():
+            logger.error("  " + line)
+    elif isinstance(exc, BootError | OSError):
+        logger.error("boot failed", error=str(exc))
+    else:
+        logger.error("boot failed: unexpected error", error=repr(exc))
+        for line in traceback.format_exception(exc):
+            for part in line.rstrip().splitlines():
+                logger.error("  " + part)
+
+
+def fallback(spec: SystemSpec, logger: Any, writer: log.NonBlockingWriter) -> None:
+    """The config's choice after a failed boot; returns when the boot should be retried."""
+    delay = max(spec.fallback_delay, MIN_RETRY_DELAY)
+    if spec.fallback is Fallback.REBOOT:
+        for left in range(int(delay), 0, -1):
+            logger.error(f"rebooting in {left}s")
+            writer.wait_idle(1)
+            _sleep_reaping(1)
+        with contextlib.suppress(BaseException):
+            finish(power.Action.REBOOT, logger, writer)
+    elif spec.fallback is Fallback.SHELL:
+        logger.error(
+            "starting an emergency shell; exit it to boot again", shell=" ".join(spec.shell)
+        )
+        writer.wait_idle(2)
+        code = run_console_shell(spec.shell)
+        logger.info("emergency shell ended", status=code)
+    logger.info(f"retrying the boot in {delay:g}s")
+    writer.wait_idle(1)
+    _sleep_reaping(delay)
+
+
+def run_console_shell(argv: tuple[str, ...]) -> int | None:
+    """Run a shell on our console (stdin/stdout/stderr) and reap until it exits.
+
+    Outside trio no other waiter exists, so waitpid(-1) also reaps orphans.
+    Returns its wait status, or None if it could not start.
+    """
+    try:
+        pid = os.fork()
+    except OSError:
+        return None
+    if pid == 0:  # the child: become a session leader on the console, then exec
+        try:
+            os.setsid()
+            os.execvpe(
+                argv[0],
+                list(argv),
+                {"PATH": PATH, "HOME": "/", "TERM": os.environ.get("TERM", "linux")},
+            )
+        finally:
+            os._exit(127)
+    while True:
+        try:
+            done, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return None
+        except InterruptedError:
+            continue
+        if done == pid:
+            return status
+
+
+def _sleep_reaping(seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        time.sleep(min(left, 0.2))
+
+
+# --- the switch into a tmpfs root ----------------------------------------------------
+
+
+def should_switch_root(spec: SystemSpec, kernel_choice: str | None, *, container: bool) -> bool:
+    """Switch when booted from an initramfs (runc cannot pivot_root out of one), unless told not to."""
+    if container or os.environ.get(SWITCHED_ENV):
+        return False
+    choice = SwitchRoot(kernel_choice) if kernel_choice else spec.switch_root
+    if choice is SwitchRoot.NEVER:
+        return False
+    return choice is SwitchRoot.ALWAYS or system.mounted().get("/") in ("rootfs", "ramfs")
+
+
+def copy_tree(entries: list[str], target: str) -> None:
+    """Copy top-level ``entries`` of / into ``target``, keeping links, modes and owners.
+
+    busybox/coreutils ``cp -a`` when there is one: in C it is several times
+    faster than shutil under qemu's TCG (thousands of small files). Not from
+    /bbin: u-root's ``cp`` has no ``-a``. No reaper runs yet, so waiting for it
+    here is safe.
+    """
+    cp = shutil.which("cp", path=CP_PATH)
+    if cp is not None:
+        subprocess.run([cp, "-a", *(f"/{e}" for e in entries), target + "/"], check=True)
+        return
+    for entry in entries:
+        source, destination = Path("/") / entry, Path(target) / entry
+        if source.is_dir() and not source.is_symlink():
+            shutil.copytree(source, destination, symlinks=True)
+        else:
+            shutil.copy2(source, destination, follow_symlinks=False)
+
+
+def switch_root_and_reexec() -> NoReturn:
+    """Copy / into a tmpfs, move the API mounts over, make it /, free the old, re-exec."""
+    os.makedirs(NEW_ROOT, exist_ok=True)
+    system.mount("tmpfs", NEW_ROOT, "tmpfs", 0, "mode=0755")
+    skip = {NEW_ROOT.lstrip("/"), *(m.lstrip("/") for m in MOVED_MOUNTS)}
+    entries = sorted(entry for entry in os.listdir("/") if entry not in skip)
+    copy_tree(entries, NEW_ROOT)
+    current = system.mounted()
+    for mount_point in MOVED_MOUNTS:
+        os.makedirs(NEW_ROOT + mount_point, exist_ok=True)
+        if mount_point in current:
+            system.mount(mount_point, NEW_ROOT + mount_point, "", system.MS_MOVE)
+    for entry in entries:  # free the initramfs' memory: it cannot be unmounted
+        path = Path("/") / entry
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    os.chdir(NEW_ROOT)
+    system.mount(".", "/", "", system.MS_MOVE)
+    os.chroot(".")
+    os.chdir("/")
+    os.environ[SWITCHED_ENV] = "1"
+    os.execv(sys.executable, sys.orig_argv)
