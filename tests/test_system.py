@@ -435,7 +435,7 @@ def test_run_console_shell_returns_the_wait_status(argv: tuple[str, ...], code: 
     result = run_python(
         f"""
         import json, os
-        from k4sinit.boot import run_console_shell
+        from k4sinit.pid1.boot import run_console_shell
         status = run_console_shell({argv!r})
         print(json.dumps({{"exited": os.WIFEXITED(status), "code": os.WEXITSTATUS(status)}}))
         """
@@ -447,7 +447,7 @@ def test_run_console_shell_reports_a_killed_shell() -> None:
     result = run_python(
         """
         import json, os
-        from k4sinit.boot import run_console_shell
+        from k4sinit.pid1.boot import run_console_shell
         status = run_console_shell(("sh", "-c", "kill -TERM $$"))
         print(json.dumps({"signalled": os.WIFSIGNALED(status), "signal": os.WTERMSIG(status)}))
         """

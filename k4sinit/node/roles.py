@@ -40,6 +40,8 @@ from k4sinit.config import ConfigError, ConfigErrors, worker_problems
 from k4sinit.core.config import Config
 from k4sinit.core.graph import check_dependencies
 from k4sinit.core.nodespec import (
+    KUBECONFIG_DIR_NAME,
+    PKI_DIR_NAME,
     PROFILES,
     NodeSettings,
     NodeSpec,
@@ -104,7 +106,7 @@ def settings(
         message = f"node name {name!r} (from {source}) is not a DNS subdomain"
         hint = "set node.name or hostname in the config, or k4sinit.hostname= on the kernel command line"
         raise ConfigErrors(config.source, [_error(config, None, "node.name", message, hint)])
-    pki_dir = node.pki_dir or f"{node.data_dir}/pki"
+    pki_dir = node.pki_dir or f"{node.data_dir}/{PKI_DIR_NAME}"
     roles = tuple(
         role
         for role in profile_roles(node.profile, node.datastore)
@@ -116,7 +118,7 @@ def settings(
         roles=roles,
         data_dir=node.data_dir,
         pki_dir=pki_dir,
-        kubeconfig_dir=posixpath.join(posixpath.dirname(pki_dir.rstrip("/")), "kubeconfigs"),
+        kubeconfig_dir=posixpath.join(posixpath.dirname(pki_dir.rstrip("/")), KUBECONFIG_DIR_NAME),
         datastore=node.datastore,
         service_cidr=node.service_cidr,
         pod_cidr=node.pod_cidr,
