@@ -707,7 +707,7 @@ def test_load_config_reads_a_file(tmp_path: Path) -> None:
 def test_pure_python_yaml_loader_gives_the_same_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     import yaml
 
-    monkeypatch.setattr("k4sinit.config._Loader", yaml.SafeLoader)
+    monkeypatch.setattr("k4sinit.config.document._Loader", yaml.SafeLoader)
     errors = errors_of("""
         services:
           a:
