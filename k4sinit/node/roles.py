@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import posixpath
-import re
 import signal
 import socket
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 from k4sinit.config import ConfigError, ConfigErrors, worker_problems
 from k4sinit.core.config import Config
 from k4sinit.core.graph import check_dependencies
+from k4sinit.core.names import is_dns_subdomain
 from k4sinit.core.nodespec import (
     KUBECONFIG_DIR_NAME,
     PKI_DIR_NAME,
@@ -101,7 +101,7 @@ def settings(
         )
         if value
     )
-    if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
+    if not is_dns_subdomain(name):
         # kubelet would fail to register it, long after the boot looked fine.
         message = f"node name {name!r} (from {source}) is not a DNS subdomain"
         hint = "set node.name or hostname in the config, or k4sinit.hostname= on the kernel command line"
@@ -136,10 +136,6 @@ def settings(
         cni_bin_dir=node.cni_bin_dir,
         cni_conf_dir=node.cni_conf_dir,
     )
-
-
-#: What Kubernetes accepts as a node name (RFC 1123 subdomain, lowercase).
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def _effective(config: Config, role_from_kernel: str | None) -> NodeSpec | None:
