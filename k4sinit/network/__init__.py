@@ -629,22 +629,6 @@ class Network:
         problems += await self._write_files()
         return problems
 
-    def dhcp_interfaces(self) -> list[tuple[Interface, str | None]]:
-        """The hook for DHCP: each interface that wants a lease, with its kernel
-        name now (None while it is not there). Its static parts (MTU, up, static
-        addresses and routes) are applied here; the lease is not."""
-        return [
-            (iface, link.name if (link := self._find(iface)) is not None else None)
-            for iface in self.spec.interfaces
-            if iface.dhcp
-        ]
-
-    async def set_dhcp_dns(self, nameservers: Sequence[IPAddress], search: Sequence[str]) -> None:
-        """The hook for DHCP: servers and domains from a lease go into /etc/resolv.conf
-        after the configured ones."""
-        self._dhcp_dns = DNS(tuple(nameservers), tuple(search))
-        await self._write_files()
-
     def _job(self, key: int) -> _Job:
         return _Job(key, self._effective(key), self._any_index)
 
