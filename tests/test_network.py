@@ -93,9 +93,9 @@ def _emit(obj: Any) -> None:
 def _lose_events_once() -> None:
     """Make the first read of the first event socket fail with ENOBUFS, as when the
     kernel drops events."""
-    from k4sinit import network
+    from k4sinit.network import netlink
 
-    real_open = network._open_events
+    real_open = netlink.open_events
     state = {"failed": False}
 
     def open_events() -> Any:
@@ -113,7 +113,7 @@ def _lose_events_once() -> None:
             sock.get = get
         return sock
 
-    network._open_events = open_events
+    netlink.open_events = open_events
 
 
 async def drive(data: dict[str, Any]) -> None:
