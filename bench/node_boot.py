@@ -113,7 +113,7 @@ spec:
   containers:
   - {name: sleep, image: k4sinit.local/busybox:1, imagePullPolicy: Never, command: [sleep, "3600"]}
 """
-#: Published figures to print beside ours (see FACTS.md): k3s v1.37's one binary,
+#: Published figures to print beside ours (k3s' release assets and docs): k3s v1.37's one binary,
 #: compressed, and the resident memory its docs give for a server with its agent.
 K3S_BINARY_MB = 81
 K3S_SERVER_RESIDENT_GB = 1.6

@@ -47,6 +47,7 @@ from k4sinit.core.config import Config
 from k4sinit.core.imageinfo import ImageInfo
 from k4sinit.core.netspec import NetworkSpec
 from k4sinit.core.nodespec import NodeSettings
+from k4sinit.core.paths import DEFAULT_PATH
 from k4sinit.core.spec import NETWORK, PKI, PREFLIGHT
 from k4sinit.network import Network
 from k4sinit.node import preflight
@@ -55,7 +56,6 @@ from k4sinit.node.preflight import Check
 from k4sinit.pid1.power import Action  # imported by name: Daemon() has a flag called power
 from k4sinit.supervision import escapees
 from k4sinit.supervision.cgroups import CGROUP_MOUNT, Cgroup, CgroupTree, CgroupUnavailable
-from k4sinit.supervision.process import DEFAULT_PATH
 from k4sinit.supervision.reaper import ExitStatus, Reaper, become_subreaper
 from k4sinit.supervision.runner import RunnerContext, ServiceRunner
 from k4sinit.supervision.supervisor import Supervisor, UnknownService

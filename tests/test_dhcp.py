@@ -35,7 +35,7 @@ CLIENT = r"""
 import json, signal, sys
 from pathlib import Path
 import structlog, trio
-from k4sinit.dhcp import DHCPClient
+from k4sinit.network.dhcp import DHCPClient
 
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 

@@ -33,7 +33,7 @@ import trio
 
 from k4sinit.core.netspec import DNS, Interface, InterfaceKind, NetworkSource, NetworkSpec, Route
 from k4sinit.core.spec import Condition
-from k4sinit.network import Network, render_hosts, render_resolv_conf
+from k4sinit.network import Network
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 30  # seconds for any one step; generous for a loaded machine
@@ -93,9 +93,9 @@ def _emit(obj: Any) -> None:
 def _lose_events_once() -> None:
     """Make the first read of the first event socket fail with ENOBUFS, as when the
     kernel drops events."""
-    from k4sinit import network
+    from k4sinit.network import netlink
 
-    real_open = network._open_events
+    real_open = netlink.open_events
     state = {"failed": False}
 
     def open_events() -> Any:
@@ -113,7 +113,7 @@ def _lose_events_once() -> None:
             sock.get = get
         return sock
 
-    network._open_events = open_events
+    netlink.open_events = open_events
 
 
 async def drive(data: dict[str, Any]) -> None:
@@ -298,19 +298,22 @@ def addresses_of(ns: Namespaces, dev: str) -> set[str]:
     return {f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"]}
 
 
-# --- pure pieces ---------------------------------------------------------------------
+# --- before watching ---------------------------------------------------------------------
 
 
-def test_resolv_conf_and_hosts_text() -> None:
-    text = render_resolv_conf([ip_address("10.0.0.53"), ip_address("fd00::53")], ["a.test", "b"])
-    assert text.splitlines()[1:] == [
-        "nameserver 10.0.0.53",
-        "nameserver fd00::53",
-        "search a.test b",
-    ]
-    hosts = render_hosts("node1.example", ip_address("10.0.0.5"))
-    assert "10.0.0.5\tnode1.example node1" in hosts.splitlines()
-    assert "127.0.1.1\tnode1" in render_hosts("node1", None).splitlines()
+def test_pyroute2_is_loaded_with_network_only() -> None:
+    """``k4sinit apply-manifests`` (network/applier.py) and readers of the wire types
+    import this package without paying for pyroute2; ``Network`` brings it."""
+    check = (
+        "import sys; import k4sinit.network.applier, k4sinit.network.dhcp; "
+        "from k4sinit.network import NetworkSnapshot, render_hosts; "
+        "before = 'pyroute2' in sys.modules; from k4sinit.network import Network; "
+        "print(before, 'pyroute2' in sys.modules, Network.__module__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert done.stdout.split() == ["False", "True", "k4sinit.network.network"]
 
 
 async def test_not_ready_before_watching() -> None:

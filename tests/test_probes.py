@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import h11
@@ -559,8 +560,14 @@ async def test_sockets_the_daemon_cannot_open_are_inconclusive(tmp_path: Path) -
 # --- the daemon's own trouble is no verdict -------------------------------------------
 
 
+@dataclass
+class SlowServer:
+    port: int
+    requested: threading.Event  # set once the probe's request has arrived
+
+
 @contextlib.contextmanager
-def slow_http_server(delay: float | None) -> Iterator[int]:
+def slow_http_server(delay: float | None) -> Iterator[SlowServer]:
     """An HTTP server in a thread (so a blocked trio loop does not block it): it
     answers 200 ``delay`` seconds after the request, or never if ``delay`` is None."""
     listener = socket.socket()
@@ -568,12 +575,14 @@ def slow_http_server(delay: float | None) -> Iterator[int]:
     listener.listen()
     listener.settimeout(30)
     stop = threading.Event()
+    requested = threading.Event()
 
     def serve() -> None:
         with contextlib.suppress(OSError):
             conn, _ = listener.accept()
             with conn:
                 conn.recv(4096)
+                requested.set()
                 if delay is None:
                     stop.wait(30)
                     return
@@ -583,35 +592,35 @@ def slow_http_server(delay: float | None) -> Iterator[int]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield listener.getsockname()[1]
+        yield SlowServer(listener.getsockname()[1], requested)
     finally:
         stop.set()
         listener.close()
         thread.join(30)
 
 
-async def probe_through_a_stall(port: int) -> ProbeResult:
-    """One 1 s HTTP probe while the loop is blocked from 0.2 s to 1.7 s."""
+async def probe_through_a_stall(server: SlowServer) -> ProbeResult:
+    """One 1 s HTTP probe while the loop is blocked for 1.5 s from the request on."""
 
     async def stall() -> None:
-        await trio.sleep(0.2)
+        assert await trio.to_thread.run_sync(server.requested.wait, 20)
         time.sleep(1.5)  # noqa: ASYNC251 (on purpose: the loop is stuck, as in a flood)
 
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stall)
-            return await check(HTTPGetAction(port=port), 1.0, no_exec)
+            return await check(HTTPGetAction(port=server.port), 1.0, no_exec)
 
 
 async def test_an_answer_the_daemon_was_too_busy_to_read_in_time_counts() -> None:
-    with slow_http_server(0.5) as port:
-        result = await probe_through_a_stall(port)
+    with slow_http_server(0.5) as server:
+        result = await probe_through_a_stall(server)
     assert result == ProbeResult(True, "HTTP 200")
 
 
 async def test_no_answer_while_the_daemon_was_stuck_is_inconclusive() -> None:
-    with slow_http_server(None) as port:
-        result = await probe_through_a_stall(port)
+    with slow_http_server(None) as server:
+        result = await probe_through_a_stall(server)
     assert result.inconclusive and not result.ok
     assert result.message.startswith("not counted: no answer, but k4sinit itself was 1.")
 

@@ -62,6 +62,13 @@ async def supervise(nursery: trio.Nursery) -> AsyncIterator[Callable[[str], Any]
             await sup.stop_all()
 
 
+def print_lines(n: int) -> list[str]:
+    """``line 0`` .. ``line n-1`` on stdout, from sh's builtin echo: it starts in a
+    millisecond even on a loaded machine (a Python child may take longer than the
+    clock's 0.2 s idle threshold to start, and the clock would jump past the wait)."""
+    return ["sh", "-c", f"i=0; while [ $i -lt {n} ]; do echo line $i; i=$((i+1)); done"]
+
+
 async def until(runner: ServiceRunner, predicate: Callable[[ServiceRunner], bool]) -> None:
     with trio.fail_after(300):
         while not predicate(runner):
@@ -548,7 +555,7 @@ async def test_output_is_logged_line_by_line_but_a_flood_in_batches(
             f"""
             services:
               few: {{command: ["sh", "-c", "echo one; echo two"], restartPolicy: Never}}
-              many: {{command: {cmd(child_cmd("--print", "1000", "--sleep", "0"))}, restartPolicy: Never}}
+              many: {{command: {cmd(print_lines(1000))}, restartPolicy: Never}}
             """
         )
         for name in ("few", "many"):
@@ -569,7 +576,7 @@ async def test_lines_past_the_budget_are_counted_and_noted_in_the_ring(
     sup = await supervise(
         f"""
         services:
-          chatty: {{command: {cmd(child_cmd("--print", "20000", "--sleep", "0"))}, restartPolicy: Never}}
+          chatty: {{command: {cmd(print_lines(20000))}, restartPolicy: Never}}
         """
     )
     chatty = sup["chatty"]

@@ -153,7 +153,7 @@ def test_mounted_real_fresh_sysfs_hides_the_cgroup_mounts() -> None:
     inner = run_python(
         """
         import json
-        from k4sinit import system
+        from k4sinit.host import system
         before = system.mounted()
         system.mount("sysfs", "/sys", "sysfs", 0)
         print(json.dumps({"before": before, "after": system.mounted()}))
@@ -177,7 +177,7 @@ def test_mount_filesystems_in_a_container_mounts_sysfs_and_cgroup2_once() -> Non
     inner = run_python(
         """
         import json
-        from k4sinit import system
+        from k4sinit.host import system
         first = system.mount_filesystems(container=True)
         second = system.mount_filesystems(container=True)
         print(json.dumps({"first": first, "second": second, "mounted": system.mounted()}))
@@ -262,7 +262,7 @@ def test_load_modules_already_there_is_fine() -> None:
 SYSCTL_SNIPPET = """
 import json, sys
 from pathlib import Path
-from k4sinit import system
+from k4sinit.host import system
 if {hide_net!r}:  # an empty net/: no sysctl of br_netfilter (nor of any other net.*)
     system.mount("tmpfs", "/proc/sys/net", "tmpfs", 0)
 def read(key):
@@ -435,7 +435,7 @@ def test_run_console_shell_returns_the_wait_status(argv: tuple[str, ...], code: 
     result = run_python(
         f"""
         import json, os
-        from k4sinit.boot import run_console_shell
+        from k4sinit.pid1.boot import run_console_shell
         status = run_console_shell({argv!r})
         print(json.dumps({{"exited": os.WIFEXITED(status), "code": os.WEXITSTATUS(status)}}))
         """
@@ -447,7 +447,7 @@ def test_run_console_shell_reports_a_killed_shell() -> None:
     result = run_python(
         """
         import json, os
-        from k4sinit.boot import run_console_shell
+        from k4sinit.pid1.boot import run_console_shell
         status = run_console_shell(("sh", "-c", "kill -TERM $$"))
         print(json.dumps({"signalled": os.WIFSIGNALED(status), "signal": os.WTERMSIG(status)}))
         """

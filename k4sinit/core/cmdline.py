@@ -1,7 +1,7 @@
 """The kernel command line: which config, the node role, debug, hostname, ``ip=``.
 
 Pure parsing, no I/O beyond reading the file. Boot parameters with a dot never
-reach init's environment (FACTS.md), so k4sinit reads ``/proc/cmdline``:
+reach init's environment (the kernel passes only undotted ones), so k4sinit reads ``/proc/cmdline``:
 
 ==========================  ===================================================
 ``k4sinit.config=PATH``     the config file (default /etc/k4sinit/config.yaml)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from k4sinit.core.netspec import NetworkSpec
 from k4sinit.core.nodespec import NodeSpec
+from k4sinit.core.paths import SHELL
 from k4sinit.core.spec import ServiceSpec
 
 
@@ -42,7 +43,7 @@ class SystemSpec:
     fallback: Fallback = Fallback.SHELL
     fallback_delay: float = 10.0
     switch_root: SwitchRoot = SwitchRoot.AUTO
-    shell: tuple[str, ...] = ("/bin/sh",)
+    shell: tuple[str, ...] = (SHELL,)
     # "enforce": a fatal preflight failure fails the boot (the fallback follows);
     # "warn": it is reported (log, status) and the node boots anyway.
     preflight: str = "enforce"

@@ -30,6 +30,8 @@ from ipaddress import (
     ip_address,
 )
 
+from k4sinit.core.names import HOST_NAME_MAX, is_dns_subdomain
+
 __all__ = [
     "DEFAULT_V4",
     "DEFAULT_V6",
@@ -211,9 +213,6 @@ _IP_FIELDS = (
 )
 _STATIC = frozenset({"off", "none"})
 _DYNAMIC = frozenset({"on", "any", "dhcp", "bootp", "rarp", "both"})
-_IP_HOSTNAME = re.compile(
-    r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*"
-)
 
 
 def parse_ip_option(value: str) -> NetworkSpec:
@@ -340,7 +339,8 @@ def _ip_hostname(given: dict[str, str]) -> str | None:
     text = given.get("hostname", "")
     if not text:
         return None
-    if len(text) > 64 or not _IP_HOSTNAME.fullmatch(text):
+    # Any case, as the kernel takes it; ASCII first: lower() makes a k of the Kelvin sign.
+    if not (text.isascii() and is_dns_subdomain(text.lower(), HOST_NAME_MAX)):
         raise ValueError(
             f"ip=: hostname {text!r} is not a valid host name"
             " (letters, digits, '-' and '.', at most 64)"

@@ -60,6 +60,10 @@ ONESHOT_ROLES = frozenset({IMAGES})
 # on this image busybox has them in /bin (u-root in /bbin).
 DEFAULT_BIN_PATH = ("/bbin", "/usr/local/bin", "/usr/bin", "/usr/sbin", "/bin", "/sbin")
 DEFAULT_DATA_DIR = "/var/lib/k4sinit"
+PKI_DIR_NAME = "pki"  # <dataDir>/pki unless node.pkiDir says otherwise
+KUBECONFIG_DIR_NAME = "kubeconfigs"  # beside the PKI directory: <pki>/../kubeconfigs
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
+APISERVER_PORT = 6443  # kube-apiserver's --secure-port, and the port of every kubeconfig's server
 DEFAULT_SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/12")
 DEFAULT_POD_CIDR = ipaddress.ip_network("10.244.0.0/16")
 # The pause image of Kubernetes v1.37 (kubeadm's constant, containerd 2.4's default);
@@ -101,11 +105,11 @@ class NodeSpec:
     profile: Profile = Profile.SINGLE
     name: str | None = None
     data_dir: str = DEFAULT_DATA_DIR
-    pki_dir: str | None = None  # default <dataDir>/pki
+    pki_dir: str | None = None  # default <dataDir>/pki (PKI_DIR_NAME)
     datastore: Datastore = Datastore.KINE
     service_cidr: IPNetwork = DEFAULT_SERVICE_CIDR
     pod_cidr: IPNetwork = DEFAULT_POD_CIDR
-    cluster_domain: str = "cluster.local"
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     cluster_dns: IPAddress | None = None  # default: the 10th address of service_cidr
     advertise_address: IPAddress | None = None
     bin_path: tuple[str, ...] = DEFAULT_BIN_PATH

@@ -33,7 +33,7 @@ import datetime as dt
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -44,14 +44,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-IPAddress = IPv4Address | IPv6Address
+from k4sinit.core.netspec import IPAddress
+from k4sinit.core.nodespec import (
+    APISERVER_PORT,
+    DEFAULT_CLUSTER_DOMAIN,
+    DEFAULT_DATA_DIR,
+    DEFAULT_SERVICE_CIDR,
+    KUBECONFIG_DIR_NAME,
+    PKI_DIR_NAME,
+)
+
 KeyType = Literal["ecdsa-p256", "rsa-2048"]
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
 _T = TypeVar("_T")
 
-DEFAULT_DIR = Path("/var/lib/k4sinit/pki")
-DEFAULT_SERVICE_CIDR = ip_network("10.96.0.0/12")
-APISERVER_PORT = 6443
+DEFAULT_DIR = Path(DEFAULT_DATA_DIR) / PKI_DIR_NAME
 # Certificates start an hour in the past: a diskless node's clock comes from NTP,
 # and peers whose clocks lag a little must not see "not yet valid".
 BACKDATE = dt.timedelta(hours=1)
@@ -81,7 +89,7 @@ class PKISpec:
     dir: Path = DEFAULT_DIR
     kubeconfig_dir: Path | None = None
     service_cidr: IPv4Network | IPv6Network = DEFAULT_SERVICE_CIDR
-    cluster_domain: str = "cluster.local"
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     apiserver_url: str | None = None
     ca_days: int = 3650
     leaf_days: int = 365
@@ -111,7 +119,7 @@ class PKISpec:
     @property
     def kubeconfigs(self) -> Path:
         """The directory of the kubeconfigs."""
-        return self.kubeconfig_dir or self.dir.parent / "kubeconfigs"
+        return self.kubeconfig_dir or self.dir.parent / KUBECONFIG_DIR_NAME
 
     @property
     def service_ip(self) -> IPAddress:

@@ -13,26 +13,38 @@ section): the condition then holds at once.
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
+from k4sinit.core.netspec import IPAddress
 from k4sinit.core.nodespec import NodeSettings
 from k4sinit.core.spec import PKI, Condition
-from k4sinit.network import Network
 from k4sinit.node.pki import PKIError, PKISpec, ensure_pki
 
 RETRY_SECONDS = 30.0
 
 
+class NodeNetwork(Protocol):
+    """What the PKI needs of the network (:class:`k4sinit.network.Network` has it)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def changed(self) -> None: ...
+
+    def node_addresses(self) -> tuple[IPAddress, ...]:
+        """The node's own addresses, for the apiserver certificate's SANs."""
+        ...
+
+
 class NodePKI:
-    """Ensures the PKI once the network is ready; a :class:`~k4sinit.supervision.runner.Dependency`."""
+    """Ensures the PKI once the network is ready; a :class:`~k4sinit.core.spec.Dependency`."""
 
     name = PKI
 
-    def __init__(self, settings: NodeSettings, network: Network, log: Any) -> None:
+    def __init__(self, settings: NodeSettings, network: NodeNetwork, log: Any) -> None:
         self._settings = settings
         self._network = network
         self._log = log.bind(service=PKI)
@@ -40,7 +52,8 @@ class NodePKI:
         self.reason = "waiting for the network"
         self._changed = trio.Event()
 
-    def spec(self, addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]) -> PKISpec:
+    def spec(self, addresses: tuple[IPAddress, ...]) -> PKISpec:
+        """What :func:`~k4sinit.node.pki.ensure_pki` must make for this node at ``addresses``."""
         node = self._settings
         return PKISpec(
             node_name=node.name,

@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
 from k4sinit.core.nodespec import CONTAINERD, ONESHOT_ROLES, Profile
+from k4sinit.core.paths import DEFAULT_PATH
 from k4sinit.host.system import mounted
-from k4sinit.supervision.process import DEFAULT_PATH
 
 if TYPE_CHECKING:
     from k4sinit.core.config import Config

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import posixpath
-import re
 import signal
 import socket
 from pathlib import Path
@@ -39,7 +38,10 @@ from typing import Any
 from k4sinit.config import ConfigError, ConfigErrors, worker_problems
 from k4sinit.core.config import Config
 from k4sinit.core.graph import check_dependencies
+from k4sinit.core.names import is_dns_subdomain
 from k4sinit.core.nodespec import (
+    KUBECONFIG_DIR_NAME,
+    PKI_DIR_NAME,
     PROFILES,
     NodeSettings,
     NodeSpec,
@@ -99,12 +101,12 @@ def settings(
         )
         if value
     )
-    if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
+    if not is_dns_subdomain(name):
         # kubelet would fail to register it, long after the boot looked fine.
         message = f"node name {name!r} (from {source}) is not a DNS subdomain"
         hint = "set node.name or hostname in the config, or k4sinit.hostname= on the kernel command line"
         raise ConfigErrors(config.source, [_error(config, None, "node.name", message, hint)])
-    pki_dir = node.pki_dir or f"{node.data_dir}/pki"
+    pki_dir = node.pki_dir or f"{node.data_dir}/{PKI_DIR_NAME}"
     roles = tuple(
         role
         for role in profile_roles(node.profile, node.datastore)
@@ -116,7 +118,7 @@ def settings(
         roles=roles,
         data_dir=node.data_dir,
         pki_dir=pki_dir,
-        kubeconfig_dir=posixpath.join(posixpath.dirname(pki_dir.rstrip("/")), "kubeconfigs"),
+        kubeconfig_dir=posixpath.join(posixpath.dirname(pki_dir.rstrip("/")), KUBECONFIG_DIR_NAME),
         datastore=node.datastore,
         service_cidr=node.service_cidr,
         pod_cidr=node.pod_cidr,
@@ -134,10 +136,6 @@ def settings(
         cni_bin_dir=node.cni_bin_dir,
         cni_conf_dir=node.cni_conf_dir,
     )
-
-
-#: What Kubernetes accepts as a node name (RFC 1123 subdomain, lowercase).
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def _effective(config: Config, role_from_kernel: str | None) -> NodeSpec | None:

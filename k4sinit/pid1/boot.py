@@ -36,11 +36,11 @@ from k4sinit.core import cmdline, imageinfo, log
 from k4sinit.core.config import Config, Fallback, SwitchRoot, SystemSpec
 from k4sinit.core.netspec import NetworkSpec, choose_network
 from k4sinit.core.nodespec import NodeSettings
+from k4sinit.core.paths import DEFAULT_PATH
 from k4sinit.host import system
 from k4sinit.node import preflight, roles
 from k4sinit.pid1 import power
 
-PATH = "/bbin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CP_PATH = "/bin:/usr/bin"  # where a cp with -a is (busybox, coreutils); not u-root's /bbin
 SWITCHED_ENV = "K4SINIT_SWITCHED"  # set across the re-exec after a switch root
 NEW_ROOT = "/newroot"
@@ -63,7 +63,7 @@ class BootError(Exception):
 
 def init_main(options: InitOptions) -> NoReturn:
     """Run as PID 1 forever: boot, supervise, shut down, or fall back. Never returns."""
-    os.environ["PATH"] = PATH
+    os.environ["PATH"] = DEFAULT_PATH
     os.environ.setdefault("HOME", "/")
     os.umask(0o022)
     container = system.in_container()
@@ -345,7 +345,7 @@ def run_console_shell(argv: tuple[str, ...]) -> int | None:
             os.execvpe(
                 argv[0],
                 list(argv),
-                {"PATH": PATH, "HOME": "/", "TERM": os.environ.get("TERM", "linux")},
+                {"PATH": DEFAULT_PATH, "HOME": "/", "TERM": os.environ.get("TERM", "linux")},
             )
         finally:
             os._exit(127)

@@ -35,8 +35,10 @@ import sys
 import time
 from pathlib import Path
 
+from k4sinit.core.paths import SHELL
 from k4sinit.host.system import mounted
 from k4sinit.supervision.cgroups import Cgroup
+from k4sinit.supervision.process import JOIN_CGROUP
 
 UNSHARE = [
     "unshare",
@@ -139,7 +141,7 @@ def run_dev(config: str, socket: str, log_format: str = "auto") -> int:
         cgroup.create()
         watcher = watch_cgroup(cgroup)
         # Join the container's cgroup before unsharing, so it roots the cgroup namespace.
-        argv = ["/bin/sh", "-c", 'echo 0 > "$0" && exec "$@"', cgroup.procs_file, *argv]
+        argv = [SHELL, "-c", JOIN_CGROUP, cgroup.procs_file, *argv]
     else:
         print("k4sinit dev: no cgroup2 on this host; services run without cgroups", file=sys.stderr)
     # preexec_fn is safe here: this CLI runs no threads.

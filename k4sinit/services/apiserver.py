@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from k4sinit.core.nodespec import APISERVER
+from k4sinit.core.nodespec import APISERVER, APISERVER_PORT
 from k4sinit.core.spec import NETWORK, PKI, Condition, Probe, ServiceSpec, TLSConfig
 from k4sinit.services import CONTROL_PLANE_FIRST, datastore, flags, https_get
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from k4sinit.core.nodespec import NodeSettings
 
 NAME = APISERVER
-PORT = 6443
+PORT = APISERVER_PORT
 
 
 def service(node: NodeSettings) -> ServiceSpec:

@@ -15,12 +15,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from k4sinit.core.nodespec import IMAGES
+from k4sinit.core.paths import SHELL
 from k4sinit.core.spec import Backoff, Condition, RestartPolicy, ServiceSpec
 from k4sinit.services import containerd
-
-#: Where k4sinit itself finds a shell (as process.SHELL): a node's binPath need
-#: hold none (u-root's /bbin has no sh; Debian has /usr/bin/sh only by merged /usr).
-SHELL = "/bin/sh"
 
 if TYPE_CHECKING:
     from k4sinit.core.nodespec import NodeSettings

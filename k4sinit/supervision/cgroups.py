@@ -12,8 +12,9 @@ of a cgroup namespace; a delegated cgroup under ``k4sinit run``)::
                              node stop kills them, and whatever else others made here
 
 A service's process is placed in its cgroup before it executes (process.spawn
-runs it through ``sh -c 'echo 0 > cgroup.procs && exec "$@"'``; FACTS.md
-compares the ways). Stopping a service ends with ``cgroup.kill`` (or SIGKILL to
+runs it through ``sh -c 'echo 0 > cgroup.procs && exec "$@"'``: measured at
+0.8 ms, against a racy write of the pid after spawn, Python in a ``preexec_fn``
+of a threaded process, or ``clone3(CLONE_INTO_CGROUP)`` through ctypes). Stopping a service ends with ``cgroup.kill`` (or SIGKILL to
 every pid where the kernel lacks it) and waiting for ``cgroup.events`` to say
 ``populated 0``: nothing of a stopped service survives, double-forked or not.
 

@@ -22,17 +22,15 @@ from dataclasses import dataclass
 
 import trio
 
+from k4sinit.core.paths import DEFAULT_PATH, SHELL
 from k4sinit.supervision.reaper import Child, ExitStatus, Reaper
 from k4sinit.supervision.timeouts import DaemonLate, call_with_timeout
 
-# Sane defaults for services: the kernel hands PID 1 almost no environment.
 # Joins the cgroup whose cgroup.procs is $0, then becomes the program ("$@").
 JOIN_CGROUP = 'echo 0 > "$0" && exec "$@"'
-SHELL = "/bin/sh"
 DISPATCH_DIR = "/run/k4sinit/bin"  # role-named symlinks to multicall binaries
 # How long output may still be read after a process has exited.
 DRAIN_SECONDS = 1.0
-DEFAULT_PATH = "/bbin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 # Spawn failures that say nothing about the program and may pass.

@@ -1,6 +1,6 @@
 """The one process waiter: reaps every child and orphan, and routes exit statuses.
 
-Why one waiter (FACTS.md): CPython turns a status that another ``waitpid``
+Why one waiter: CPython turns a status that another ``waitpid``
 already collected into exit code 0. So nothing in k4sinit may wait for a
 process except :class:`Reaper`: no ``trio.run_process``, ``subprocess.run``,
 ``os.system`` or psutil waits. Every spawn registers its pid here synchronously,
