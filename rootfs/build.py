@@ -76,8 +76,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 from k4sinit.config import ConfigErrors, load_config
+from k4sinit.core.paths import DEFAULT_PATH, SHELL
 from k4sinit.host.system import module_name
-from k4sinit.pid1.boot import PATH
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "k4s"))
@@ -95,10 +95,10 @@ STDLIB = Path("/usr/lib/python3.11")
 #: busybox-static: only for the air-gap ``k4sinit.local/busybox:1`` pod image.
 BUSYBOX = "/bin/busybox"
 SITE = "/usr/lib/k4sinit/site-packages"  # in the image
-#: The image's ``/bin/sh`` (k4sinit's service shell, the images oneshot's, the
-#: emergency shell, the kernel's last resort): Debian's dash, copied from here.
+#: The image's ``/bin/sh`` (k4sinit's :data:`SHELL`: the cgroup join before a
+#: service's program, the images oneshot, the emergency shell; the kernel's last
+#: resort): Debian's dash, copied from here.
 DASH = "/bin/dash"
-SHELL = "/bin/sh"
 #: Debian's kmod, at this path in the image, with ``/sbin/modprobe`` linked to it.
 KMOD = "/usr/bin/kmod"
 MODPROBE = "/sbin/modprobe"
@@ -943,7 +943,7 @@ def _chroot(tree: Path, *argv: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         check=False,
-        env={"PATH": PATH, "HOME": "/"},
+        env={"PATH": DEFAULT_PATH, "HOME": "/"},
     )
 
 

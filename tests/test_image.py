@@ -381,10 +381,9 @@ def test_no_busybox_is_left_in_the_nodes_userland(node_image: dict[str, newc.Ent
 def test_everything_k4sinit_and_the_roles_run_is_in_the_image(
     node_image: dict[str, newc.Entry],
 ) -> None:
+    from k4sinit.core import paths
     from k4sinit.core.config import SystemSpec
     from k4sinit.pid1 import boot
-    from k4sinit.services import images
-    from k4sinit.supervision import process
 
     needed = build.NEEDED_COMMANDS | build.NEEDED_WITH_USERLAND | build.NEEDED_WITH_IPTABLES
     for name, (path, who) in needed.items():
@@ -393,7 +392,7 @@ def test_everything_k4sinit_and_the_roles_run_is_in_the_image(
     init = node_image["init"]  # k4sinit's launcher, kept by -useinit (not u-root's init)
     assert init.is_file and init.data.startswith(b"#!/usr/bin/python3.11 ")
     # the spawns' cgroup join, the images oneshot, the emergency shell: Debian's dash
-    assert process.SHELL == images.SHELL == SystemSpec().shell[0] == build.SHELL
+    assert paths.SHELL == SystemSpec().shell[0] == build.SHELL
     assert node_image["bin/sh"].data == Path(build.DASH).resolve().read_bytes()
     # the kernel's request_module runs /sbin/modprobe: Debian's kmod
     assert resolve(node_image, "/sbin/modprobe").data == Path(build.KMOD).resolve().read_bytes()
