@@ -91,6 +91,7 @@ def gzipped_size(chunks: Iterable[bytes]) -> int:
 
 
 def sizes(image: Path) -> dict[str, float]:
+    """Size gzipped and as cpio (MB), members, regular files."""
     entries = list(newc.read(image))
     return {
         "gzip MB": image.stat().st_size / 1e6,
@@ -175,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     figures = {name: sizes(path) for name, path in images.items()}
     for key in figures["new"]:
         old, new = figures["old"][key], figures["new"][key]
-        print(f"{key:34} {old:20,.1f} {new:20,.1f}")
+        print(
+            f"{key:34} {old:20,.{1 if key.endswith('MB') else 0}f} {new:20,.{1 if key.endswith('MB') else 0}f}"
+        )
     if not args.no_boot:
         runs: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
         for i in range(args.runs):
@@ -191,9 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         for label, value in rows.items():
             old, new = (statistics.median(value(r) for r in runs[n]) for n in ("old", "new"))
             print(f"{label:34} {old:20,.1f} {new:20,.1f}")
-    print("\nthe new image's Python runtime          cpio MB    gzip MB")
+    print(f"\n{'the new image: the Python runtime':48} cpio MB  gzip MB")
     for label, (raw, packed) in python_cost(images["new"], node.NODE_OUT / "rootfs").items():
-        print(f"  {label:38} {raw:7.1f}    {packed:7.1f}")
+        print(f"  {label:46} {raw:7.1f}  {packed:7.1f}")
     return 0
 
 

@@ -355,12 +355,10 @@ def build(
         compress=compress,
         say=say,
     )
-    if not force and plan.image.exists() and plan.key_file.exists():
-        previous = json.loads(plan.key_file.read_text())
-        if previous.get("key") == plan.key:
-            say(f"build: {plan.image} is up to date: {_sizes(previous['cpio_bytes'], plan.image)}")
-            return plan.image
-    description = _stage(plan)
+    if not force and (previous := _previous_build(plan)) is not None:
+        say(f"build: {plan.image} is up to date: {_sizes(previous, plan.image)}")
+        return plan.image
+    description, module_files = _stage(plan)
     say(f"build: staged in {time.monotonic() - started:.1f}s, compiling")
     _compile(plan.tree)
     raw = _assemble(plan, say)
@@ -378,7 +376,7 @@ def build(
     versions = description.get("versions") or {}
     assert isinstance(versions, dict)  # _install_userland's, or none
     say(
-        f"build: {plan.image} (u-root {plan.uroot.version}, {len(plan.modules)} modules for "
+        f"build: {plan.image} (u-root {plan.uroot.version}, {module_files} modules for "
         f"{plan.kver}; {', '.join(f'{k} {v}' for k, v in versions.items()) or 'no Kubernetes'}"
         f"): {_sizes(raw_size, plan.image)} in {time.monotonic() - started:.1f}s"
     )
@@ -422,9 +420,17 @@ def _plan(
     return dataclasses.replace(plan, key=_input_key(plan))
 
 
-def _stage(plan: _Plan) -> dict[str, object]:
+def _previous_build(plan: _Plan) -> int | None:
+    """The cpio size of the image in place, if it was built from the same inputs."""
+    if not (plan.image.exists() and plan.key_file.exists()):
+        return None
+    previous = json.loads(plan.key_file.read_text())
+    return int(previous["cpio_bytes"]) if previous.get("key") == plan.key else None
+
+
+def _stage(plan: _Plan) -> tuple[dict[str, object], int]:
     """Lay out everything of ours in ``plan.tree`` (u-root's part comes with the
-    u-root tool); returns image.json's content."""
+    u-root tool); returns image.json's content and the number of module files."""
     tree = plan.tree
     if tree.exists():
         shutil.rmtree(tree)
@@ -456,12 +462,12 @@ def _stage(plan: _Plan) -> dict[str, object]:
     _write(tree, "/etc/k4sinit/config.yaml", plan.config.read_bytes(), 0o644)
     for path, text in ETC_FILES.items():
         _write(tree, path, text, 0o644)
-    _install_modules(tree, plan.kver, plan.modules, plan.origin)
+    installed = _install_modules(tree, plan.kver, plan.modules, plan.origin)
     description |= {"modules": plan.modules, "binaries": plan.binaries}
     _write(tree, IMAGE_JSON, json.dumps(description, indent=2) + "\n", 0o644)
     for path, content in plan.extra.items():
         _write_extra(tree, path, content)
-    return description
+    return description, len(installed)
 
 
 def _assemble(plan: _Plan, say: Callable[[str], None]) -> Path:
