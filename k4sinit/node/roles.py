@@ -38,6 +38,7 @@ from typing import Any
 from k4sinit.config import ConfigError, ConfigErrors, worker_problems
 from k4sinit.core.config import Config
 from k4sinit.core.graph import check_dependencies
+from k4sinit.core.jointoken import PREFIX, JoinToken
 from k4sinit.core.names import is_dns_subdomain
 from k4sinit.core.nodespec import (
     KUBECONFIG_DIR_NAME,
@@ -129,6 +130,7 @@ def settings(
         multicall=node.multicall,
         server=node.server,
         token=node.token,
+        join_token=node.join_token,
         bootstrap_kubeconfig=node.bootstrap_kubeconfig,
         images_dir=node.images_dir or f"{node.data_dir}/images",
         manifests_dir=node.manifests_dir or f"{node.data_dir}/manifests",
@@ -365,6 +367,7 @@ def _describe_node(node: NodeSettings) -> dict[str, Any]:
         "multicall": node.multicall,
         "server": node.server,
         "token": None if node.token is None else "<hidden>",
+        "joinToken": None if node.join_token is None else _hidden(node.join_token),
         "bootstrapKubeconfig": node.bootstrap_kubeconfig,
         "imagesDir": node.images_dir,
         "manifestsDir": node.manifests_dir,
@@ -372,6 +375,11 @@ def _describe_node(node: NodeSettings) -> dict[str, Any]:
         "cniBinDir": node.cni_bin_dir,
         "cniConfDir": node.cni_conf_dir,
     }
+
+
+def _hidden(token: JoinToken) -> str:
+    """A join token as ``config`` shows it: all but the token's secret."""
+    return f"{PREFIX}::{token.server}::{token.ca_hash}::{token.token.id}.<hidden>"
 
 
 def _number(value: float) -> float | int:
