@@ -35,7 +35,6 @@ from k4sinit.control import (
     PreflightReply,
     Request,
     RequestError,
-    Send,
     StartReply,
     StatusReply,
     StoppedReply,
@@ -43,6 +42,7 @@ from k4sinit.control import (
     ok,
 )
 from k4sinit.control.port import GuestBridge
+from k4sinit.control.server import ControlServer, Send
 from k4sinit.core.config import Config
 from k4sinit.core.imageinfo import ImageInfo
 from k4sinit.core.netspec import NetworkSpec
@@ -236,7 +236,7 @@ class Daemon:
         )
         self.preflight = list(checks)
         self.supervisor = Supervisor(config, ctx, builtins={NETWORK: self.network, PKI: self.pki})
-        self.control = control.ControlServer(socket_path, self.handle, log)
+        self.control = ControlServer(socket_path, self.handle, log)
         self.port_bridge = (
             GuestBridge.for_name(control_port, socket_path, log) if control_port else None
         )

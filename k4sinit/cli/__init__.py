@@ -45,6 +45,7 @@ from typing import Any
 
 from k4sinit import control
 from k4sinit.config import ConfigErrors, load_config
+from k4sinit.control import wire
 from k4sinit.core.nodespec import PROFILES, Profile
 from k4sinit.core.spec import NETWORK, PKI, PREFLIGHT
 
@@ -546,7 +547,7 @@ def format_detail(s: control.ServiceDetail) -> str:
     return "\n".join(lines)
 
 
-def format_network_line(network: control.NetworkSnapshot) -> str:
+def format_network_line(network: wire.NetworkSnapshot) -> str:
     """The line under the status table: ``network: ready (eth0 10.0.2.15/24)``."""
     configured = [
         f"{name} {' '.join(i['addresses']) or 'no address'}"
@@ -587,7 +588,7 @@ def format_image_line(image: dict[str, Any] | None) -> str | None:
     return f"image: {summary}" if summary else None
 
 
-def format_network(network: control.NetworkSnapshot) -> str:
+def format_network(network: wire.NetworkSnapshot) -> str:
     """``status network``: readiness, problems, each link with its addresses and routes."""
     state = "ready" if network["ready"] else f"not ready: {network['reason']}"
     lines = [f"network: {state} (configured from {network['source']})"]
