@@ -20,7 +20,8 @@ below it (``tests/test_layers.py`` checks every import against this list):
   virtio-serial port that carries it out of a VM
 * ``pid1/``: what only PID 1 does: boot stages, switch root, fallback, power,
   the container mode
-* ``daemon``: the one composition root, used by ``run``, ``init`` and ``dev``
+* ``daemon/``: the one composition root, used by ``run``, ``init`` and ``dev``,
+  and the daemon it builds
 * ``cli/``: the ``k4sinit`` command
 """
 

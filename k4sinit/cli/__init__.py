@@ -40,7 +40,6 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from k4sinit import control
@@ -205,16 +204,15 @@ def cmd_config(path: str, profile: str | None) -> int:
     """``k4sinit config``: the expanded config as YAML (see k4sinit.node.roles.describe)."""
     import yaml
 
+    from k4sinit.config import ConfigErrors, load_config
     from k4sinit.node import roles
 
     try:
-        config = load_config(path)
-        settings = roles.settings(config, role_from_kernel=profile)
-        expanded = roles.expand(config, role_from_kernel=profile)
+        expanded = roles.expand_node(load_config(path), role_from_kernel=profile)
     except ConfigErrors as exc:
         print(exc, file=sys.stderr)
         return 1
-    described = roles.describe(expanded, settings)
+    described = roles.describe(expanded.config, expanded.settings)
     print(yaml.safe_dump(described, sort_keys=False, default_flow_style=False), end="")
     return 0
 
@@ -226,69 +224,34 @@ def cmd_init(args: argparse.Namespace) -> int:
             "k4sinit init: must run as PID 1 (use 'k4sinit run' or 'k4sinit dev')", file=sys.stderr
         )
         return 2
-    from k4sinit.pid1.boot import InitOptions, init_main
+    from k4sinit.daemon.root import init_main
+    from k4sinit.pid1.boot import InitOptions
 
     init_main(InitOptions(config=args.config, socket=args.socket, log_format=args.log_format))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from k4sinit.node import roles
+    """``k4sinit run``: the composition root's ``run`` (k4sinit/daemon/root.py)."""
+    from k4sinit.config import ConfigErrors, load_config
+    from k4sinit.core import log
+    from k4sinit.daemon import root
 
+    options = root.Options.run(args.socket, cgroups=not args.no_cgroups)
     try:
-        config = load_config(args.config)
-        settings = roles.settings(config)
-        config = roles.expand(config)
+        plan = root.plan(load_config(args.config), options)
     except ConfigErrors as exc:
         print(exc, file=sys.stderr)
         return 2
-    if settings is not None:
-        roles.write_files(settings)
-    import trio
-
-    from k4sinit.core import log
-    from k4sinit.daemon import Daemon, describe_survivors, serving, setup_cgroups, survivors
-    from k4sinit.network import Network
-
     writer = log.configure(args.log_format, debug=args.debug)
     logger = log.get_logger()
-    socket = control.socket_path(args.socket)
-    # A run killed by SIGKILL leaves its services running: never start them twice.
-    # (A live daemon at the socket is refused by the control server, by that name.)
-    left = {} if serving(socket) else survivors(socket, cgroups=not args.no_cgroups)
-    if left:
-        logger.error(describe_survivors(socket, left), survivors=left)
-        writer.close()
-        return 1
-
-    async def serve() -> None:
-        cgroups = None if args.no_cgroups else setup_cgroups(logger)
-        # The host's network is left alone unless the config has a network section.
-        configured = config.network.configured
-        network = Network(
-            config.network,
-            logger,
-            resolv_conf=Path("/etc/resolv.conf") if configured else None,
-            hosts=Path("/etc/hosts") if configured else None,
-        )
-        await Daemon(
-            config,
-            socket,
-            logger,
-            cgroups=cgroups,
-            network=network,
-            node=settings,
-        ).run()
-
     try:
-        trio.run(serve)
-    except (OSError, BaseExceptionGroup) as exc:
-        # trio's nurseries wrap an error (the control socket that cannot be bound)
-        # in exception groups: report the OSErrors inside, re-raise anything else.
-        errors = _os_errors(exc)
-        if errors is None:
-            raise
-        for err in errors:
-            logger.error("cannot start", error=str(err))
+        root.run(plan, options, logger)
+    except root.SurvivorsRunning as exc:
+        logger.error(str(exc), survivors=exc.found)
+        return 1
+    except root.CannotStart as exc:
+        for error in exc.errors:
+            logger.error("cannot start", error=error)
         return 1
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         return 130
@@ -297,37 +260,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _os_errors(exc: BaseException) -> list[OSError] | None:
-    """The OSErrors that ``exc`` is (or that an exception group holds), or None if
-    it holds anything else."""
-    if isinstance(exc, OSError):
-        return [exc]
-    if isinstance(exc, BaseExceptionGroup):
-        found: list[OSError] = []
-        for inner in exc.exceptions:
-            errors = _os_errors(inner)
-            if errors is None:
-                return None
-            found += errors
-        return found
-    return None
-
-
 def cmd_preflight(args: argparse.Namespace) -> int:
     """``k4sinit preflight``: the profile's checks on this machine, as a table."""
+    from k4sinit.config import ConfigErrors, load_config
     from k4sinit.node import preflight, roles
 
-    settings = None
+    expanded = None
     if args.config:
         try:
-            config = load_config(args.config)
-            settings = roles.settings(config, role_from_kernel=args.profile)
-            expanded = roles.expand(config, role_from_kernel=args.profile)
+            expanded = roles.expand_node(load_config(args.config), role_from_kernel=args.profile)
         except ConfigErrors as exc:
             print(exc, file=sys.stderr)
             return 2
-    if settings is not None:
-        checks = preflight.check_node(settings, expanded)
+    if expanded is not None and expanded.settings is not None:
+        checks = preflight.check_node(expanded.settings, expanded.config)
     else:  # no node section: the profile's generic checks
         checks = preflight.run_checks(Profile(args.profile) if args.profile else Profile.SINGLE)
     print(
