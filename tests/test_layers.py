@@ -145,9 +145,9 @@ def test_the_core_loads_no_event_loop_or_system_library(third_party: str) -> Non
 
 # --- what the CLI's client loads ----------------------------------------------------
 
-#: Packages a client command must not load: the event loop and the daemon's libraries
-#: (start-up time of `k4sinit status`, `k4sinit --help`).
-NOT_IN_CLIENT = ("trio", "pyroute2", "cryptography")
+#: Packages a client command must not load: the event loop, the daemon's libraries and
+#: the config's YAML (start-up time of `k4sinit status`, `k4sinit --help`).
+NOT_IN_CLIENT = ("trio", "pyroute2", "cryptography", "yaml")
 
 LOADED = """
 import sys

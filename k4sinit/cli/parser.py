@@ -1,0 +1,106 @@
+"""The ``k4sinit`` command line's parser: commands, options, help.
+
+Cheap to import: ``k4sinit --help`` loads no trio, pyroute2, cryptography or
+YAML (tests/test_layers.py checks it).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from k4sinit.control.wire import DEFAULT_SOCKET, POWER_OPS
+from k4sinit.core.nodespec import PROFILES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command, its options and its help (the module docstring of cli/main.py
+    lists the exit codes)."""
+    parser = argparse.ArgumentParser(
+        prog="k4sinit", description="init and supervisor of a Kubernetes node"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def client(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument(
+            "--socket",
+            help=f"control socket (default: $K4SINIT_SOCKET or {DEFAULT_SOCKET})",
+        )
+        return sub
+
+    run = client("run", "supervise the services of a config (as a child subreaper)")
+    run.add_argument("--config", required=True, help="YAML config file")
+    run.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
+    run.add_argument("--debug", action="store_true", help="log debug events too")
+    run.add_argument(
+        "--no-cgroups",
+        action="store_true",
+        help="do not use cgroup2 even where it is usable (tracking is then best effort)",
+    )
+
+    check = commands.add_parser("check", help="validate a config and print every error")
+    check.add_argument("--config", required=True, help="YAML config file")
+
+    expanded = commands.add_parser(
+        "config", help="print the config with the node's roles expanded (what will run)"
+    )
+    expanded.add_argument("--config", required=True, help="YAML config file")
+    expanded.add_argument(
+        "--profile",
+        choices=PROFILES,
+        help="the node profile, as k4sinit.role= on the kernel command line gives it",
+    )
+
+    checks = commands.add_parser(
+        "preflight",
+        help="check that this machine can run the node's profile (exit 1 on a fatal failure)",
+    )
+    checks.add_argument("--config", help="YAML config file (its node: section names the profile)")
+    checks.add_argument("--profile", choices=PROFILES)
+    checks.add_argument("--json", action="store_true")
+
+    status = client("status", "show services (one in detail with NAME, or network, pki, preflight)")
+    status.add_argument("name", nargs="?")
+    status.add_argument("--json", action="store_true", help='print {"services": [...]} as JSON')
+
+    logs = client("logs", "print a service's last output lines")
+    logs.add_argument("name")
+    logs.add_argument("-n", "--lines", type=int, default=50)
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.epilog = "Control characters in the output are shown escaped (\\x1b)."
+
+    for name in ("start", "restart"):
+        client(name, f"{name} a service").add_argument("name")
+    kill = client(
+        "kill", "send a signal to a service's main process (its policy decides what follows)"
+    )
+    kill.add_argument("name")
+    kill.add_argument("-s", "--signal", default="TERM", help="signal name (default: %(default)s)")
+    stop = client("stop", "stop a service, or everything with --all")
+    stop.add_argument("name", nargs="?")
+    stop.add_argument("--all", action="store_true", help="stop every service and end the daemon")
+
+    kubeconfig = client("kubeconfig", "print the node's admin kubeconfig (it holds a key)")
+    kubeconfig.add_argument(
+        "--server", help="the apiserver URL to write in it (default: the node's own)"
+    )
+    commands.add_parser(
+        "apply-manifests",
+        help="apply a directory of manifests, again on change (the manifests role)",
+        add_help=False,
+    )
+
+    for name in POWER_OPS:
+        client(name, f"stop every service in reverse order, then {name} the node (PID 1 only)")
+
+    init = client("init", "be PID 1: boot the node, supervise, shut down (also: k4sinit as /init)")
+    init.add_argument(
+        "--config",
+        help="config file (default: k4sinit.config= on the kernel command line, else /etc/k4sinit/config.yaml)",
+    )
+    init.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
+
+    dev = client("dev", "run k4sinit init as PID 1 of new namespaces (a container) on this machine")
+    dev.add_argument("--config", required=True, help="YAML config file")
+    dev.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
+    return parser
