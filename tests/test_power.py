@@ -12,7 +12,6 @@ table, as does the order of boot.finish().
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
@@ -154,19 +153,6 @@ import os, sys
 if os.getpid() != 1:
     sys.exit("not PID 1 of a new pid namespace: refusing")
 """
-
-
-@pytest.fixture(scope="module")
-def unshare() -> str:
-    path = shutil.which("unshare")
-    if path is None:
-        pytest.skip("unshare (util-linux) is not installed")
-    probe = subprocess.run(
-        [path, "--pid", "--fork", "--mount-proc", "true"], capture_output=True, text=True
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"cannot create a pid namespace here: {probe.stderr.strip()}")
-    return path
 
 
 def as_pid_1(unshare: str, snippet: str) -> subprocess.CompletedProcess[str]:
