@@ -19,7 +19,7 @@ Commands and exit codes:
 ``start|stop|restart NAME``        operator commands; ``stop --all`` stops everything
 ``kill NAME [-s SIGNAL]``          signal a service's main process (default TERM)
 ``kubeconfig [--server URL]``      print the node's admin kubeconfig (root only)
-``apply-manifests ...``            the manifests role's program (k4sinit.network.applier)
+``apply-manifests ...``            the manifests role's program (k4sinit.node.applier)
 =================================  ==================================================
 
 Client commands (cli/remote.py) take ``--socket PATH`` (after the command name) or
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv and os.getpid() == 1:
         argv = ["init"]  # the kernel runs /init with no arguments
     if argv[:1] == ["apply-manifests"]:
-        from k4sinit.network import applier  # a program of its own, with its own options
+        from k4sinit.node import applier  # a program of its own, with its own options
 
         return applier.main(argv[1:])
     args = build_parser().parse_args(argv)
