@@ -173,6 +173,16 @@ def test_plan_takes_the_kernels_role_and_the_network_it_is_given() -> None:
     assert plan.network is network
 
 
+def test_plan_gives_a_worker_the_kernels_join_token() -> None:
+    token = f"K4S1::https://10.0.0.1:6443::sha256:{'ab' * 32}::abcdef.0123456789abcdef"
+    kernel = cmdline.parse(f"k4sinit.role=worker k4sinit.token={token}")
+    options = Options.init(None, kernel, container=True, named=True)
+    assert options.token is not None and str(options.token) == token
+    config = load_config_text("hostname: w1\nservices: {}\n", "t.yaml")
+    plan = root.plan(config, options)
+    assert plan.node is not None and str(plan.node.join_token) == token
+
+
 # --- prepare: cgroups, then preflight, then the node's files ------------------------------
 
 

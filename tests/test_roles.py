@@ -24,6 +24,7 @@ import yaml
 from k4sinit import cli
 from k4sinit.config import ConfigError, ConfigErrors, load_config, load_config_text
 from k4sinit.core.config import Config
+from k4sinit.core.jointoken import parse_join_token
 from k4sinit.core.nodespec import Datastore, NodeSettings, Profile, profile_roles
 from k4sinit.core.spec import Condition, HTTPGetAction, Resources, TCPSocketAction
 from k4sinit.node import roles
@@ -466,6 +467,23 @@ def test_a_join_token_is_all_a_worker_needs_and_config_hides_its_secret() -> Non
         f"K4S1::https://192.168.1.10:6443::sha256:{'ab' * 32}::abcdef.<hidden>"
     )
     assert "0123456789abcdef" not in yaml.safe_dump(described)
+
+
+def test_the_kernels_token_makes_a_worker_join_with_it() -> None:
+    kernel = parse_join_token(JOIN_TOKEN.replace("192.168.1.10", "10.0.0.9"))
+    node = settings_of(CASES["worker-token"], token_from_kernel=kernel)
+    assert node.join_token == kernel  # over the file's server and token
+    assert (node.server, node.token, node.bootstrap_kubeconfig) == (None, None, None)
+    # A shared image's config need not name a control plane: the kernel's role and token do.
+    node = settings_of("node: {}", role_from_kernel="worker", token_from_kernel=kernel)
+    assert node.join_token == kernel
+    services = expanded("node: {}", role_from_kernel="worker", token_from_kernel=kernel).services
+    assert "pki" in dict(services["kubelet"].depends_on)
+    # A controller keeps its own token (the Secret it applies); the kernel's is a worker's.
+    controller = settings_of(
+        "node: {profile: controller, token: abcdef.0123456789abcdef}", token_from_kernel=kernel
+    )
+    assert (controller.join_token, controller.token) == (None, "abcdef.0123456789abcdef")
 
 
 def test_errors_suggest_the_likely_fix() -> None:

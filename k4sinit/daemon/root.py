@@ -37,8 +37,8 @@ control port        no               PORT_NAME         no
 hostname from DHCP  no               unless named      unless named
 fatal preflight     logged           per boot.         per boot.preflight
                                      preflight
-kernel options      none             role, hostname,   role, hostname, ip=
-                                     ip=
+kernel options      none             role, hostname,   role, hostname,
+                                     token, ip=        token, ip=
 ==================  ===============  ================  ====================
 
 :func:`run` and :func:`init_main` are the two entry points' whole lives.
@@ -60,6 +60,7 @@ from k4sinit.control.port import PORT_NAME
 from k4sinit.core import cmdline, imageinfo
 from k4sinit.core.config import Config
 from k4sinit.core.imageinfo import ImageInfo
+from k4sinit.core.jointoken import JoinToken
 from k4sinit.core.netspec import NetworkSpec
 from k4sinit.core.nodespec import NodeSettings
 from k4sinit.daemon.daemon import INIT_SIGNALS, RUN_SIGNALS, Daemon, Shutdown
@@ -100,6 +101,7 @@ class Options:
     image_path: str = imageinfo.DEFAULT_PATH
     role: str | None = None  # the kernel's k4sinit.role=
     hostname: str | None = None  # the kernel's k4sinit.hostname=
+    token: JoinToken | None = None  # the kernel's k4sinit.token= (a worker's join token)
 
     @classmethod
     def run(cls, socket: str | None, *, cgroups: bool = True) -> Options:
@@ -126,6 +128,7 @@ class Options:
             preflight_stops_boot=True,
             role=kernel.role,
             hostname=kernel.hostname,
+            token=kernel.token,
         )
 
 
@@ -165,13 +168,18 @@ class SurvivorsRunning(CannotStart):
 
 
 def plan(config: Config, options: Options, network: NetworkSpec | None = None) -> Plan:
-    """The node's roles expanded (the kernel's role and hostname from ``options``).
+    """The node's roles expanded (the kernel's role, hostname and token from ``options``).
 
     ``network``: the spec to apply (PID 1's choice between the config and the
     kernel's ``ip=``); None: the config's. Pure but for the binPath lookups;
     raises ConfigErrors.
     """
-    expanded = roles.expand_node(config, role_from_kernel=options.role, hostname=options.hostname)
+    expanded = roles.expand_node(
+        config,
+        role_from_kernel=options.role,
+        hostname=options.hostname,
+        token_from_kernel=options.token,
+    )
     return Plan(
         expanded.config, expanded.settings, expanded.config.network if network is None else network
     )

@@ -82,11 +82,17 @@ __all__ = [
 
 
 def settings(
-    config: Config, *, role_from_kernel: str | None = None, hostname: str | None = None
+    config: Config,
+    *,
+    role_from_kernel: str | None = None,
+    hostname: str | None = None,
+    token_from_kernel: JoinToken | None = None,
 ) -> NodeSettings | None:
     """The resolved node settings, or None when the node runs no roles.
 
-    ``role_from_kernel`` (``k4sinit.role=``) wins over ``node.profile``.
+    ``role_from_kernel`` (``k4sinit.role=``) wins over ``node.profile``;
+    on a worker, ``token_from_kernel`` (``k4sinit.token=``) over the config's
+    ``joinToken``, ``server``, ``token`` and ``bootstrapKubeconfig``.
     The node name is ``node.name``, else ``hostname`` (give the kernel's
     ``k4sinit.hostname=``), else the config's ``hostname``, else the system's,
     lowercased as kubelet does. Raises :class:`ConfigErrors` when the kernel's
@@ -94,7 +100,7 @@ def settings(
     server and token), or the name is not a DNS subdomain (a fresh kernel's
     hostname is "(none)").
     """
-    node = _effective(config, role_from_kernel)
+    node = _effective(config, role_from_kernel, token_from_kernel)
     return None if node is None else _resolve(config, node, hostname)
 
 
@@ -148,8 +154,11 @@ def _resolve(config: Config, node: NodeSpec, hostname: str | None) -> NodeSettin
     )
 
 
-def _effective(config: Config, role_from_kernel: str | None) -> NodeSpec | None:
-    """The node section with the kernel's role applied; checks what the profile needs."""
+def _effective(
+    config: Config, role_from_kernel: str | None, token_from_kernel: JoinToken | None = None
+) -> NodeSpec | None:
+    """The node section with the kernel's role (and a worker's token) applied;
+    checks what the profile needs."""
     node = config.node
     if role_from_kernel is not None:
         if role_from_kernel not in PROFILES:
@@ -164,6 +173,10 @@ def _effective(config: Config, role_from_kernel: str | None) -> NodeSpec | None:
         )
     if node is None:
         return None
+    if token_from_kernel is not None and node.profile is Profile.WORKER:
+        node = dataclasses.replace(
+            node, join_token=token_from_kernel, server=None, token=None, bootstrap_kubeconfig=None
+        )
     problems = worker_problems(node)
     if problems:
         why = "" if config.node and config.node.profile is node.profile else " (from k4sinit.role=)"
@@ -197,7 +210,11 @@ class ExpandedNode:
 
 
 def expand_node(
-    config: Config, *, role_from_kernel: str | None = None, hostname: str | None = None
+    config: Config,
+    *,
+    role_from_kernel: str | None = None,
+    hostname: str | None = None,
+    token_from_kernel: JoinToken | None = None,
 ) -> ExpandedNode:
     """``config`` with the profile's role services first, then the file's own services,
     and the node's settings (:func:`settings`): one call for both.
@@ -214,7 +231,7 @@ def expand_node(
     result has the role services, so a second expansion finds them taken.
     Raises :class:`ConfigErrors`.
     """
-    node = _effective(config, role_from_kernel)
+    node = _effective(config, role_from_kernel, token_from_kernel)
     if node is None:
         return ExpandedNode(config, None)
     node_settings = _resolve(config, node, hostname)
@@ -240,10 +257,19 @@ def expand_node(
 
 
 def expand(
-    config: Config, *, role_from_kernel: str | None = None, hostname: str | None = None
+    config: Config,
+    *,
+    role_from_kernel: str | None = None,
+    hostname: str | None = None,
+    token_from_kernel: JoinToken | None = None,
 ) -> Config:
     """The expanded config alone (:func:`expand_node`'s ``config``), as ``check`` needs it."""
-    return expand_node(config, role_from_kernel=role_from_kernel, hostname=hostname).config
+    return expand_node(
+        config,
+        role_from_kernel=role_from_kernel,
+        hostname=hostname,
+        token_from_kernel=token_from_kernel,
+    ).config
 
 
 def _override(spec: ServiceSpec, override: RoleOverride, *, keep: set[str]) -> ServiceSpec:
