@@ -13,6 +13,7 @@ import itertools
 import random
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -271,3 +272,44 @@ async def test_a_failed_join_says_why_and_is_retried_with_backoff(
         for n in (1, 2, 3)
     ] + ["joined"]
     assert joining.attempts == 4
+
+
+# --- in a daemon: what an operator sees ------------------------------------------------
+
+WORKER_RUN = """\
+node:
+  profile: worker
+  name: worker-1
+  dataDir: {data}
+  binPath: [{bin}, /usr/bin, /bin]
+  joinToken: {token}
+  roles:
+    containerd: {{disabled: true}}
+    images: {{disabled: true}}
+    kube-proxy: {{disabled: true}}
+services: {{}}
+"""
+
+
+def test_kubelet_waits_for_the_join_and_status_says_why(tmp_path: Path, start_daemon: Any) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kubelet").write_text("#!/bin/sh\nexec sleep 600\n")
+    (bin_dir / "kubelet").chmod(0o755)
+    with fake_apiserver(tmp_path / "server") as fake:
+        config = WORKER_RUN.format(data=tmp_path / "data", bin=bin_dir, token=join_token(fake))
+        daemon = start_daemon(config)
+        why = f"waiting for pki: cannot join: the cluster at {fake.url} has no token abcdef"
+        waiting = daemon.wait_for(
+            lambda s: s["kubelet"]["reason"].startswith(why), what="kubelet waiting for the join"
+        )
+        assert waiting["kubelet"]["state"] == "waiting"
+        assert "(attempt 1, again in 2 s)" in waiting["kubelet"]["reason"]
+        pki = daemon.cli("status", "pki")
+        assert pki.returncode == 1
+        assert pki.stdout.startswith(f"pki: not ready: cannot join: the cluster at {fake.url}")
+        assert any(e.get("event") == "join failed" for e in daemon.log_events())
+        add_token(fake)  # k4sinit token create, on the controller
+        daemon.wait_for(lambda s: s["kubelet"]["state"] == "running", what="kubelet started")
+    assert daemon.cli("status", "pki").stdout.startswith(f"pki: ready (joined {fake.url}")
+    assert (tmp_path / "data/pki/ca.crt").read_bytes() == fake.ca_pem

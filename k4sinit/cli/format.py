@@ -6,8 +6,10 @@ nothing here talks to the daemon.
 
 from __future__ import annotations
 
+import calendar
 import re
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from k4sinit.control import wire
@@ -69,7 +71,12 @@ def format_table(services: list[wire.ServiceSnapshot]) -> str:
                 _shorten(s.get("reason") or "", 60),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return _columns(rows)
+
+
+def _columns(rows: Sequence[tuple[str, ...]]) -> str:
+    """Rows as aligned columns (two spaces apart), the last one not padded."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True))
         + "  "
@@ -130,6 +137,21 @@ def format_network_line(network: NetworkSnapshot) -> str:
 def format_pki(pki: wire.PKIStatus) -> str:
     """``status pki``: ``pki: ready (certificates in /var/lib/k4sinit/pki, kubeconfigs in ...)``."""
     return f"pki: ready ({pki['reason']})" if pki["ready"] else f"pki: not ready: {pki['reason']}"
+
+
+def format_tokens(tokens: list[wire.TokenJSON], now: float) -> str:
+    """``token list``: one bootstrap token per line, its time left at ``now`` (epoch s)."""
+    rows = [("ID", "TTL", "EXPIRES", "USAGES", "GROUPS", "DESCRIPTION")]
+    for t in tokens:
+        expires = t["expires"]
+        if expires is None:
+            ttl, expires = "forever", "never"
+        else:
+            left = calendar.timegm(time.strptime(expires, "%Y-%m-%dT%H:%M:%SZ")) - now
+            ttl = format_duration(left) if left > 0 else "expired"
+        usages, groups = ",".join(t["usages"]) or "-", ",".join(t["groups"]) or "-"
+        rows.append((t["id"], ttl, expires, usages, groups, printable(t["description"])))
+    return _columns(rows)
 
 
 def format_daemon_line(daemon: wire.DaemonInfo) -> str:

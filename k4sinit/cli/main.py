@@ -19,6 +19,11 @@ Commands and exit codes:
 ``start|stop|restart NAME``        operator commands; ``stop --all`` stops everything
 ``kill NAME [-s SIGNAL]``          signal a service's main process (default TERM)
 ``kubeconfig [--server URL]``      print the node's admin kubeconfig (root only)
+``token create [--ttl D] [--server URL]``
+                                   make a bootstrap token (default TTL 24h, 0: never
+                                   expires) and print a worker's join token
+``token list [--json]``            the cluster's bootstrap tokens, without secrets
+``token revoke ID``                delete a bootstrap token (1 when there is none)
 ``apply-manifests ...``            the manifests role's program (k4sinit.node.applier)
 =================================  ==================================================
 

@@ -7,6 +7,7 @@ YAML (tests/test_layers.py checks it).
 from __future__ import annotations
 
 import argparse
+import re
 from typing import TYPE_CHECKING
 
 from k4sinit.control.wire import DEFAULT_SOCKET, POWER_OPS
@@ -107,6 +108,7 @@ def _add_client_commands(commands: Commands) -> None:
     kubeconfig.add_argument(
         "--server", help="the apiserver URL to write in it (default: the node's own)"
     )
+    _add_token_commands(commands)
     commands.add_parser(
         "apply-manifests",
         help="apply a directory of manifests, again on change (the manifests role)",
@@ -119,6 +121,50 @@ def _add_client_commands(commands: Commands) -> None:
             name,
             f"stop every service in reverse order, then {name} the node (PID 1 only)",
         )
+
+
+def _add_token_commands(commands: Commands) -> None:
+    """token create|list|revoke: bootstrap tokens for joining workers (a controller's)."""
+    token = _client(commands, "token", "make, list and revoke join tokens for workers")
+    actions = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, help=help)
+        # Also after the action (k4sinit token list --socket S); SUPPRESS keeps the
+        # value given before it (k4sinit token --socket S list).
+        sub.add_argument("--socket", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        return sub
+
+    create = action("create", "make a bootstrap token and print a worker's join token")
+    create.add_argument(
+        "--ttl",
+        type=duration,
+        default=None,
+        help="how long the token joins workers: 30m, 24h, 7d, 1h30m; 0 never expires "
+        "(default: 24h)",
+    )
+    create.add_argument(
+        "--server", help="the apiserver URL workers reach (default: the node's own address)"
+    )
+    listing = action("list", "show the cluster's bootstrap tokens (not their secrets)")
+    listing.add_argument("--json", action="store_true")
+    action("revoke", "delete a bootstrap token: workers can no longer join with it").add_argument(
+        "id", help="the token's id (its first six characters)"
+    )
+
+
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def duration(text: str) -> float:
+    """``30m``, ``24h``, ``7d``, ``1h30m``, ``90s`` (or plain seconds) in seconds; 0 is 0."""
+    if text.isdigit():
+        return float(text)
+    match = _DURATION.fullmatch(text)
+    if not text or match is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a duration like 30m, 24h or 7d")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
 def _add_pid1_commands(commands: Commands) -> None:

@@ -1,7 +1,7 @@
 """The client commands: ask the daemon over its control socket, show the reply.
 
 ``status``, ``logs``, ``start``/``stop``/``restart``, ``kill``, ``stop --all``,
-``kubeconfig`` and the power commands. Each builds a :class:`~k4sinit.control.wire.Request`,
+``kubeconfig``, ``token`` and the power commands. Each builds a :class:`~k4sinit.control.wire.Request`,
 sends it with the synchronous client (``k4sinit.control``: no trio) and prints
 the typed reply;
 exit codes are in cli/main.py's docstring.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from k4sinit import control
 from k4sinit.cli.format import (
@@ -23,6 +24,7 @@ from k4sinit.cli.format import (
     format_network_line,
     format_pki,
     format_table,
+    format_tokens,
     printable,
 )
 from k4sinit.control.wire import (
@@ -38,6 +40,9 @@ from k4sinit.control.wire import (
     ServiceSnapshot,
     StatusReply,
     StoppedReply,
+    TokenCreateReply,
+    TokenListReply,
+    TokenRevokeReply,
 )
 from k4sinit.core.spec import NETWORK, PKI, PREFLIGHT
 from k4sinit.core.state import State
@@ -46,6 +51,8 @@ from k4sinit.core.state import State
 def run_client(args: argparse.Namespace) -> int:
     """Send the command's request and print the reply; raises ControlClientError."""
     path = control.socket_path(args.socket)
+    if args.command == "token":
+        return token(path, args)
     op = Op.STOP_ALL if args.command == "stop" and args.all else Op(args.command)
     match op:
         case Op.STATUS if args.name:
@@ -84,6 +91,31 @@ def run_client(args: argparse.Namespace) -> int:
     # start (a StartReply), stop, restart: the service's snapshot after the command
     s: ServiceSnapshot = control.request(path, Request(op, name=args.name), timeout=None)
     print(f"{s['name']}: {s['state']}{', ready' if s['ready'] else ''} ({s['reason']})")
+    return 0
+
+
+def token(path: str, args: argparse.Namespace) -> int:
+    """``token create|list|revoke``: ``create`` prints the join token alone on stdout
+    (for ``$(k4sinit token create)``), what it is on stderr."""
+    match args.token_command:
+        case "create":
+            request = Request(Op.TOKEN_CREATE, ttl=args.ttl, server=args.server)
+            created: TokenCreateReply = control.request(path, request)
+            print(created["join_token"])
+            info = created["token"]
+            until = f"until {info['expires']}" if info["expires"] else "with no expiry"
+            print(f"token {info['id']}: joins workers {until}", file=sys.stderr)
+        case "list":
+            listed: TokenListReply = control.request(path, Request(Op.TOKEN_LIST))
+            if args.json:
+                print(json.dumps(listed["tokens"], indent=2))
+            else:
+                print(format_tokens(listed["tokens"], time.time()))
+        case _:
+            revoked: TokenRevokeReply = control.request(
+                path, Request(Op.TOKEN_REVOKE, name=args.id)
+            )
+            print(f"token {revoked['id']} revoked")
     return 0
 
 

@@ -21,6 +21,7 @@ Pure: no trio, no event loop (the CLI's client imports this module).
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import json
 import socket
@@ -32,6 +33,7 @@ from signal import Signals
 from typing import TYPE_CHECKING, Any, Protocol, Required, TypedDict
 
 # The wire forms of a service's state, re-exported: the CLI reads every reply from here.
+from k4sinit.core.jointoken import TOKEN_ID, server_problem
 from k4sinit.core.state import ExitJSON as ExitJSON
 from k4sinit.core.state import LogLineJSON as LogLineJSON
 from k4sinit.core.state import ServiceDetail as ServiceDetail
@@ -42,6 +44,7 @@ if TYPE_CHECKING:  # types only: the CLI does not load pyroute2 to read a reply
     from k4sinit.network import NetworkSnapshot as NetworkSnapshot
     from k4sinit.node.preflight import CheckJSON as CheckJSON
     from k4sinit.node.preflight import SummaryJSON as SummaryJSON
+    from k4sinit.node.tokens import TokenJSON as TokenJSON
 
 DEFAULT_SOCKET = "/run/k4sinit/control.sock"
 #: The limits every client can count on (the server's admission, server.py).
@@ -67,6 +70,9 @@ class Op(enum.StrEnum):
     POWEROFF = "poweroff"
     HALT = "halt"
     KUBECONFIG = "kubeconfig"
+    TOKEN_CREATE = "token_create"
+    TOKEN_LIST = "token_list"
+    TOKEN_REVOKE = "token_revoke"
 
 
 OPS = tuple(Op)
@@ -74,6 +80,10 @@ OPS = tuple(Op)
 POWER_OPS = (Op.REBOOT, Op.POWEROFF, Op.HALT)
 #: The ops that need a service ``name``.
 NAMED_OPS = (Op.LOGS, Op.START, Op.STOP, Op.RESTART, Op.KILL)
+#: Bootstrap tokens (a controller's; each asks the apiserver, node/tokens.py).
+TOKEN_OPS = (Op.TOKEN_CREATE, Op.TOKEN_LIST, Op.TOKEN_REVOKE)
+#: The longest ``ttl`` of a token: ten years (0 is "never expires").
+MAX_TTL = 10 * 366 * 86400
 #: What an operator must always get through with, however busy the socket is.
 OPERATOR_OPS = (Op.START, Op.STOP, Op.RESTART, Op.KILL, Op.STOP_ALL, *POWER_OPS)
 
@@ -90,12 +100,16 @@ class RequestJSON(TypedDict, total=False):
     lines: int
     follow: bool
     signal: str
+    ttl: float
+    server: str
 
 
 @dataclass(frozen=True, slots=True, init=False)
 class Request:
-    """One control request. ``name`` is a service; ``lines``/``follow`` are for logs;
-    ``signal`` (a name: ``KILL`` or ``SIGKILL``) is for kill.
+    """One control request. ``name`` is a service (a token id for token_revoke);
+    ``lines``/``follow`` are for logs; ``signal`` (a name: ``KILL`` or
+    ``SIGKILL``) is for kill; ``ttl`` (seconds, 0: never expires; None: the
+    default) and ``server`` (None: the node's own) are for token_create.
 
     ``op`` may be given as its wire string; ValueError for one that is no :class:`Op`.
     """
@@ -105,6 +119,8 @@ class Request:
     lines: int
     follow: bool
     signal: str
+    ttl: float | None
+    server: str | None
 
     def __init__(
         self,
@@ -113,12 +129,16 @@ class Request:
         lines: int = 50,
         follow: bool = False,
         signal: str = "TERM",
+        ttl: float | None = None,
+        server: str | None = None,
     ) -> None:
         object.__setattr__(self, "op", Op(op))
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "lines", lines)
         object.__setattr__(self, "follow", follow)
         object.__setattr__(self, "signal", signal)
+        object.__setattr__(self, "ttl", ttl)
+        object.__setattr__(self, "server", server)
 
     def to_json(self) -> RequestJSON:
         data: RequestJSON = {"op": self.op.value}
@@ -129,7 +149,15 @@ class Request:
             data["follow"] = self.follow
         if self.op is Op.KILL:
             data["signal"] = self.signal
+        if self.ttl is not None:
+            data["ttl"] = self.ttl
+        if self.server is not None:
+            data["server"] = self.server
         return data
+
+    def ttl_delta(self) -> dt.timedelta | None:
+        """``ttl`` as a time span: None when 0 (the token never expires) or not given."""
+        return dt.timedelta(seconds=self.ttl) if self.ttl else None
 
     def signal_number(self) -> Signals:
         """The ``signal`` field as a signal; RequestError names an unknown one."""
@@ -161,9 +189,30 @@ class Request:
         sig = data.get("signal", "TERM")
         if not isinstance(sig, str):
             raise RequestError("'signal' must be a signal name such as \"KILL\"")
-        request = cls(op=op, name=name, lines=lines, follow=follow, signal=sig)
+        ttl, server = _token_fields(op, name, data)
+        request = cls(
+            op=op, name=name, lines=lines, follow=follow, signal=sig, ttl=ttl, server=server
+        )
         request.signal_number()  # refuse an unknown signal here, before anything acts
         return request
+
+
+def _token_fields(
+    op: str, name: str | None, data: dict[str, Any]
+) -> tuple[float | None, str | None]:
+    """``ttl`` and ``server`` checked (for any op); a token_revoke's ``name`` a token id."""
+    ttl = data.get("ttl")
+    if ttl is not None and (
+        not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_TTL
+    ):
+        raise RequestError(f"'ttl' must be seconds from 0 (never expires) to {MAX_TTL}")
+    server = data.get("server")
+    if server is not None and (not isinstance(server, str) or server_problem(server)):
+        problem = server_problem(server) if isinstance(server, str) else "not a string"
+        raise RequestError(f"'server': {problem}")
+    if op == Op.TOKEN_REVOKE and not (isinstance(name, str) and TOKEN_ID.fullmatch(name)):
+        raise RequestError("'name' of token_revoke must be a token id ([a-z0-9]{6})")
+    return (None if ttl is None else float(ttl)), server
 
 
 def _show(value: Any) -> str:
@@ -226,7 +275,9 @@ def peer_uid(sock: _Socket) -> int:
 # ``status`` -> StatusReply; ``status NAME`` -> ServiceDetail, or NetworkReply, PKIReply,
 # PreflightReply for those names; ``logs`` -> lists of LogLineJSON; ``start`` ->
 # StartReply; ``stop``/``restart`` -> ServiceSnapshot; ``kill`` -> KillReply;
-# ``kubeconfig`` -> KubeconfigReply; ``stop_all`` and the power ops -> StoppedReply.
+# ``kubeconfig`` -> KubeconfigReply; ``stop_all`` and the power ops -> StoppedReply;
+# ``token_create`` -> TokenCreateReply, ``token_list`` -> TokenListReply,
+# ``token_revoke`` -> TokenRevokeReply.
 
 
 class PKIStatus(TypedDict):
@@ -289,3 +340,16 @@ class KubeconfigReply(TypedDict):
 
 class StoppedReply(TypedDict):
     services: list[ServiceSnapshot]
+
+
+class TokenCreateReply(TypedDict):
+    join_token: str  # K4S1::<server>::sha256:<hash>::<id>.<secret> (core/jointoken.py)
+    token: TokenJSON  # what token list shows of it
+
+
+class TokenListReply(TypedDict):
+    tokens: list[TokenJSON]  # by id
+
+
+class TokenRevokeReply(TypedDict):
+    id: str

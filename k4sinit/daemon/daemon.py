@@ -16,6 +16,7 @@ import random
 import resource
 import signal
 from collections.abc import Mapping, Sequence
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -43,6 +44,9 @@ from k4sinit.control.wire import (
     StartReply,
     StatusReply,
     StoppedReply,
+    TokenCreateReply,
+    TokenListReply,
+    TokenRevokeReply,
     error,
     ok,
 )
@@ -53,7 +57,9 @@ from k4sinit.core.nodespec import NodeSettings
 from k4sinit.core.paths import DEFAULT_PATH
 from k4sinit.core.spec import NETWORK, PKI, PREFLIGHT
 from k4sinit.network import Network
-from k4sinit.node import preflight
+from k4sinit.node import preflight, tokens
+from k4sinit.node.apiclient import APIError
+from k4sinit.node.join import NodeJoin, node_identity
 from k4sinit.node.pkicondition import AlwaysReady, NodePKI
 from k4sinit.node.preflight import Check
 from k4sinit.pid1.power import Action  # imported by name: Daemon() has a flag called power
@@ -179,9 +185,10 @@ class Daemon:
         # Without a network object (tests, tools) the built-in condition is
         # loopback only: nothing to wait for beyond what the kernel already has.
         self.network = network or Network(NetworkSpec(), log, resolv_conf=None, hosts=None)
-        # The node's PKI once the network is up; without roles, nothing to make.
-        self.pki: NodePKI | AlwaysReady = (
-            NodePKI(node, self.network, log)
+        # The node's PKI once the network is up (a worker's: the join); without
+        # roles, nothing to make.
+        self.pki: NodePKI | NodeJoin | AlwaysReady = (
+            node_identity(node, self.network, log)
             if node is not None
             else AlwaysReady(PKI, "no node profile: no PKI to make")
         )
@@ -246,7 +253,7 @@ class Daemon:
             if self.port_bridge is not None:
                 nursery.start_soon(self.port_bridge.run)
             await nursery.start(self.network.run)
-            if isinstance(self.pki, NodePKI):
+            if not isinstance(self.pki, AlwaysReady):
                 nursery.start_soon(self.pki.run)
             await nursery.start(self.supervisor.run)
             self.log.info(
@@ -326,6 +333,8 @@ class Daemon:
                     await send(ok(killed))
                 case Op.KUBECONFIG:
                     await send(ok(await self._admin_kubeconfig()))
+                case Op.TOKEN_CREATE | Op.TOKEN_LIST | Op.TOKEN_REVOKE:
+                    await send(ok(await self._tokens(request)))
                 case Op.STOP_ALL:
                     await self._stop_everything("k4sinit stop --all", None, send)
                 case Op.REBOOT | Op.POWEROFF | Op.HALT if not self._power:
@@ -404,6 +413,38 @@ class Daemon:
         except OSError as exc:
             raise RequestError(f"kubeconfig: {path}: {exc.strerror or exc}") from None
         return {"path": path, "kubeconfig": text}
+
+    async def _tokens(
+        self, request: Request
+    ) -> TokenCreateReply | TokenListReply | TokenRevokeReply:
+        """``token create|list|revoke``: bootstrap tokens, through this node's apiserver
+        as its admin (node/tokens.py, in a thread). RequestError says what went wrong."""
+        node = self.node
+        if node is None:
+            raise RequestError("token: this node runs no Kubernetes roles (no node: section)")
+        try:
+            match request.op:
+                case Op.TOKEN_CREATE:
+                    ttl = tokens.DEFAULT_TTL if request.ttl is None else request.ttl_delta()
+                    join_token, info = await trio.to_thread.run_sync(
+                        partial(tokens.create_join_token, node, ttl=ttl, server=request.server)
+                    )
+                    self.log.info(
+                        "bootstrap token created", id=info.id, expires=info.to_json()["expires"]
+                    )
+                    return {"join_token": str(join_token), "token": info.to_json()}
+                case Op.TOKEN_LIST:
+                    client = await trio.to_thread.run_sync(tokens.admin_client, node)
+                    found = await trio.to_thread.run_sync(tokens.list_tokens, client)
+                    return {"tokens": [info.to_json() for info in found]}
+                case _:
+                    token_id = request.name or ""
+                    client = await trio.to_thread.run_sync(tokens.admin_client, node)
+                    await trio.to_thread.run_sync(tokens.revoke, client, token_id)
+                    self.log.info("bootstrap token revoked", id=token_id)
+                    return {"id": token_id}
+        except (tokens.TokenError, APIError) as exc:
+            raise RequestError(f"token: {exc}") from None
 
     async def _logs(self, runner: ServiceRunner, request: Request, send: Send) -> None:
         """The last ``request.lines`` lines, as result lines of about ``REPLY_CHUNK``

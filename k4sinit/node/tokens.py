@@ -30,12 +30,15 @@ import json
 import secrets
 import string
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypedDict
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from k4sinit.core.jointoken import BootstrapToken
+from k4sinit.core.jointoken import BootstrapToken, JoinToken
+from k4sinit.core.nodespec import APISERVER, NodeSettings
 from k4sinit.node.apiclient import APIClient, APIError
 from k4sinit.services.manifests import BOOTSTRAP_GROUP, bootstrap_token_secret
 
@@ -120,6 +123,16 @@ def rfc3339(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class TokenJSON(TypedDict):
+    """A token on the control socket (``token list``): no secret."""
+
+    id: str
+    expires: str | None  # RFC 3339; None: never
+    usages: list[str]
+    groups: list[str]
+    description: str
+
+
 @dataclass(frozen=True)
 class TokenInfo:
     """A bootstrap token as ``token list`` shows it: everything but the secret."""
@@ -134,7 +147,7 @@ class TokenInfo:
         """Time left (negative once expired); None when it never expires."""
         return None if self.expires is None else self.expires - now
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> TokenJSON:
         return {
             "id": self.id,
             "expires": None if self.expires is None else rfc3339(self.expires),
@@ -217,3 +230,43 @@ def revoke(client: APIClient, token_id: str) -> None:
         if exc.status == 404:
             raise APIError(f"no bootstrap token {token_id!r} in the cluster", 404) from None
         raise
+
+
+# --- the controller's side of ``k4sinit token`` (blocking) ---------------------------
+
+
+class TokenError(Exception):
+    """A token request this node cannot serve; the message says why."""
+
+
+def admin_client(node: NodeSettings) -> APIClient:
+    """A client of this node's apiserver as its admin (the admin kubeconfig's server,
+    the PKI's CA and admin certificate). Raises :class:`TokenError`."""
+    if APISERVER not in node.roles:
+        raise TokenError(
+            f"this node runs no {APISERVER} (profile {node.profile.value}): "
+            "make tokens on a controller"
+        )
+    path = node.kubeconfig("admin")
+    try:
+        server = yaml.safe_load(Path(path).read_text())["clusters"][0]["cluster"]["server"]
+        ca_pem = Path(node.pki("ca.crt")).read_bytes()
+    except FileNotFoundError as exc:
+        raise TokenError(f"{exc.filename} does not exist yet: is the PKI made?") from None
+    except (OSError, yaml.YAMLError, LookupError, TypeError) as exc:
+        raise TokenError(f"cannot read {path}: {exc}") from None
+    return APIClient(
+        str(server), ca_pem=ca_pem, cert_file=node.pki("admin.crt"), key_file=node.pki("admin.key")
+    )
+
+
+def create_join_token(
+    node: NodeSettings, *, ttl: dt.timedelta | None = DEFAULT_TTL, server: str | None = None
+) -> tuple[JoinToken, TokenInfo]:
+    """A new bootstrap token in the cluster, and the join token that carries it to a
+    worker: ``server`` (default: the admin kubeconfig's, the node's own address) and
+    the CA's hash. Raises :class:`TokenError`, :class:`APIError`."""
+    client = admin_client(node)
+    assert client.ca_pem is not None
+    token, info = create(client, ttl=ttl)
+    return JoinToken(server or client.server, ca_hash(client.ca_pem), token), info
