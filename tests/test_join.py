@@ -174,19 +174,20 @@ def test_a_server_nobody_answers_at(tmp_path: Path) -> None:
     assert f"cannot reach {fake.url}: Connection refused" in failed_join(tmp_path, fake, token)
 
 
-def test_cluster_info_without_a_ca(tmp_path: Path) -> None:
+def test_cluster_info_that_names_a_ca_file_is_refused(tmp_path: Path) -> None:
     with fake_apiserver(tmp_path) as fake:
         add_token(fake)
         config_map = fake.cluster_info()
         kubeconfig = yaml.safe_load(config_map["data"]["kubeconfig"])
         del kubeconfig["clusters"][0]["cluster"]["certificate-authority-data"]
-        kubeconfig["clusters"][0]["cluster"]["certificate-authority"] = "/nonexistent/ca.crt"
+        kubeconfig["clusters"][0]["cluster"]["certificate-authority"] = str(fake.ca.cert_file)
         content = yaml.safe_dump(kubeconfig)
         fake.cluster_info = lambda: {  # type: ignore[method-assign]
             "data": {"kubeconfig": content, "jws-kubeconfig-abcdef": jws_sign(content, TOKEN)}
         }
         message = failed_join(tmp_path, fake, join_token(fake))
-    assert message == "cluster-info: its CA file: No such file or directory: /nonexistent/ca.crt"
+    # A kubeconfig from the network never names a local file to read.
+    assert message == "cluster-info: no readable CA certificate in its kubeconfig"
 
 
 def test_a_given_bootstrap_kubeconfig_gives_its_ca(tmp_path: Path) -> None:
@@ -202,6 +203,14 @@ def test_a_given_bootstrap_kubeconfig_gives_its_ca(tmp_path: Path) -> None:
     ca = tmp_path / "node/pki/ca.crt"
     assert join(node) == f"the CA {ca_hash(pem)} of {given} in {ca}"
     assert ca.read_bytes() == pem
+    # A kubeconfig of the node's own may name its CA by file.
+    by_file = {"server": "https://c:6443", "certificate-authority": str(tmp_path / "ca.crt")}
+    given.write_text(yaml.safe_dump({"clusters": [{"name": "c", "cluster": by_file}]}))
+    assert join(node) == f"the CA {ca_hash(pem)} of {given} in {ca}"
+    by_file["certificate-authority"] = "/nonexistent/ca.crt"
+    given.write_text(yaml.safe_dump({"clusters": [{"name": "c", "cluster": by_file}]}))
+    with pytest.raises(JoinError, match="its CA file: No such file or directory: /nonexistent"):
+        join(node)
     given.write_text("clusters: []")
     with pytest.raises(JoinError, match=f"{given}: no readable CA certificate in its kubeconfig"):
         join(node)

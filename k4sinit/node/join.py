@@ -152,11 +152,15 @@ def _fetch(client: APIClient, server: str) -> Any:
         raise JoinError(str(exc)) from None
 
 
-def _ca_of(kubeconfig: str, where: str) -> bytes:
-    """The CA certificate (PEM) of a kubeconfig's first cluster; JoinError if none."""
+def _ca_of(kubeconfig: str, where: str, *, files: bool = False) -> bytes:
+    """The CA certificate (PEM) of a kubeconfig's first cluster; JoinError if none.
+
+    Only ``certificate-authority-data``, unless ``files``: a kubeconfig from
+    the network must not make k4sinit read a local file of its choosing.
+    """
     try:
         cluster = yaml.safe_load(kubeconfig)["clusters"][0]["cluster"]
-        if "certificate-authority-data" in cluster:
+        if "certificate-authority-data" in cluster or not files:
             ca_pem = base64.b64decode(cluster["certificate-authority-data"], validate=True)
         else:
             ca_pem = Path(cluster["certificate-authority"]).read_bytes()
@@ -190,7 +194,7 @@ def join(node: NodeSettings) -> str:
         if request is None:
             assert node.bootstrap_kubeconfig is not None  # checked by the config
             source = node.bootstrap_kubeconfig
-            ca_pem = _ca_of(_read(source), source)
+            ca_pem = _ca_of(_read(source), source, files=True)
             write_atomic(Path(node.pki("ca.crt")), ca_pem, CERT_MODE)
             return f"the CA {ca_hash(ca_pem)} of {source} in {node.pki('ca.crt')}"
         discovered = discover(request)
