@@ -1,110 +1,43 @@
 """Tests for k4sinit.host.storage: real loop devices, real mke2fs, real mounts.
 
-Each test makes sparse files in its tmp_path, attaches them with ``losetup``
-and detaches exactly the devices it attached, even when it fails. Whatever
-mounts runs in :func:`isolated`: a forked child in a private mount namespace,
-whose mounts end with it (a reboot, as far as the disk can tell), and which
-no other process on the machine can copy and keep. Labels carry a random
+Loop devices over sparse files in tmp_path, detached after each test; each
+boot runs in :func:`tests.disks.isolated` (a child in a private mount
+namespace: its mounts end with it, as at a reboot). Labels carry a random
 suffix, since the label scan reads every block device of the machine.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
 import hashlib
 import os
-import pickle
-import shutil
 import subprocess
-import traceback
 import uuid
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from k4sinit.core.config import FormatPolicy, StorageSpec
 from k4sinit.host import storage, system
 from k4sinit.host.storage import Signature, StorageError, identify
+from tests import disks
+from tests.disks import MiB, isolated, mkfs, needs_loop
 
-MiB = 1 << 20
-
-needs_loop = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("mke2fs"),
-    reason="needs root, losetup and mke2fs (e2fsprogs)",
-)
-
-Attach = Callable[..., str]
-T = TypeVar("T")
+Attach = disks.Attach
 
 
 @pytest.fixture
 def attach(tmp_path: Path) -> Iterator[Attach]:
-    """attach(size=64 MiB, read_only=False, name=...) -> a loop device over a new sparse file."""
-    devices: list[str] = []
-
-    def make(size: int = 64 * MiB, *, read_only: bool = False, name: str = "disk") -> str:
-        image = tmp_path / f"{name}-{len(devices)}.img"
-        with open(image, "wb") as f:
-            f.truncate(size)
-        argv = ["losetup", "--find", "--show", *(["--read-only"] if read_only else []), str(image)]
-        device = subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
-        devices.append(device)
-        return device
-
-    yield make
-    for device in reversed(devices):
-        subprocess.run(["losetup", "--detach", device], check=False)
+    with disks.loop_devices(tmp_path) as make:
+        yield make
 
 
 @pytest.fixture
 def mount_point(tmp_path: Path) -> Path:
     """Where the tests mount (only ever in :func:`isolated`)."""
     return tmp_path / "data"
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNS = 0x20000
-MS_REC, MS_PRIVATE = 0x4000, 1 << 18
-
-
-def isolated(fn: Callable[[], T]) -> T:
-    """``fn()`` in a forked child in a private mount namespace; its result, or its exception.
-
-    The child's mounts end with it, so each call is a boot of its own.
-    """
-    read, write = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
-        pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        try:
-            os.close(read)
-            if _libc.unshare(CLONE_NEWNS) != 0:
-                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
-            system.mount("none", "/", "", MS_REC | MS_PRIVATE)
-            try:
-                outcome: tuple[bool, object, str] = (True, fn(), "")
-            except BaseException as exc:
-                outcome = (False, exc, traceback.format_exc())
-            with os.fdopen(write, "wb") as f:
-                f.write(pickle.dumps(outcome))
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    ok, value, trace = pickle.loads(data) if data else (False, AssertionError("child died"), "")
-    if not ok:
-        assert isinstance(value, BaseException)
-        value.add_note(trace)
-        raise value
-    return value  # type: ignore[return-value]
 
 
 def prepare(wanted: StorageSpec, **options: Any) -> storage.Mounted:
@@ -115,11 +48,6 @@ def prepare(wanted: StorageSpec, **options: Any) -> storage.Mounted:
 @pytest.fixture
 def label() -> str:
     return "k4s-" + uuid.uuid4().hex[:8]
-
-
-def mkfs(device: str, kind: str = "ext4", label: str | None = None) -> None:
-    argv = ["mke2fs", "-q", "-t", kind, *(["-L", label] if label else []), device]
-    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
 
 
 def checksum(device: str) -> str:
@@ -448,7 +376,7 @@ def test_a_read_only_device_is_refused(
 def test_a_full_disk_is_mounted_and_reported(attach: Attach, mount_point: Path, label: str) -> None:
     device = attach(8 * MiB)
     wanted = spec(mount_point, label=label, path=device, format=FormatPolicy.IF_BLANK)
-    isolated(lambda: fill(storage.prepare(wanted).mount_point + "/filler"))
+    isolated(lambda: disks.fill(storage.prepare(wanted).mount_point + "/filler"))
 
     def full_boot() -> tuple[storage.Mounted, bool]:
         return storage.prepare(wanted), (mount_point / "filler").exists()
@@ -459,19 +387,6 @@ def test_a_full_disk_is_mounted_and_reported(attach: Attach, mount_point: Path, 
     assert full.free < MiB  # ext4 keeps a little for itself
     assert full.summary().endswith("; writes fail: No space left on device")
     assert kept  # nothing was removed
-
-
-def fill(path: str) -> None:
-    """Write to ``path`` until the filesystem refuses even 4 KiB more."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for chunk in (MiB, 4096):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"\xff" * chunk)
-                    os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- what goes wrong around the device ----------------------------------------------------

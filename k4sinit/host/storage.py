@@ -65,9 +65,13 @@ __all__ = [
     "StorageError",
     "UeventWatch",
     "block_devices",
+    "device_at",
     "identify",
+    "matches",
+    "mounted_on",
     "prepare",
     "probe",
+    "size_text",
 ]
 
 MiB = 1 << 20
@@ -315,6 +319,22 @@ def device_at(path: str, sysfs: str = "/sys") -> BlockDevice | None:
     return _device(directory, path) if os.path.isdir(directory) else None
 
 
+def mounted_on(mount_point: str, sysfs: str = "/sys", dev: str = "/dev") -> BlockDevice | None:
+    """The block device whose filesystem is mounted at ``mount_point`` (None: no mount
+    there, or one of no block device, like tmpfs)."""
+    try:
+        if not os.path.ismount(mount_point):
+            return None
+        here = os.stat(mount_point).st_dev
+    except OSError:
+        return None
+    numbers = f"{os.major(here)}:{os.minor(here)}"
+    directory = os.path.realpath(os.path.join(sysfs, "dev", "block", numbers))
+    if not os.path.isdir(directory):
+        return None
+    return _device(directory, os.path.join(dev, os.path.basename(directory).replace("!", "/")))
+
+
 def _read_exactly(fd: int, length: int, offset: int) -> bytes:
     data = bytearray()
     while len(data) < length:
@@ -451,7 +471,7 @@ class Mounted:
     signature: Signature
     mount_point: str
     size: int  # bytes of the filesystem
-    free: int  # bytes k4sinit (root) can still write
+    free: int  # bytes available, as df shows them (root may write into the reserve beyond)
     formatted: bool = False
     already: bool = False  # it was mounted there before (a boot retried)
     write_error: str | None = None
@@ -462,18 +482,18 @@ class Mounted:
         what = "formatted and mounted" if self.formatted else "mounted"
         text = (
             f"{self.device} ({self.signature.describe()}) {what} on {self.mount_point}:"
-            f" {_size(self.free)} free of {_size(self.size)}"
+            f" {size_text(self.free)} free of {size_text(self.size)}"
         )
         if self.write_error is not None:
             text += f"; writes fail: {self.write_error}"
         return text
 
 
-def _size(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):.1f} {unit}"
-    return f"{n} bytes"
+def size_text(n: int) -> str:
+    """``1.5 GiB``, ``2 GiB``, ``300 MiB``: a disk's size or free space for people."""
+    if n >= 1 << 30:
+        return f"{n / (1 << 30):.1f} GiB".replace(".0 GiB", " GiB")
+    return f"{n >> 20} MiB"
 
 
 @dataclass(frozen=True)
@@ -535,7 +555,8 @@ def _wait_for(spec: StorageSpec, context: _Context, watch: Watch) -> Probe:
         watch.wait(min(left, RESCAN))
 
 
-def _matches(spec: StorageSpec, signature: Signature) -> bool:
+def matches(spec: StorageSpec, signature: Signature) -> bool:
+    """Whether ``signature`` is a filesystem with every label and UUID ``spec`` gives."""
     return (
         signature.filesystem
         and (spec.label is None or signature.label == spec.label)
@@ -553,7 +574,7 @@ def _locate(spec: StorageSpec, context: _Context) -> Probe | None:
         for device in block_devices(context.sysfs, context.dev):
             with contextlib.suppress(StorageError):  # unreadable: not the one (listed if missing)
                 head = probe(device, edges=False)
-                if any(_matches(spec, s) for s in head.signatures):
+                if any(matches(spec, s) for s in head.signatures):
                     found.append(device)
         if len(found) > 1:
             names = ", ".join(d.path for d in found)
@@ -587,7 +608,7 @@ def _missing(spec: StorageSpec, context: _Context) -> str:
 def _use(spec: StorageSpec, found: Probe, context: _Context) -> Mounted:
     """Check what was found against ``spec``, format a blank device if allowed, mount."""
     device = found.device
-    matching = [s for s in found.filesystems if _matches(spec, s)]
+    matching = [s for s in found.filesystems if matches(spec, s)]
     formatted = False
     if matching:
         signature = matching[0]
@@ -672,7 +693,7 @@ def _format(spec: StorageSpec, device: BlockDevice, context: _Context) -> Signat
         raise StorageError(
             f"making {spec.filesystem} on {device.path} failed (exit status {status}){detail}"
         )
-    made = [s for s in probe(device, edges=False).filesystems if _matches(spec, s)]
+    made = [s for s in probe(device, edges=False).filesystems if matches(spec, s)]
     if len(made) != 1 or made[0].kind != spec.filesystem:
         raise StorageError(
             f"{' '.join(argv)} succeeded, but {device.path} shows no such filesystem"
@@ -726,7 +747,7 @@ def _mount(
         signature=signature,
         mount_point=target,
         size=usage.f_blocks * usage.f_frsize,
-        free=usage.f_bfree * usage.f_frsize,
+        free=usage.f_bavail * usage.f_frsize,
         formatted=formatted,
         already=already,
         write_error=write_test(target),
