@@ -1,4 +1,4 @@
-"""``k4sinit apply-manifests`` (k4sinit/network/applier.py): when it applies, retries and is ready.
+"""``k4sinit apply-manifests`` (k4sinit/node/applier.py): when it applies, retries and is ready.
 
 The loop runs on trio's virtual clock with a recording stand-in for kubectl (it
 says it is one: :class:`FakeKubectl`), so rounds and backoff happen at exact
@@ -15,8 +15,8 @@ import pytest
 import trio
 import trio.testing
 
-from k4sinit.network import applier
-from k4sinit.network.applier import Applier, ApplyResult
+from k4sinit.node import applier
+from k4sinit.node.applier import Applier, ApplyResult
 
 
 class FakeKubectl:

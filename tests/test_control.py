@@ -666,7 +666,7 @@ async def test_status_pki_of_a_node_that_has_not_made_it_yet(tmp_path: Path) -> 
 
 
 async def test_status_replies_have_exactly_the_keys_of_their_wire_types(tmp_path: Path) -> None:
-    """control.py's reply types are what the CLI reads: no key missing, none unknown."""
+    """control/wire.py's reply types are what the CLI reads: no key missing, none unknown."""
     from k4sinit import control
     from k4sinit.control import Request
 

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from k4sinit import cli, control
+from k4sinit.cli.format import format_image_line
 from k4sinit.control import Request
 from k4sinit.core import imageinfo
 from k4sinit.core.config import Config
@@ -165,7 +166,7 @@ def test_status_has_no_image_line_without_an_image(
 ) -> None:
     code, out = run_status(monkeypatch, capsys, status_result(None))
     assert code == 0 and "image:" not in out
-    assert cli.format_image_line(None) is None
+    assert format_image_line(None) is None
 
 
 async def test_the_daemons_status_snapshot_carries_the_image(tmp_path: Path) -> None:

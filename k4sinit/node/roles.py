@@ -4,9 +4,12 @@ A config with a ``node:`` section (see :mod:`k4sinit.core.nodespec`) names a
 profile; this module turns it into services::
 
     load_config(path)                     Config(services=<the file's>, node=NodeSpec)
-      -> settings(config, role_from_kernel=...)   NodeSettings (every default resolved)
-      -> expand(config, role_from_kernel=...)     Config(services=<roles> + <the file's>)
+      -> expand_node(config, role_from_kernel=...)    ExpandedNode:
+           .settings                      NodeSettings (every default resolved)
+           .config                        Config(services=<roles> + <the file's>)
       -> write_files(settings)            the roles' config files, at boot
+
+(:func:`settings` and :func:`expand` give one half each.)
 
 Profiles: ``controller`` = datastore, kube-apiserver, kube-scheduler,
 kube-controller-manager, manifests, coredns; ``worker`` = containerd, images,
@@ -62,10 +65,12 @@ from k4sinit.core.spec import (
 from k4sinit.services.registry import role_module
 
 __all__ = [
+    "ExpandedNode",
     "NodeSettings",
     "describe",
     "directories",
     "expand",
+    "expand_node",
     "files",
     "settings",
     "write_files",
@@ -89,8 +94,11 @@ def settings(
     hostname is "(none)").
     """
     node = _effective(config, role_from_kernel)
-    if node is None:
-        return None
+    return None if node is None else _resolve(config, node, hostname)
+
+
+def _resolve(config: Config, node: NodeSpec, hostname: str | None) -> NodeSettings:
+    """The settings of ``node`` (the effective node section); see :func:`settings`."""
     name, source = next(
         (value.lower(), where)
         for value, where in (
@@ -175,10 +183,22 @@ def _error(
 # --- expansion -----------------------------------------------------------------------
 
 
-def expand(
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExpandedNode:
+    """A config with the node's roles expanded, and the settings they were made from.
+
+    ``settings`` is None (and ``config`` the loaded one) when the node runs no roles.
+    """
+
+    config: Config
+    settings: NodeSettings | None
+
+
+def expand_node(
     config: Config, *, role_from_kernel: str | None = None, hostname: str | None = None
-) -> Config:
-    """``config`` with the profile's role services first, then the file's own services.
+) -> ExpandedNode:
+    """``config`` with the profile's role services first, then the file's own services,
+    and the node's settings (:func:`settings`): one call for both.
 
     Each role is its module's service with the config's overrides applied
     (``extraArgs`` replace default flags of the same name and are appended;
@@ -192,11 +212,10 @@ def expand(
     result has the role services, so a second expansion finds them taken.
     Raises :class:`ConfigErrors`.
     """
-    node_settings = settings(config, role_from_kernel=role_from_kernel, hostname=hostname)
-    if node_settings is None:
-        return config
     node = _effective(config, role_from_kernel)
-    assert node is not None
+    if node is None:
+        return ExpandedNode(config, None)
+    node_settings = _resolve(config, node, hostname)
     errors: list[ConfigError] = []
     services: dict[str, ServiceSpec] = {}
     for role in node_settings.roles:
@@ -215,7 +234,14 @@ def expand(
     errors += _check(config, node, services, set(node_settings.roles))
     if errors:
         raise ConfigErrors(config.source, errors)
-    return dataclasses.replace(config, services=services, node=node)
+    return ExpandedNode(dataclasses.replace(config, services=services, node=node), node_settings)
+
+
+def expand(
+    config: Config, *, role_from_kernel: str | None = None, hostname: str | None = None
+) -> Config:
+    """The expanded config alone (:func:`expand_node`'s ``config``), as ``check`` needs it."""
+    return expand_node(config, role_from_kernel=role_from_kernel, hostname=hostname).config
 
 
 def _override(spec: ServiceSpec, override: RoleOverride, *, keep: set[str]) -> ServiceSpec:

@@ -2,7 +2,7 @@
 
 What kubeadm's ``bootstrap-token`` and ``addon`` phases and k0s' manifest applier
 do, as a service of the control plane: ``k4sinit apply-manifests`` (see
-:mod:`k4sinit.network.applier`) applies every ``*.yaml``/``*.yml``/``*.json`` under
+:mod:`k4sinit.node.applier`) applies every ``*.yaml``/``*.yml``/``*.json`` under
 ``node.manifestsDir`` (default ``<dataDir>/manifests``) with ``kubectl apply
 --server-side`` once the apiserver is ready, and again whenever a file there
 changes, as k3s auto-deploys its manifests directory. It is ready (a file
