@@ -334,6 +334,8 @@ def test_a_missing_path_names_it(mount_point: Path) -> None:
 @needs_loop
 def test_a_uevent_wakes_the_watch(attach: Attach) -> None:
     with storage.UeventWatch() as watch:
+        if not watch.listening:
+            pytest.skip("no uevent socket here (the wait falls back to rescans)")
         attach(8 * MiB)
         assert watch.wait(30) is True
 

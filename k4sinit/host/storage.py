@@ -423,6 +423,11 @@ class UeventWatch:
         except OSError:
             self._sock = None
 
+    @property
+    def listening(self) -> bool:
+        """Whether the kernel's events arrive (else :meth:`wait` only sleeps)."""
+        return self._sock is not None
+
     def wait(self, timeout: float) -> bool:
         """Return after the next device event (True), or after ``timeout`` seconds (False)."""
         if self._sock is None:
