@@ -6,7 +6,8 @@
       loop forever:
         boot():   mounts -> kernel cmdline -> config -> [switch into a tmpfs
                   root, re-exec] -> coldplug -> modules -> sysctls -> hostname
-                  -> machine-id, then supervise(Booted): the composition root
+                  -> machine-id -> storage (the config's disk on the data
+                  directory), then supervise(Booted): the composition root
                   (k4sinit.daemon.root: roles, cgroups, preflight, node files,
                   network, supervisor, control) runs until a shutdown is asked for
         shutdown: services stopped in reverse order (by the daemon), then
@@ -42,7 +43,7 @@ from k4sinit.core import cmdline, imageinfo, log
 from k4sinit.core.config import Config, Fallback, SwitchRoot, SystemSpec
 from k4sinit.core.netspec import NetworkSpec, choose_network
 from k4sinit.core.paths import DEFAULT_PATH
-from k4sinit.host import system
+from k4sinit.host import storage, system
 from k4sinit.pid1 import power
 
 CP_PATH = "/bin:/usr/bin"  # where a cp with -a is (busybox, coreutils); not u-root's /bbin
@@ -147,6 +148,7 @@ def boot(
         switch_root_and_reexec()  # does not return
     network = node_network(config, kernel, logger)
     prepare_system(config, kernel, network, container=container, logger=logger)
+    mount_storage(config, logger)
     booted = Booted(
         config=config,
         kernel=kernel,
@@ -212,6 +214,24 @@ def prepare_system(
     # Loopback: the network brings it up first thing, before any service starts.
     if not container:
         power.disable_ctrl_alt_del()
+
+
+def mount_storage(config: Config, logger: Any) -> None:
+    """The config's ``storage`` mounted on its mount point, before the composition root
+    writes the node's files and PKI there; a full disk is logged (preflight judges it).
+
+    Raises BootError when the storage cannot be used: a controller that went on
+    with its state in the root would make a new cluster, and lose it at reboot.
+    """
+    if config.storage is None:
+        return
+    try:
+        done = storage.prepare(config.storage, say=lambda line: logger.info("storage: " + line))
+    except storage.StorageError as exc:
+        raise BootError(f"storage: {exc}") from None
+    logger.info("storage: " + done.summary())
+    if done.write_error is not None:
+        logger.error("storage: writes fail", device=done.device, error=done.write_error)
 
 
 def finish(action: power.Action, logger: Any, writer: log.NonBlockingWriter) -> None:
