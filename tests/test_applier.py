@@ -2,7 +2,7 @@
 
 The loop runs on trio's virtual clock with a recording stand-in for kubectl (it
 says it is one: :class:`FakeKubectl`), so rounds and backoff happen at exact
-times. The real kubectl against a real apiserver is tests/test_node.py's.
+times. The real kubectl against a real apiserver is tests/test_control_plane.py's.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 One ``k4sinit dev`` container runs the ``controller`` profile (kine, the
 apiserver, scheduler, controller-manager, manifests, CoreDNS) from the k4s
-build, as tests/test_node.py does, in its own network namespace (10.99.0.1 on
+build, as tests/test_control_plane.py does, in its own network namespace (10.99.0.1 on
 a bridge). ``k4sinit token create`` there makes a bootstrap token; the
 worker's side of the join (:func:`k4sinit.node.join.join`: discovery,
 the CA pin, the JWS check, the files) runs in a Python process inside that
@@ -31,7 +31,7 @@ from k4sinit.node.tokens import ca_hash
 from k4sinit.pid1.container import host_cgroup2_mount
 
 from .conftest import Container, wait_until
-from .test_node import ADDRESS, _wait_up, config_text, kubectl, nsenter, stop_and_check
+from .test_control_plane import ADDRESS, _wait_up, config_text, kubectl, nsenter, stop_and_check
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or host_cgroup2_mount() is None,
