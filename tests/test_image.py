@@ -285,6 +285,21 @@ def read_archive(
     return manifest, config, members
 
 
+def wait_for_handler(pid: int, sig: int, timeout: float = 30) -> None:
+    """Until process ``pid`` catches ``sig`` (its SigCgt mask in /proc), so a signal
+    sent next meets its handler and not the default action."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(
+            next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16
+        )
+        if caught & (1 << (sig - 1)):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"pid {pid} did not install a handler for signal {sig} in {timeout}s")
+
+
 def test_the_pause_image_is_kubernetes_pause_as_upstream_runs_it(userland: Any) -> None:
     ref = oci.pause_ref(userland.versions["pause"])
     archive = oci.pause_archive(userland.pause, ref)
@@ -299,7 +314,7 @@ def test_the_pause_image_is_kubernetes_pause_as_upstream_runs_it(userland: Any) 
     assert out.stdout.strip() == f"pause.c v{userland.versions['pause']}"
     proc = subprocess.Popen([str(userland.pause)])
     try:
-        time.sleep(0.2)
+        wait_for_handler(proc.pid, signal.SIGTERM)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
