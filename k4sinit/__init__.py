@@ -12,15 +12,17 @@ below it (``tests/test_layers.py`` checks every import against this list):
 * ``supervision/``: the one process waiter, spawning, output, cgroups,
   probes, one runner per service, the supervisor
 * ``network/``: the node's network, applied with pyroute2, and the ``network``
-  built-in dependency; ``k4sinit apply-manifests`` (the manifests role's program)
+  built-in dependency
 * ``services/``: each Kubernetes role described as a service, and the registry
 * ``node/``: the ``node:`` section expanded into role services and files, the
-  PKI and the ``pki`` built-in dependency, preflight
+  PKI and the ``pki`` built-in dependency, preflight, and ``k4sinit
+  apply-manifests`` (the manifests role's program)
 * ``control/``: the control socket's wire types, server and client, and the
   virtio-serial port that carries it out of a VM
 * ``pid1/``: what only PID 1 does: boot stages, switch root, fallback, power,
   the container mode
-* ``daemon``: the one composition root, used by ``run``, ``init`` and ``dev``
+* ``daemon/``: the one composition root, used by ``run``, ``init`` and ``dev``,
+  and the daemon it builds
 * ``cli/``: the ``k4sinit`` command
 """
 

@@ -347,3 +347,17 @@ def userland(vm_tools: None) -> Any:
         return gobuild.build(say=lambda line: print(line, file=sys.stderr, flush=True))
     except gobuild.GoBuildError as exc:
         pytest.fail(f"the k4s build failed: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def unshare() -> str:
+    """The unshare binary, if this machine lets us make a pid namespace."""
+    path = shutil.which("unshare")
+    if path is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    probe = subprocess.run(
+        [path, "--pid", "--fork", "--mount-proc", "true"], capture_output=True, text=True
+    )
+    if probe.returncode != 0 and "Operation not permitted" in probe.stderr:
+        pytest.skip(f"no permission to create a pid namespace: {probe.stderr.strip()}")
+    return path

@@ -1,8 +1,8 @@
-"""``k4sinit apply-manifests`` (k4sinit/network/applier.py): when it applies, retries and is ready.
+"""``k4sinit apply-manifests`` (k4sinit/node/applier.py): when it applies, retries and is ready.
 
 The loop runs on trio's virtual clock with a recording stand-in for kubectl (it
 says it is one: :class:`FakeKubectl`), so rounds and backoff happen at exact
-times. The real kubectl against a real apiserver is tests/test_node.py's.
+times. The real kubectl against a real apiserver is tests/test_control_plane.py's.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 import trio
 import trio.testing
 
-from k4sinit.network import applier
-from k4sinit.network.applier import Applier, ApplyResult
+from k4sinit.node import applier
+from k4sinit.node.applier import Applier, ApplyResult
 
 
 class FakeKubectl:

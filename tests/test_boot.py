@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from k4sinit.pid1.container import host_cgroup2_mount
+from tests import disks
 
 from .conftest import child_cmd, pid_alive, wait_until
 
@@ -177,3 +178,66 @@ services:
     wait_until(lambda: node.socket.exists(), timeout=60, what="the retried boot")
     node.wait_ready()
     assert node.status()["api"]["state"] == "running"
+
+
+STORAGE = """
+storage:
+  device: {label: %(label)s, path: %(device)s}
+  format: ifBlank
+  mountPoint: %(mount)s
+  waitSeconds: %(wait)s
+services:
+  writer:
+    command: [/bin/sh, -c, 'echo boot >> %(mount)s/boots && exec sleep 1000']
+"""
+
+
+@disks.needs_loop
+def test_storage_is_mounted_before_services_and_kept_across_boots(
+    boot: Any, tmp_path: Path
+) -> None:
+    mount = tmp_path / "data"
+    with disks.loop_devices(tmp_path) as attach:
+        device = attach()
+        config = STORAGE % {"label": "k4s-boot", "device": device, "mount": mount, "wait": 5}
+        for boots in ("boot\n", "boot\nboot\n"):
+            node = boot(config)
+            node.wait_ready()
+            # The mount is the container's own: seen through its PID 1's root.
+            seen = Path(f"/proc/{node.init_pid}/root") / str(mount).lstrip("/")
+            written = seen / "boots"
+            wait_until(written.exists, timeout=30, what="the service's write")
+            assert written.read_text() == boots
+            storage_lines = [
+                e["event"] for e in node.events() if e["event"].startswith("storage: ")
+            ]
+            first = boots == "boot\n"
+            assert any(
+                line.startswith(f"storage: {device} (ext4 labelled 'k4s-boot' (UUID ")
+                and (" formatted and mounted on " if first else ") mounted on ") in line
+                for line in storage_lines
+            ), storage_lines
+            assert node.cli("poweroff").returncode == 0
+            assert node.wait_exit() == 0
+            assert not mount.joinpath("boots").exists()  # it was never on the host's side
+
+
+@disks.needs_loop
+def test_missing_storage_fails_the_boot_into_the_fallback(boot: Any, tmp_path: Path) -> None:
+    config = STORAGE % {
+        "label": "k4s-nowhere",
+        "device": "/dev/k4s-nowhere",
+        "mount": tmp_path / "data",
+        "wait": 0,
+    }
+    node = boot(config)
+    wait_until(lambda: "retrying the boot" in node.log_text(), timeout=60, what="the fallback")
+    failed = [e for e in node.events() if e.get("event") == "boot failed"]
+    assert failed and failed[0]["error"].startswith(
+        "storage: no filesystem with label 'k4s-nowhere', and no block device at"
+        " /dev/k4s-nowhere after 0s; block devices: "
+    )
+    assert not node.socket.exists()  # no service started
+    assert node.proc.poll() is None  # PID 1 is still there
+    node.proc.kill()  # PID 1 takes no SIGTERM between boot attempts: end the namespace
+    node.proc.wait()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import calendar
 import json
 import os
 import re
@@ -16,6 +18,9 @@ from typing import Any
 import pytest
 
 from k4sinit import __version__
+from k4sinit.cli.format import format_tokens
+from k4sinit.cli.parser import build_parser, duration
+from k4sinit.node.tokens import TokenJSON
 from tests.conftest import (
     DaemonProcess,
     child_cmd,
@@ -598,6 +603,80 @@ def test_missing_socket_is_a_one_line_error(tmp_path: Path) -> None:
     assert out.stdout == ""
     assert out.stderr.count("\n") == 1
     assert f"no k4sinit control socket at {missing}" in out.stderr
+
+
+# --- token -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30m", 1800), ("24h", 86400), ("7d", 604800), ("1h30m", 5400), ("90", 90), ("0", 0)],
+)
+def test_token_ttls_are_durations(text: str, seconds: float) -> None:
+    assert duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "1y", "h", "30m1h", "-1h"])
+def test_a_ttl_that_is_no_duration_is_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a duration like 30m"):
+        duration(text)
+
+
+def test_token_takes_its_socket_before_or_after_the_action() -> None:
+    parser = build_parser()
+    for argv in (
+        ["token", "--socket", "/s", "create", "--ttl", "2h"],
+        ["token", "create", "--ttl", "2h", "--socket", "/s"],
+    ):
+        args = parser.parse_args(argv)
+        assert (args.socket, args.token_command, args.ttl, args.server) == (
+            "/s",
+            "create",
+            7200,
+            None,
+        )
+    args = parser.parse_args(["token", "revoke", "abcdef"])
+    assert (args.socket, args.token_command, args.id) == (None, "revoke", "abcdef")
+
+
+def test_token_list_shows_each_tokens_time_left() -> None:
+    now = calendar.timegm((2026, 5, 1, 12, 0, 0))
+    tokens: list[TokenJSON] = [
+        {
+            "id": "abcdef",
+            "expires": "2026-05-02T12:00:00Z",
+            "usages": ["authentication", "signing"],
+            "groups": ["system:bootstrappers:k4sinit:default-node-token"],
+            "description": "k4sinit: joins a worker node",
+        },
+        {"id": "zzzzzz", "expires": None, "usages": [], "groups": [], "description": ""},
+        {
+            "id": "old000",
+            "expires": "2026-05-01T11:00:00Z",
+            "usages": [],
+            "groups": [],
+            "description": "",
+        },
+    ]
+    table = format_tokens(tokens, now).splitlines()
+    assert table[0].split() == ["ID", "TTL", "EXPIRES", "USAGES", "GROUPS", "DESCRIPTION"]
+    assert table[1].split()[:5] == [
+        "abcdef",
+        "1d00h",
+        "2026-05-02T12:00:00Z",
+        "authentication,signing",
+        "system:bootstrappers:k4sinit:default-node-token",
+    ]
+    assert table[2].split() == ["zzzzzz", "forever", "never", "-", "-"]
+    assert table[3].split()[:2] == ["old000", "expired"]
+
+
+def test_token_on_a_node_without_roles_is_a_one_line_error(start_daemon: Any) -> None:
+    d = start_daemon(services_config({"a": SLEEPER}))
+    d.wait_for(all_up("a"))
+    out = d.cli("token", "create")
+    assert out.returncode == 1
+    assert out.stderr == "k4sinit: token: this node runs no Kubernetes roles (no node: section)\n"
 
 
 def test_a_reader_that_goes_away_gets_no_traceback() -> None:

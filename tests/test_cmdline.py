@@ -142,3 +142,29 @@ def test_read_of_a_missing_file_is_a_warning(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-cmdline"
     options = cmdline.read(str(missing))
     assert options == KernelOptions(warnings=(f"cannot read {missing}: No such file or directory",))
+
+
+TOKEN = f"K4S1::https://10.0.0.1:6443::sha256:{'ab' * 32}::abcdef.s3cr3tt0k3nvalue"
+
+
+def test_a_join_token_is_read() -> None:
+    options = cmdline.parse(f"console=ttyS0 k4sinit.role=worker k4sinit.token={TOKEN} quiet")
+    assert options.token is not None and str(options.token) == TOKEN
+    assert options.warnings == ()
+    assert "s3cr3tt0k3nvalue" not in repr(options)
+
+
+@pytest.mark.parametrize(
+    ("word", "warning"),
+    [
+        (f"k4sinit.token={TOKEN}x", "k4sinit.token: the join token's last part: not a bootstrap"),
+        ("k4sinit.token=abcdef.s3cr3tt0k3nvalue", "k4sinit.token: a bare bootstrap token"),
+        ("k4sinit.token", "kernel option k4sinit.token needs a value"),
+    ],
+)
+def test_a_malformed_join_token_is_a_warning_without_its_secret(word: str, warning: str) -> None:
+    options = cmdline.parse(word)
+    assert options.token is None
+    [found] = options.warnings
+    assert found.startswith(warning)
+    assert "s3cr3tt0k3nvalue" not in found

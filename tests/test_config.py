@@ -108,7 +108,9 @@ def test_unknown_top_level_key_suggests() -> None:
     errors = errors_of("services: {}\nservces: {}\nzzz: 1\n")
     assert where(errors) == [(2, None, "servces"), (3, None, "zzz")]
     assert errors[0].hint == "did you mean 'services'?"
-    assert errors[1].hint == "known keys: node, services, hostname, modules, sysctls, boot, network"
+    assert errors[1].hint == (
+        "known keys: node, services, hostname, modules, sysctls, boot, network, storage"
+    )
 
 
 def test_wrong_types_name_what_was_expected_and_given() -> None:

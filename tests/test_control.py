@@ -135,7 +135,7 @@ def test_fifty_simultaneous_clients_all_get_answers(daemon: Served) -> None:
         ([1, 2], "request must be a JSON object, got list"),
         (
             {"op": "frobnicate"},
-            "unknown op 'frobnicate'; expected one of status, logs, start, stop, restart, kill, stop_all, reboot, poweroff, halt, kubeconfig",
+            "unknown op 'frobnicate'; expected one of status, logs, start, stop, restart, kill, stop_all, reboot, poweroff, halt, kubeconfig, token_create, token_list, token_revoke",
         ),
         ({"op": "stop"}, "op 'stop' needs a service 'name'"),
         ({"op": "stop", "name": 7}, "'name' must be a string"),
@@ -150,6 +150,23 @@ def test_fifty_simultaneous_clients_all_get_answers(daemon: Served) -> None:
             {"op": "kill", "name": "a", "signal": "SIGNOPE"},
             "unknown signal 'SIGNOPE'; e.g. TERM, KILL, HUP",
         ),
+        (
+            {"op": "token_create", "ttl": -1},
+            "'ttl' must be seconds from 0 (never expires) to 316224000",
+        ),
+        (
+            {"op": "token_create", "server": "http://c:6443"},
+            "'server': expected an https:// URL, like https://10.0.0.1:6443",
+        ),
+        ({"op": "token_revoke"}, "'name' of token_revoke must be a token id ([a-z0-9]{6})"),
+        (
+            {"op": "token_revoke", "name": "../x"},
+            "'name' of token_revoke must be a token id ([a-z0-9]{6})",
+        ),
+        (
+            {"op": "token_list"},
+            "token: this node runs no Kubernetes roles (no node: section)",
+        ),
     ],
     ids=[
         "not-object",
@@ -161,6 +178,11 @@ def test_fifty_simultaneous_clients_all_get_answers(daemon: Served) -> None:
         "unknown-name",
         "signal-not-str",
         "signal-unknown",
+        "ttl-negative",
+        "server-http",
+        "revoke-no-id",
+        "revoke-bad-id",
+        "token-no-node",
     ],
 )
 def test_invalid_request_gets_a_precise_error(daemon: Served, request_: Any, message: str) -> None:
@@ -404,7 +426,8 @@ def test_the_cli_points_the_kubeconfig_at_another_server() -> None:
         (
             b'{"op": ' + b"[" * 900 + b"]" * 900 + b"}",
             "unknown op (a JSON array); expected one of status, logs, start, stop, restart, "
-            "kill, stop_all, reboot, poweroff, halt, kubeconfig",
+            "kill, stop_all, reboot, poweroff, halt, kubeconfig, token_create, token_list, "
+            "token_revoke",
         ),
     ],
     ids=["deep-array", "long-int", "deep-op"],
@@ -666,7 +689,7 @@ async def test_status_pki_of_a_node_that_has_not_made_it_yet(tmp_path: Path) -> 
 
 
 async def test_status_replies_have_exactly_the_keys_of_their_wire_types(tmp_path: Path) -> None:
-    """control.py's reply types are what the CLI reads: no key missing, none unknown."""
+    """control/wire.py's reply types are what the CLI reads: no key missing, none unknown."""
     from k4sinit import control
     from k4sinit.control import Request
 

@@ -24,9 +24,10 @@ import structlog
 import trio
 
 from k4sinit import control
-from k4sinit.control import ControlClientError, ControlServer, Request, RequestError, Send, ok
+from k4sinit.control import ControlClientError, Request, RequestError, ok
 from k4sinit.control import port as controlport
 from k4sinit.control.port import GuestBridge, LineReader
+from k4sinit.control.server import ControlServer, Send
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "rootfs"))
 from relay import HostRelay

@@ -27,14 +27,13 @@ import pytest
 import trio
 
 from k4sinit.config import load_config_text
-from k4sinit.control import (
-    ACCEPT_BACKOFF,
+from k4sinit.control.server import ACCEPT_BACKOFF, ControlServer
+from k4sinit.control.wire import (
     MAX_CONNECTIONS,
     MAX_FOLLOWERS,
     REPLY_CHUNK,
     REQUEST_TIMEOUT,
     SEND_TIMEOUT,
-    ControlServer,
     Request,
     encode,
     ok,

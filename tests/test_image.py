@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from k4sinit import cli, control
+from k4sinit.cli.format import format_image_line
 from k4sinit.control import Request
 from k4sinit.core import imageinfo
 from k4sinit.core.config import Config
@@ -171,7 +172,7 @@ def test_status_has_no_image_line_without_an_image(
 ) -> None:
     code, out = run_status(monkeypatch, capsys, status_result(None))
     assert code == 0 and "image:" not in out
-    assert cli.format_image_line(None) is None
+    assert format_image_line(None) is None
 
 
 async def test_the_daemons_status_snapshot_carries_the_image(tmp_path: Path) -> None:
@@ -284,6 +285,21 @@ def read_archive(
     return manifest, config, members
 
 
+def wait_for_handler(pid: int, sig: int, timeout: float = 30) -> None:
+    """Until process ``pid`` catches ``sig`` (its SigCgt mask in /proc), so a signal
+    sent next meets its handler and not the default action."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(
+            next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16
+        )
+        if caught & (1 << (sig - 1)):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"pid {pid} did not install a handler for signal {sig} in {timeout}s")
+
+
 def test_the_pause_image_is_kubernetes_pause_as_upstream_runs_it(userland: Any) -> None:
     ref = oci.pause_ref(userland.versions["pause"])
     archive = oci.pause_archive(userland.pause, ref)
@@ -298,7 +314,7 @@ def test_the_pause_image_is_kubernetes_pause_as_upstream_runs_it(userland: Any) 
     assert out.stdout.strip() == f"pause.c v{userland.versions['pause']}"
     proc = subprocess.Popen([str(userland.pause)])
     try:
-        time.sleep(0.2)
+        wait_for_handler(proc.pid, signal.SIGTERM)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:

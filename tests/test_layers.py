@@ -5,12 +5,16 @@ it in :data:`ALLOWED` (and itself). The rule covers module-level imports,
 imports inside functions (the CLI's lazy ones) and ``if TYPE_CHECKING:``
 imports alike, since a type-only import still couples the modules. A second
 test fails on any import cycle between modules, and a third keeps trio and
-pyroute2 out of the pure core.
+pyroute2 out of the pure core. The last ones run the CLI's client commands in a
+fresh interpreter: they load no trio (the control client is synchronous).
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,3 +141,56 @@ def test_the_core_loads_no_event_loop_or_system_library(third_party: str) -> Non
         if target == third_party or target.startswith(third_party + ".")
     ]
     assert offenders == []
+
+
+# --- what the CLI's client loads ----------------------------------------------------
+
+#: Packages a client command must not load: the event loop, the daemon's libraries and
+#: the config's YAML (start-up time of `k4sinit status`, `k4sinit --help`).
+NOT_IN_CLIENT = ("trio", "pyroute2", "cryptography", "yaml")
+
+LOADED = """
+import sys
+{body}
+print(" ".join(sorted({{m.split(".")[0] for m in sys.modules}})))
+"""
+
+
+def loaded_by(body: str) -> set[str]:
+    """The top-level packages that a fresh interpreter has loaded after ``body``."""
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED.format(body=textwrap.dedent(body))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=PACKAGE.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def test_the_control_client_loads_no_event_loop() -> None:
+    assert loaded_by("import k4sinit.control.client, k4sinit.control") & set(NOT_IN_CLIENT) == set()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["status", "--help"],
+        ["status", "--socket", "/nonexistent/k4sinit/control.sock"],
+        ["logs", "a", "--socket", "/nonexistent/k4sinit/control.sock"],
+        ["stop", "--all", "--socket", "/nonexistent/k4sinit/control.sock"],
+    ],
+)
+def test_the_cli_client_commands_load_no_event_loop(argv: list[str]) -> None:
+    body = f"""
+        import contextlib
+        from k4sinit.cli import main
+        with contextlib.redirect_stdout(None), contextlib.redirect_stderr(None):
+            try:
+                main({argv!r})
+            except SystemExit:
+                pass
+        """
+    assert loaded_by(body) & set(NOT_IN_CLIENT) == set()

@@ -302,10 +302,10 @@ def addresses_of(ns: Namespaces, dev: str) -> set[str]:
 
 
 def test_pyroute2_is_loaded_with_network_only() -> None:
-    """``k4sinit apply-manifests`` (network/applier.py) and readers of the wire types
+    """``k4sinit apply-manifests`` (node/applier.py) and readers of the wire types
     import this package without paying for pyroute2; ``Network`` brings it."""
     check = (
-        "import sys; import k4sinit.network.applier, k4sinit.network.dhcp; "
+        "import sys; import k4sinit.node.applier, k4sinit.network.dhcp; "
         "from k4sinit.network import NetworkSnapshot, render_hosts; "
         "before = 'pyroute2' in sys.modules; from k4sinit.network import Network; "
         "print(before, 'pyroute2' in sys.modules, Network.__module__)"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,20 +19,6 @@ from tests.conftest import child_cmd, services_config, wait_until
 
 ORPHANS = 1000
 K4SINIT = [sys.executable, "-m", "k4sinit"]
-
-
-@pytest.fixture(scope="module")
-def unshare() -> str:
-    """The unshare binary, if this machine lets us make a pid namespace."""
-    path = shutil.which("unshare")
-    if path is None:
-        pytest.skip("unshare (util-linux) is not installed")
-    probe = subprocess.run(
-        [path, "--pid", "--fork", "--mount-proc", "true"], capture_output=True, text=True
-    )
-    if probe.returncode != 0 and "Operation not permitted" in probe.stderr:
-        pytest.skip(f"no permission to create a pid namespace: {probe.stderr.strip()}")
-    return path
 
 
 def ns_pids(pid: int) -> list[int]:

@@ -7,12 +7,14 @@ itself has its own tests with real namespaces (test_network.py).
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import textwrap
 from pathlib import Path
 
 import structlog
 import trio
+import yaml
 
 from k4sinit.config import load_config_text
 from k4sinit.core.netspec import IPAddress
@@ -77,6 +79,15 @@ async def test_the_pki_waits_for_the_network_then_is_made_and_ready(tmp_path: Pa
     assert pki.reason == f"certificates in {tmp_path}/pki, kubeconfigs in {tmp_path}/kubeconfigs"
     assert (tmp_path / "pki" / "ca.crt").is_file()
     assert (tmp_path / "kubeconfigs" / "admin.conf").is_file()
+    # For joining workers: the server and the CA, published by the manifests role.
+    [config_map] = yaml.safe_load_all(
+        (tmp_path / "manifests/k4sinit-cluster-info.yaml").read_text()
+    )
+    assert config_map["metadata"] == {"name": "cluster-info", "namespace": "kube-public"}
+    cluster = yaml.safe_load(config_map["data"]["kubeconfig"])["clusters"][0]["cluster"]
+    assert cluster["server"] == f"https://{ADDRESS}:6443"
+    ca = base64.b64decode(cluster["certificate-authority-data"])
+    assert ca == (tmp_path / "pki" / "ca.crt").read_bytes()
 
 
 async def test_a_pki_that_cannot_be_made_says_why_and_is_retried(

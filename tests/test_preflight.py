@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -11,9 +13,12 @@ from typing import Any
 import pytest
 
 from k4sinit.cli import main
+from k4sinit.core.config import StorageSpec
 from k4sinit.core.nodespec import Profile
+from k4sinit.host import system
 from k4sinit.node import preflight
 from k4sinit.node.preflight import Check, Status
+from tests import disks
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -582,3 +587,68 @@ def test_summary_fatal_and_json() -> None:
             "fatal": True,
         }
     ]
+
+
+# --- storage: the config's disk, checked where it is mounted -------------------------
+
+
+@pytest.fixture
+def attach(tmp_path: Path) -> Iterator[disks.Attach]:
+    with disks.loop_devices(tmp_path) as make:
+        yield make
+
+
+def test_storage_not_mounted_is_fatal(tmp_path: Path) -> None:
+    spec = StorageSpec(label="k4s-data", mount_point=str(tmp_path / "data"))
+    check = preflight.check_storage(spec)
+    assert (check.status, check.fatal) == (Status.FAIL, True)
+    assert check.detail == (
+        f"{tmp_path}/data: no disk mounted (label 'k4s-data' expected):"
+        " the node's state would be lost at reboot"
+    )
+
+
+@disks.needs_loop
+def test_storage_shows_device_and_space_and_fails_when_wrong(
+    attach: disks.Attach, tmp_path: Path
+) -> None:
+    ours, other = attach(), attach()
+    disks.mkfs(ours, label="k4s-ours")
+    disks.mkfs(other, label="k4s-other")
+    target = tmp_path / "data"
+    target.mkdir()
+    spec = StorageSpec(label="k4s-ours", mount_point=str(target))
+
+    def mounted(device: str, flags: int = 0) -> Check:
+        system.mount(device, str(target), "ext4", flags)
+        return preflight.check_storage(spec)
+
+    check = disks.isolated(lambda: mounted(ours))
+    assert check.status is Status.PASS
+    assert check.detail.startswith(f"{ours} (ext4 labelled 'k4s-ours' (UUID ")
+    assert re.search(rf"\) on {target}, \d\d MiB free of \d\d MiB$", check.detail)
+
+    check = disks.isolated(lambda: mounted(other))
+    assert (check.status, check.fatal) == (Status.FAIL, True)
+    assert check.detail.startswith(f"{target}: {other} (ext4 labelled 'k4s-other' (UUID ")
+    assert check.detail.endswith(") is mounted, not label 'k4s-ours'")
+
+    check = disks.isolated(lambda: mounted(ours, system.MS_RDONLY))
+    assert (check.status, check.detail[-19:]) == (Status.FAIL, ": mounted read-only")
+
+
+@disks.needs_loop
+def test_a_full_storage_is_fatal(attach: disks.Attach, tmp_path: Path) -> None:
+    device = attach(8 * MiB)
+    disks.mkfs(device, label="k4s-full")
+    target = tmp_path / "data"
+    target.mkdir()
+
+    def full() -> Check:
+        system.mount(device, str(target), "ext4")
+        disks.fill(str(target / "filler"))
+        return preflight.check_storage(StorageSpec(label="k4s-full", mount_point=str(target)))
+
+    check = disks.isolated(full)
+    assert (check.status, check.fatal) == (Status.FAIL, True)
+    assert re.search(rf" on {target}, 0 MiB free of \d MiB: full \(no space left\)$", check.detail)

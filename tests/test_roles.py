@@ -24,6 +24,7 @@ import yaml
 from k4sinit import cli
 from k4sinit.config import ConfigError, ConfigErrors, load_config, load_config_text
 from k4sinit.core.config import Config
+from k4sinit.core.jointoken import parse_join_token
 from k4sinit.core.nodespec import Datastore, NodeSettings, Profile, profile_roles
 from k4sinit.core.spec import Condition, HTTPGetAction, Resources, TCPSocketAction
 from k4sinit.node import roles
@@ -34,6 +35,7 @@ GOLDEN = Path(__file__).parent / "golden"
 SINGLE_YAML = Path(__file__).parent.parent / "etc" / "k4sinit" / "single.yaml"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 
+JOIN_TOKEN = f"K4S1::https://192.168.1.10:6443::sha256:{'ab' * 32}::abcdef.0123456789abcdef"
 CASES = {
     "controller-kine": "node: {profile: controller, name: node-1, datastore: kine}",
     "controller-etcd": "node: {profile: controller, name: node-1, datastore: etcd}",
@@ -54,6 +56,12 @@ CASES = {
           name: worker-1
           server: https://192.168.1.10:6443
           token: abcdef.0123456789abcdef
+        """,
+    "worker-join": f"""
+        node:
+          profile: worker
+          name: worker-1
+          joinToken: {JOIN_TOKEN}
         """,
     "worker-kubeconfig": """
         node:
@@ -183,6 +191,7 @@ def test_dependencies_follow_the_roles_needs() -> None:
         "containerd": ready,
         "images": done,
         "network": ready,
+        "pki": ready,  # a worker's pki is the join: the cluster's CA, the bootstrap kubeconfig
     }
     # A worker has no manifests role: its kube-proxy waits for its kubelet only
     # (the controller's manifests role made the binding it needs).
@@ -397,6 +406,22 @@ def test_without_a_node_section_the_config_is_unchanged() -> None:
             "give token or bootstrapKubeconfig, not both",
         ),
         ("{server: 'http://c:6443'}", "node.server", "expected an https:// URL"),
+        (
+            "{profile: worker, joinToken: abcdef.0123456789abcdef}",
+            "node.joinToken",
+            "invalid join token: a bare bootstrap token, not a join token",
+        ),
+        ("{joinToken: 'K4S1::https://c::sha256:00::x'}", "node.joinToken", "CA hash: expected"),
+        (
+            f"{{profile: worker, joinToken: '{JOIN_TOKEN}', server: 'https://c:6443'}}",
+            "node.joinToken",
+            "give joinToken or server, not both",
+        ),
+        (
+            f"{{profile: worker, joinToken: '{JOIN_TOKEN}', bootstrapKubeconfig: /b.conf}}",
+            "node.joinToken",
+            "give joinToken or bootstrapKubeconfig, not both",
+        ),
         ("{profil: worker}", "node.profil", "unknown key 'profil'"),
         ("{profile: workr}", "node.profile", "expected one of controller, worker, single"),
         ("{datastore: etc}", "node.datastore", "expected one of kine, etcd"),
@@ -421,6 +446,44 @@ def test_node_section_errors(body: str, field: str, message: str) -> None:
     errors = errors_of(f"services: {{}}\nnode: {body}\n")
     assert [(e.line, e.service, e.field) for e in errors] == [(2, None, field)]
     assert message in errors[0].message
+
+
+def test_a_bad_join_token_is_one_error_at_its_line_without_the_secret() -> None:
+    token = f"K4S1::https://c:6443::sha256:{'ab' * 32}::abcdef.s3cr3tt0k3nvaluex"
+    [error] = errors_of(f"services: {{}}\nnode:\n  profile: worker\n  joinToken: {token}\n")
+    assert (error.line, error.field) == (4, "node.joinToken")
+    assert error.message.startswith("invalid join token: the join token's last part")
+    assert error.hint is not None and "k4sinit token create" in error.hint
+    assert "s3cr3tt0k3nvalue" not in f"{error.message} {error.hint}"
+
+
+def test_a_join_token_is_all_a_worker_needs_and_config_hides_its_secret() -> None:
+    config = load(CASES["worker-join"])
+    settings = roles.settings(config)
+    assert settings is not None and settings.join_token is not None
+    assert str(settings.join_token) == JOIN_TOKEN
+    described = roles.describe(roles.expand(config), settings)
+    assert described["node"]["joinToken"] == (
+        f"K4S1::https://192.168.1.10:6443::sha256:{'ab' * 32}::abcdef.<hidden>"
+    )
+    assert "0123456789abcdef" not in yaml.safe_dump(described)
+
+
+def test_the_kernels_token_makes_a_worker_join_with_it() -> None:
+    kernel = parse_join_token(JOIN_TOKEN.replace("192.168.1.10", "10.0.0.9"))
+    node = settings_of(CASES["worker-token"], token_from_kernel=kernel)
+    assert node.join_token == kernel  # over the file's server and token
+    assert (node.server, node.token, node.bootstrap_kubeconfig) == (None, None, None)
+    # A shared image's config need not name a control plane: the kernel's role and token do.
+    node = settings_of("node: {}", role_from_kernel="worker", token_from_kernel=kernel)
+    assert node.join_token == kernel
+    services = expanded("node: {}", role_from_kernel="worker", token_from_kernel=kernel).services
+    assert "pki" in dict(services["kubelet"].depends_on)
+    # A controller keeps its own token (the Secret it applies); the kernel's is a worker's.
+    controller = settings_of(
+        "node: {profile: controller, token: abcdef.0123456789abcdef}", token_from_kernel=kernel
+    )
+    assert (controller.join_token, controller.token) == (None, "abcdef.0123456789abcdef")
 
 
 def test_errors_suggest_the_likely_fix() -> None:

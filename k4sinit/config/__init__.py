@@ -24,7 +24,8 @@ This module is the package's surface; the work is done in:
 * :mod:`~k4sinit.config.errors`: :class:`ConfigError` and :class:`ConfigErrors`;
 * one module per part of the file: :mod:`~k4sinit.config.system` (hostname,
   modules, sysctls, boot), :mod:`~k4sinit.config.node`,
-  :mod:`~k4sinit.config.network`, :mod:`~k4sinit.config.services` (with
+  :mod:`~k4sinit.config.network`, :mod:`~k4sinit.config.storage`,
+  :mod:`~k4sinit.config.services` (with
   dependencies, restarts, stop signal), :mod:`~k4sinit.config.probes` and
   :mod:`~k4sinit.config.resources`.
 """

@@ -17,8 +17,9 @@ from k4sinit.config.network import read_network
 from k4sinit.config.node import read_node
 from k4sinit.config.reader import Reader, kind_of
 from k4sinit.config.services import read_services
+from k4sinit.config.storage import read_storage
 from k4sinit.config.system import read_system
-from k4sinit.core.config import Config, SystemSpec
+from k4sinit.core.config import Config, StorageSpec, SystemSpec
 from k4sinit.core.netspec import NetworkSpec
 from k4sinit.core.nodespec import NodeSpec
 from k4sinit.core.spec import ServiceSpec
@@ -42,7 +43,7 @@ def load_config_text(text: str, source: str) -> Config:
     Raises :class:`ConfigErrors` listing every problem found, in line order.
     """
     doc, data = compose(text, source)
-    services, system, network, node = _read_sections(doc, data)
+    services, system, network, node, storage = _read_sections(doc, data)
     if doc.errors:
         raise ConfigErrors(source, sorted(doc.errors, key=lambda e: e.line or 0))
     return Config(
@@ -51,24 +52,26 @@ def load_config_text(text: str, source: str) -> Config:
         system=system,
         network=network,
         node=node,
+        storage=storage,
         where=doc.where,
     )
 
 
 def _read_sections(
     doc: Document, data: Any
-) -> tuple[dict[str, ServiceSpec], SystemSpec, NetworkSpec, NodeSpec | None]:
+) -> tuple[dict[str, ServiceSpec], SystemSpec, NetworkSpec, NodeSpec | None, StorageSpec | None]:
     """The top level: one reader per section (the node first: services depend on its roles)."""
     if data is None:
         doc.error((), "the config is empty", "it needs a 'services' or a 'node' mapping")
-        return {}, SystemSpec(), NetworkSpec(), None
+        return {}, SystemSpec(), NetworkSpec(), None, None
     if not isinstance(data, dict):
         doc.error((), f"expected a mapping at the top level, got {kind_of(data)}")
-        return {}, SystemSpec(), NetworkSpec(), None
+        return {}, SystemSpec(), NetworkSpec(), None, None
     top = Reader(doc, (), data)
     node = read_node(top)
     services = read_services(top, node)
     system = read_system(top)
     network = read_network(top)
+    storage = read_storage(top, node)
     top.finish()
-    return services, system, network, node
+    return services, system, network, node, storage

@@ -15,6 +15,7 @@ from k4sinit.config.probes import read_probe
 from k4sinit.config.reader import Reader, did_you_mean, given, is_bool, kind_of
 from k4sinit.config.resources import read_resources
 from k4sinit.config.services import read_env
+from k4sinit.core.jointoken import BOOTSTRAP_TOKEN, FORMAT, JoinToken, parse_join_token
 from k4sinit.core.names import is_dns_subdomain, is_domain
 from k4sinit.core.netspec import IPAddress, IPNetwork
 from k4sinit.core.nodespec import (
@@ -30,7 +31,6 @@ from k4sinit.core.nodespec import (
 
 __all__ = ["read_node", "worker_problems"]
 
-_BOOTSTRAP_TOKEN = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")
 _FLAG_NAME = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.]*")
 # The apiserver refuses a service range of more than 2^20 addresses; the
 # controller-manager cuts the pod range into /24 (IPv4) or /64 (IPv6) per node.
@@ -71,8 +71,9 @@ def read_node(top: Reader) -> NodeSpec | None:
             f"expected an https:// URL, got {server!r}", "like https://10.0.0.1:6443", key="server"
         )
     token = r.string("token")
-    if token is not None and not _BOOTSTRAP_TOKEN.fullmatch(token):
+    if token is not None and not BOOTSTRAP_TOKEN.fullmatch(token):
         r.error("invalid bootstrap token", "it has the form abcdef.0123456789abcdef", key="token")
+    join_token = _read_join_token(r)
     bootstrap = r.absolute_path("bootstrapKubeconfig")
     images_dir = r.absolute_path("imagesDir")
     manifests_dir = r.absolute_path("manifestsDir")
@@ -98,6 +99,7 @@ def read_node(top: Reader) -> NodeSpec | None:
             multicall=multicall,
             server=server,
             token=token,
+            join_token=join_token,
             bootstrap_kubeconfig=bootstrap,
             images_dir=images_dir,
             manifests_dir=manifests_dir,
@@ -108,8 +110,9 @@ def read_node(top: Reader) -> NodeSpec | None:
         roles=roles,
         line=top.doc.line(("node",)),
     )
-    for problem, fix, where in worker_problems(spec):
-        r.error(problem, fix, key=where)
+    if join_token is not None or "joinToken" not in r.data:  # else: one error is enough
+        for problem, fix, where in worker_problems(spec):
+            r.error(problem, fix, key=where)
     return spec
 
 
@@ -141,16 +144,47 @@ def _check_ranges(
         r.error(f"clusterDNS {cluster_dns} is not in serviceCIDR {services}", key="clusterDNS")
 
 
+def _read_join_token(r: Reader) -> JoinToken | None:
+    """``joinToken``: what ``k4sinit token create`` printed (server, CA hash, token)."""
+    text = r.string("joinToken")
+    if text is None:
+        return None
+    try:
+        return parse_join_token(text)
+    except ValueError as exc:
+        hint = f"k4sinit token create, on the controller, prints one: {FORMAT}"
+        r.error(f"invalid join token: {exc}", hint, key="joinToken")
+        return None
+
+
 def worker_problems(node: NodeSpec) -> list[tuple[str, str | None, str | None]]:
     """What a worker lacks to join its control plane: (message, hint, key) each.
 
-    A worker joins with ``server`` and a bootstrap ``token``, or with a
+    A worker joins with a ``joinToken`` (or ``k4sinit.token=`` on the kernel
+    command line), with ``server`` and a bootstrap ``token``, or with a
     ``bootstrapKubeconfig`` (which names the server itself). Other profiles
-    need neither (and keep them, in case the kernel makes the node a worker).
+    need none (and keep them, in case the kernel makes the node a worker).
     """
     if node.profile is not Profile.WORKER:
         return []
-    join = "a worker joins with server and token, or with bootstrapKubeconfig"
+    join = (
+        "a worker joins with joinToken (or k4sinit.token= on the kernel command line), "
+        "with server and token, or with bootstrapKubeconfig"
+    )
+    if node.join_token is not None:
+        given_too = [
+            key
+            for key, value in (
+                ("server", node.server),
+                ("token", node.token),
+                ("bootstrapKubeconfig", node.bootstrap_kubeconfig),
+            )
+            if value is not None
+        ]
+        if given_too:
+            hint = "the join token holds the server and the token"
+            return [(f"give joinToken or {' and '.join(given_too)}, not both", hint, "joinToken")]
+        return []
     if node.bootstrap_kubeconfig is not None:
         if node.token is not None:
             return [("give token or bootstrapKubeconfig, not both", join, "token")]

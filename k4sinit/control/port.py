@@ -44,7 +44,7 @@ from typing import Any
 
 import trio
 
-from k4sinit import control
+from k4sinit.control.wire import MAX_CONNECTIONS
 
 #: The port's name, as qemu's ``-device virtserialport,name=...`` sets it.
 PORT_NAME = "org.k4sinit.control"
@@ -235,7 +235,7 @@ class GuestBridge:
             if not isinstance(session, int) or isinstance(session, bool):
                 raise ValueError("'s' must be an integer")
             if frame.get("open"):
-                if session in self._sessions or len(self._sessions) >= control.MAX_CONNECTIONS:
+                if session in self._sessions or len(self._sessions) >= MAX_CONNECTIONS:
                     await self._send_frame({"s": session, "close": True})
                     return
                 send, receive = trio.open_memory_channel[bytes | None](SESSION_QUEUE)

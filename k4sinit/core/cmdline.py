@@ -9,10 +9,13 @@ reach init's environment (the kernel passes only undotted ones), so k4sinit read
 ``k4sinit.debug``           log debug events too (``=0`` turns it off)
 ``k4sinit.hostname=NAME``   the hostname, over the config's
 ``k4sinit.switchroot=X``    auto, always or never: over the config's boot.switchRoot
+``k4sinit.token=TOKEN``     a worker's join token (``k4sinit token create``), over the
+                            config's ``node.joinToken``, ``server`` and ``token``
 ``ip=...``                  the standard nfsroot ``ip=`` option (kept for networking)
 ==========================  ===================================================
 
-Unknown ``k4sinit.*`` options are warnings, never fatal.
+Unknown ``k4sinit.*`` options are warnings, never fatal; so is a malformed
+token (ignored; the warning says why, never the token's secret).
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import difflib
 import shlex
 from dataclasses import dataclass, field
 
+from k4sinit.core.jointoken import JoinToken, parse_join_token
 from k4sinit.core.nodespec import PROFILES
 
 DEFAULT_CONFIG = "/etc/k4sinit/config.yaml"
-KNOWN = ("config", "role", "debug", "hostname", "switchroot")
+KNOWN = ("config", "role", "debug", "hostname", "switchroot", "token")
 SWITCH_ROOT = ("auto", "always", "never")
 
 
@@ -38,6 +42,7 @@ class KernelOptions:
     hostname: str | None = None
     switch_root: str | None = None
     ip: str | None = None
+    token: JoinToken | None = None
     warnings: tuple[str, ...] = field(default=())
 
 
@@ -76,6 +81,12 @@ def parse(cmdline: str) -> KernelOptions:
             warnings.append(f"k4sinit.{name}={value} is not one of {', '.join(allowed)}; ignored")
             continue
         options[name] = value
+    token = None
+    if "token" in options:
+        try:
+            token = parse_join_token(options.pop("token") or "")
+        except ValueError as exc:
+            warnings.append(f"k4sinit.token: {exc}; ignored")
     return KernelOptions(
         config=options.get("config"),
         role=options.get("role"),
@@ -84,6 +95,7 @@ def parse(cmdline: str) -> KernelOptions:
         hostname=options.get("hostname"),
         switch_root=options.get("switchroot"),
         ip=ip,
+        token=token,
         warnings=tuple(warnings),
     )
 

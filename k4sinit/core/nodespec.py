@@ -16,6 +16,7 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
+from k4sinit.core.jointoken import JoinToken
 from k4sinit.core.netspec import IPAddress, IPNetwork
 from k4sinit.core.spec import Probe, Resources
 
@@ -116,6 +117,7 @@ class NodeSpec:
     multicall: str | None = None
     server: str | None = None
     token: str | None = None
+    join_token: JoinToken | None = None  # a worker's; k4sinit.token= on the kernel wins
     bootstrap_kubeconfig: str | None = None
     images_dir: str | None = None  # default <dataDir>/images
     manifests_dir: str | None = None  # default <dataDir>/manifests
@@ -155,6 +157,7 @@ class NodeSettings:
     multicall: str | None
     server: str | None
     token: str | None
+    join_token: JoinToken | None
     bootstrap_kubeconfig: str | None
     images_dir: str
     manifests_dir: str

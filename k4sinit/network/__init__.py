@@ -4,9 +4,7 @@ What other layers use, re-exported: :class:`~k4sinit.network.network.Network`
 (one per daemon; the built-in ``network`` dependency), the status' wire types
 (:mod:`~k4sinit.network.snapshot`) and the /etc file texts
 (:mod:`~k4sinit.network.etcfiles`). The map of the package's modules is in
-:mod:`k4sinit.network.network`'s docstring; :mod:`~k4sinit.network.applier`
-(``k4sinit apply-manifests``, the manifests role's program) lives here too but
-is no part of ``Network``.
+:mod:`k4sinit.network.network`'s docstring.
 
 ``Network`` is loaded at the first use of the name, not with this package: it
 brings pyroute2 (~150 ms and ~13 MB to import), which ``k4sinit apply-manifests``

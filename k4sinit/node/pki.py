@@ -283,7 +283,7 @@ def ensure_pki(spec: PKISpec, *, now: dt.datetime | None = None) -> PKIResult:
     for kc in KUBECONFIGS:
         _ensure_kubeconfig(plan, kc, cas["ca"], pairs[kc.leaf])
     for path, data, mode in plan.writes:
-        _write_atomic(path, data, mode)
+        write_atomic(path, data, mode)
     for directory in {path.parent for path, _, _ in plan.writes}:
         _fsync_dir(directory)
     return PKIResult(
@@ -639,7 +639,7 @@ def _pub_pem(key: PrivateKey) -> bytes:
     )
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
     """Write ``path`` with exactly ``mode`` (whatever the umask), all or nothing."""
     path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -17,6 +17,8 @@ per fact, in a fixed order::
     binary NAME         on the search path (runc, containerd, its shim*; the caller's)
     memory              MemTotal >= 1 GiB (worker), 2 GiB (controller, single)
     disk                free space on the data directory: < 1 GiB warn, < 100 MiB fail
+    storage             with a storage section: its disk mounted at its mount point,
+                        read-write, with free space and inodes (the device, free of size)
     sysctl ...          ip_forward*, bridge-nf-call-iptables*, vm.overcommit_memory*,
                         kernel.panic (all warn only: k4sinit sets them at boot)
     swap*               off (kubelet's failSwapOn)
@@ -51,10 +53,12 @@ from typing import TYPE_CHECKING, TypedDict
 
 from k4sinit.core.nodespec import CONTAINERD, ONESHOT_ROLES, Profile
 from k4sinit.core.paths import DEFAULT_PATH
+from k4sinit.host import storage
+from k4sinit.host.storage import size_text
 from k4sinit.host.system import mounted
 
 if TYPE_CHECKING:
-    from k4sinit.core.config import Config
+    from k4sinit.core.config import Config, StorageSpec
     from k4sinit.core.nodespec import NodeSettings
 
 # Executed by containerd itself (not by k4sinit), so they must be real files on
@@ -392,10 +396,10 @@ def _check_memory(host: _Host, profile: Profile) -> Check:
         if key == "MemTotal" and value.split() and value.split()[0].isdigit():
             total = int(value.split()[0]) * 1024
             if total >= wanted:
-                return _pass("memory", f"MemTotal {_size(total)}")
+                return _pass("memory", f"MemTotal {size_text(total)}")
             return _warn(
                 "memory",
-                f"MemTotal {_size(total)}, below the {_size(wanted)} a {profile.value} wants",
+                f"MemTotal {size_text(total)}, below the {size_text(wanted)} a {profile.value} wants",
             )
     return _warn("memory", "no MemTotal in /proc/meminfo")
 
@@ -413,11 +417,46 @@ def _check_disk(host: _Host, data_dir: str) -> Check:
     free = stat.f_bavail * stat.f_frsize
     if free < DISK_FAIL:
         return _fail(
-            "disk", f"{data_dir}: {_size(free)} free, below {_size(DISK_FAIL)}", fatal=True
+            "disk", f"{data_dir}: {size_text(free)} free, below {size_text(DISK_FAIL)}", fatal=True
         )
     if free < DISK_WARN:
-        return _warn("disk", f"{data_dir}: {_size(free)} free, below {_size(DISK_WARN)}")
-    return _pass("disk", f"{data_dir}: {_size(free)} free")
+        return _warn("disk", f"{data_dir}: {size_text(free)} free, below {size_text(DISK_WARN)}")
+    return _pass("disk", f"{data_dir}: {size_text(free)} free")
+
+
+def check_storage(spec: StorageSpec, root: Path = Path("/")) -> Check:
+    """``storage``: the config's disk is what is mounted at its mount point, read-write,
+    with free space (``f_bavail``, as df shows it) and free inodes; any of these
+    missing is fatal, since the node's state would be lost or could not be written.
+
+    Reads only (the boot's write test is in its log); the filesystem's label is
+    read from the device when this process may open it.
+    """
+    target = str(root / spec.mount_point.lstrip("/"))
+    device = storage.mounted_on(target)
+    if device is None:
+        detail = f"{spec.mount_point}: no disk mounted ({spec.describe()} expected)"
+        return _fail("storage", detail + ": the node's state would be lost at reboot", fatal=True)
+    what = device.path
+    with contextlib.suppress(storage.StorageError):  # not root: the device stays unnamed
+        found = storage.probe(device, edges=False).filesystems
+        if found:
+            what += f" ({found[0].describe()})"
+        if not any(storage.matches(spec, signature) for signature in found):
+            detail = f"{spec.mount_point}: {what} is mounted, not {spec.describe()}"
+            return _fail("storage", detail, fatal=True)
+    try:
+        usage = os.statvfs(target)
+    except OSError as exc:
+        return _fail("storage", f"{spec.mount_point}: cannot statvfs: {exc.strerror}", fatal=True)
+    free, size = usage.f_bavail * usage.f_frsize, usage.f_blocks * usage.f_frsize
+    detail = f"{what} on {spec.mount_point}, {size_text(free)} free of {size_text(size)}"
+    if usage.f_flag & os.ST_RDONLY:
+        return _fail("storage", f"{detail}: mounted read-only", fatal=True)
+    if free == 0 or usage.f_favail == 0:
+        full = "no space" if free == 0 else "no inodes"
+        return _fail("storage", f"{detail}: full ({full} left)", fatal=True)
+    return _pass("storage", detail)
 
 
 def _check_sysctl(host: _Host, key: str, wanted: str, why: str, *, optional: bool = False) -> Check:
@@ -458,12 +497,6 @@ def _check_kmsg(host: _Host) -> Check:
     if host.exists("/dev/kmsg"):
         return _pass("/dev/kmsg", "present")
     return _warn("/dev/kmsg", "missing: kubelet's OOM watcher reads it")
-
-
-def _size(n: int) -> str:
-    if n >= GiB:
-        return f"{n / GiB:.1f} GiB".replace(".0 GiB", " GiB")
-    return f"{n // MiB} MiB"
 
 
 # --- presenting the result ----------------------------------------------------
@@ -537,7 +570,8 @@ def summary_json(checks: Sequence[Check]) -> SummaryJSON | None:
 
 
 def check_node(settings: NodeSettings, config: Config) -> list[Check]:
-    """The checks of a node's profile: its roles' programs on its ``binPath``.
+    """The checks of a node's profile: its roles' programs on its ``binPath``, and
+    its storage when the config has a ``storage`` section.
 
     ``config`` is the expanded config (:func:`k4sinit.node.roles`); a
     multicall binary counts once, and a oneshot's shell does not count.
@@ -549,9 +583,13 @@ def check_node(settings: NodeSettings, config: Config) -> list[Check]:
             if role in config.services and role not in ONESHOT_ROLES
         }
     )
-    return run_checks(
+    checks = run_checks(
         settings.profile,
         data_dir=settings.data_dir,
         binaries=binaries,
         search_path=settings.path,
     )
+    if config.storage is not None:
+        after_disk = next((i + 1 for i, c in enumerate(checks) if c.name == "disk"), len(checks))
+        checks.insert(after_disk, check_storage(config.storage))
+    return checks

@@ -4,9 +4,12 @@ A config with a ``node:`` section (see :mod:`k4sinit.core.nodespec`) names a
 profile; this module turns it into services::
 
     load_config(path)                     Config(services=<the file's>, node=NodeSpec)
-      -> settings(config, role_from_kernel=...)   NodeSettings (every default resolved)
-      -> expand(config, role_from_kernel=...)     Config(services=<roles> + <the file's>)
+      -> expand_node(config, role_from_kernel=...)    ExpandedNode:
+           .settings                      NodeSettings (every default resolved)
+           .config                        Config(services=<roles> + <the file's>)
       -> write_files(settings)            the roles' config files, at boot
+
+(:func:`settings` and :func:`expand` give one half each.)
 
 Profiles: ``controller`` = datastore, kube-apiserver, kube-scheduler,
 kube-controller-manager, manifests, coredns; ``worker`` = containerd, images,
@@ -38,6 +41,7 @@ from typing import Any
 from k4sinit.config import ConfigError, ConfigErrors, worker_problems
 from k4sinit.core.config import Config
 from k4sinit.core.graph import check_dependencies
+from k4sinit.core.jointoken import PREFIX, JoinToken
 from k4sinit.core.names import is_dns_subdomain
 from k4sinit.core.nodespec import (
     KUBECONFIG_DIR_NAME,
@@ -62,10 +66,12 @@ from k4sinit.core.spec import (
 from k4sinit.services.registry import role_module
 
 __all__ = [
+    "ExpandedNode",
     "NodeSettings",
     "describe",
     "directories",
     "expand",
+    "expand_node",
     "files",
     "settings",
     "write_files",
@@ -76,11 +82,17 @@ __all__ = [
 
 
 def settings(
-    config: Config, *, role_from_kernel: str | None = None, hostname: str | None = None
+    config: Config,
+    *,
+    role_from_kernel: str | None = None,
+    hostname: str | None = None,
+    token_from_kernel: JoinToken | None = None,
 ) -> NodeSettings | None:
     """The resolved node settings, or None when the node runs no roles.
 
-    ``role_from_kernel`` (``k4sinit.role=``) wins over ``node.profile``.
+    ``role_from_kernel`` (``k4sinit.role=``) wins over ``node.profile``;
+    on a worker, ``token_from_kernel`` (``k4sinit.token=``) over the config's
+    ``joinToken``, ``server``, ``token`` and ``bootstrapKubeconfig``.
     The node name is ``node.name``, else ``hostname`` (give the kernel's
     ``k4sinit.hostname=``), else the config's ``hostname``, else the system's,
     lowercased as kubelet does. Raises :class:`ConfigErrors` when the kernel's
@@ -88,9 +100,12 @@ def settings(
     server and token), or the name is not a DNS subdomain (a fresh kernel's
     hostname is "(none)").
     """
-    node = _effective(config, role_from_kernel)
-    if node is None:
-        return None
+    node = _effective(config, role_from_kernel, token_from_kernel)
+    return None if node is None else _resolve(config, node, hostname)
+
+
+def _resolve(config: Config, node: NodeSpec, hostname: str | None) -> NodeSettings:
+    """The settings of ``node`` (the effective node section); see :func:`settings`."""
     name, source = next(
         (value.lower(), where)
         for value, where in (
@@ -129,6 +144,7 @@ def settings(
         multicall=node.multicall,
         server=node.server,
         token=node.token,
+        join_token=node.join_token,
         bootstrap_kubeconfig=node.bootstrap_kubeconfig,
         images_dir=node.images_dir or f"{node.data_dir}/images",
         manifests_dir=node.manifests_dir or f"{node.data_dir}/manifests",
@@ -138,8 +154,11 @@ def settings(
     )
 
 
-def _effective(config: Config, role_from_kernel: str | None) -> NodeSpec | None:
-    """The node section with the kernel's role applied; checks what the profile needs."""
+def _effective(
+    config: Config, role_from_kernel: str | None, token_from_kernel: JoinToken | None = None
+) -> NodeSpec | None:
+    """The node section with the kernel's role (and a worker's token) applied;
+    checks what the profile needs."""
     node = config.node
     if role_from_kernel is not None:
         if role_from_kernel not in PROFILES:
@@ -154,6 +173,10 @@ def _effective(config: Config, role_from_kernel: str | None) -> NodeSpec | None:
         )
     if node is None:
         return None
+    if token_from_kernel is not None and node.profile is Profile.WORKER:
+        node = dataclasses.replace(
+            node, join_token=token_from_kernel, server=None, token=None, bootstrap_kubeconfig=None
+        )
     problems = worker_problems(node)
     if problems:
         why = "" if config.node and config.node.profile is node.profile else " (from k4sinit.role=)"
@@ -175,10 +198,26 @@ def _error(
 # --- expansion -----------------------------------------------------------------------
 
 
-def expand(
-    config: Config, *, role_from_kernel: str | None = None, hostname: str | None = None
-) -> Config:
-    """``config`` with the profile's role services first, then the file's own services.
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExpandedNode:
+    """A config with the node's roles expanded, and the settings they were made from.
+
+    ``settings`` is None (and ``config`` the loaded one) when the node runs no roles.
+    """
+
+    config: Config
+    settings: NodeSettings | None
+
+
+def expand_node(
+    config: Config,
+    *,
+    role_from_kernel: str | None = None,
+    hostname: str | None = None,
+    token_from_kernel: JoinToken | None = None,
+) -> ExpandedNode:
+    """``config`` with the profile's role services first, then the file's own services,
+    and the node's settings (:func:`settings`): one call for both.
 
     Each role is its module's service with the config's overrides applied
     (``extraArgs`` replace default flags of the same name and are appended;
@@ -192,11 +231,10 @@ def expand(
     result has the role services, so a second expansion finds them taken.
     Raises :class:`ConfigErrors`.
     """
-    node_settings = settings(config, role_from_kernel=role_from_kernel, hostname=hostname)
-    if node_settings is None:
-        return config
-    node = _effective(config, role_from_kernel)
-    assert node is not None
+    node = _effective(config, role_from_kernel, token_from_kernel)
+    if node is None:
+        return ExpandedNode(config, None)
+    node_settings = _resolve(config, node, hostname)
     errors: list[ConfigError] = []
     services: dict[str, ServiceSpec] = {}
     for role in node_settings.roles:
@@ -215,7 +253,23 @@ def expand(
     errors += _check(config, node, services, set(node_settings.roles))
     if errors:
         raise ConfigErrors(config.source, errors)
-    return dataclasses.replace(config, services=services, node=node)
+    return ExpandedNode(dataclasses.replace(config, services=services, node=node), node_settings)
+
+
+def expand(
+    config: Config,
+    *,
+    role_from_kernel: str | None = None,
+    hostname: str | None = None,
+    token_from_kernel: JoinToken | None = None,
+) -> Config:
+    """The expanded config alone (:func:`expand_node`'s ``config``), as ``check`` needs it."""
+    return expand_node(
+        config,
+        role_from_kernel=role_from_kernel,
+        hostname=hostname,
+        token_from_kernel=token_from_kernel,
+    ).config
 
 
 def _override(spec: ServiceSpec, override: RoleOverride, *, keep: set[str]) -> ServiceSpec:
@@ -365,6 +419,7 @@ def _describe_node(node: NodeSettings) -> dict[str, Any]:
         "multicall": node.multicall,
         "server": node.server,
         "token": None if node.token is None else "<hidden>",
+        "joinToken": None if node.join_token is None else _hidden(node.join_token),
         "bootstrapKubeconfig": node.bootstrap_kubeconfig,
         "imagesDir": node.images_dir,
         "manifestsDir": node.manifests_dir,
@@ -372,6 +427,11 @@ def _describe_node(node: NodeSettings) -> dict[str, Any]:
         "cniBinDir": node.cni_bin_dir,
         "cniConfDir": node.cni_conf_dir,
     }
+
+
+def _hidden(token: JoinToken) -> str:
+    """A join token as ``config`` shows it: all but the token's secret."""
+    return f"{PREFIX}::{token.server}::{token.ca_hash}::{token.token.id}.<hidden>"
 
 
 def _number(value: float) -> float | int:

@@ -1,20 +1,27 @@
-"""PID 1: the boot stages, then the supervisor, then a clean end. Never exits.
+"""PID 1: the boot stages, then supervision, then a clean end. Never exits.
 
 ::
 
-    init_main()
+    init_main(options, supervise)
       loop forever:
         boot():   mounts -> kernel cmdline -> config -> [switch into a tmpfs
-                  root, re-exec] -> modules -> sysctls -> hostname -> machine-id
-                  -> loopback -> cgroups -> supervise (trio) until a shutdown
-                  is asked for
+                  root, re-exec] -> coldplug -> modules -> sysctls -> hostname
+                  -> machine-id -> storage (the config's disk on the data
+                  directory), then supervise(Booted): the composition root
+                  (k4sinit.daemon.root: roles, cgroups, preflight, node files,
+                  network, supervisor, control) runs until a shutdown is asked for
         shutdown: services stopped in reverse order (by the daemon), then
                   everything left SIGTERMed, SIGKILLed, sync, unmount, reboot(2)
         any error on the way: log it, then the fallback (emergency shell,
                   retry, or reboot after a countdown), and boot again
 
-PID 1 exiting panics the kernel, so :func:`init_main` catches everything: this
-is the one catch-all handler in k4sinit (STYLE.md rule 8).
+This module knows the stages, not what runs between boot and shutdown: the
+caller hands that in as ``supervise`` (``k4sinit init`` gives the daemon's
+composition root), so PID 1's stages never import the daemon.
+
+PID 1 exiting panics the kernel, so :func:`init_main` catches everything: it
+is the catch-all top level of STYLE.md rule 8 (the others in k4sinit are
+narrower policies: one control request, one service's life, one DHCP attempt).
 """
 
 from __future__ import annotations
@@ -26,19 +33,17 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from k4sinit import control
 from k4sinit.config import ConfigErrors, load_config
 from k4sinit.core import cmdline, imageinfo, log
 from k4sinit.core.config import Config, Fallback, SwitchRoot, SystemSpec
 from k4sinit.core.netspec import NetworkSpec, choose_network
-from k4sinit.core.nodespec import NodeSettings
 from k4sinit.core.paths import DEFAULT_PATH
-from k4sinit.host import system
-from k4sinit.node import preflight, roles
+from k4sinit.host import storage, system
 from k4sinit.pid1 import power
 
 CP_PATH = "/bin:/usr/bin"  # where a cp with -a is (busybox, coreutils); not u-root's /bbin
@@ -61,7 +66,26 @@ class BootError(Exception):
     """A boot stage failed in a way the fallback must handle; the message says how."""
 
 
-def init_main(options: InitOptions) -> NoReturn:
+@dataclass(frozen=True)
+class Booted:
+    """What the boot stages hand to ``supervise``: the system is up but for the node's roles."""
+
+    config: Config  # as loaded: the roles are not expanded yet
+    kernel: cmdline.KernelOptions
+    network: NetworkSpec  # the config's network section, else the kernel's ip=
+    container: bool  # PID 1 of a container (k4sinit dev): the kernel and /etc are the host's
+    named: bool  # a hostname came from the kernel or the config (else DHCP may give one)
+    socket: str | None  # ``k4sinit init --socket``; None: $K4SINIT_SOCKET or the default
+    started: float  # time.monotonic() when this boot attempt began
+    log: Any
+
+
+#: Runs the node from the booted system until a shutdown is asked for; returns how to
+#: end. Raises to fail the boot (BootError, ConfigErrors, OSError: shown, then the fallback).
+Supervise = Callable[[Booted], power.Action]
+
+
+def init_main(options: InitOptions, supervise: Supervise) -> NoReturn:
     """Run as PID 1 forever: boot, supervise, shut down, or fall back. Never returns."""
     os.environ["PATH"] = DEFAULT_PATH
     os.environ.setdefault("HOME", "/")
@@ -90,8 +114,8 @@ def init_main(options: InitOptions) -> NoReturn:
     system_spec = SystemSpec()
     while True:
         try:
-            action, system_spec = boot(options, kernel, logger, writer, image_info)
-            logger.info("services stopped; ending", action=action.name.lower())
+            action, system_spec = boot(options, kernel, logger, writer, supervise)
+            logger.info("services stopped; ending", action=action.verb)
             writer.wait_idle(2)
             finish(action, logger, writer)
         except BaseException as exc:
@@ -105,10 +129,9 @@ def boot(
     kernel: cmdline.KernelOptions,
     logger: Any,
     writer: log.NonBlockingWriter,
-    image_info: imageinfo.ImageInfo | None = None,
+    supervise: Supervise,
 ) -> tuple[power.Action, SystemSpec]:
-    """The stages, then supervision; returns the shutdown action and the system spec.
-    ``image_info``: what the image says it holds (read once, for the banner), for status.
+    """The stages, then ``supervise``; returns the shutdown action and the system spec.
 
     Raises on any stage failure (ConfigErrors for a broken config).
     """
@@ -123,47 +146,20 @@ def boot(
         logger.info("switching into a tmpfs root", reason="booted from an initramfs")
         writer.wait_idle(2)
         switch_root_and_reexec()  # does not return
-    settings = roles.settings(config, role_from_kernel=kernel.role, hostname=kernel.hostname)
-    config = roles.expand(config, role_from_kernel=kernel.role, hostname=kernel.hostname)
     network = node_network(config, kernel, logger)
     prepare_system(config, kernel, network, container=container, logger=logger)
-    checks = run_preflight(config, settings, logger)
-    if settings is not None:
-        for path in roles.write_files(settings):
-            logger.debug("written", path=path)
-    logger.info("system ready", seconds=round(time.monotonic() - started, 3))
-    named = bool(kernel.hostname or spec.hostname or network.hostname)
-    action = supervise(
-        config,
-        network,
-        options,
-        logger,
+    mount_storage(config, logger)
+    booted = Booted(
+        config=config,
+        kernel=kernel,
+        network=network,
         container=container,
-        named=named,
-        settings=settings,
-        checks=checks,
-        image_info=image_info,
+        named=bool(kernel.hostname or spec.hostname or network.hostname),
+        socket=options.socket,
+        started=started,
+        log=logger,
     )
-    return action, spec
-
-
-def run_preflight(
-    config: Config, settings: NodeSettings | None, logger: Any
-) -> list[preflight.Check]:
-    """The profile's preflight checks, logged as a table; none without a ``node:`` profile.
-
-    A fatal failure raises BootError (the fallback follows) unless the config
-    says ``boot.preflight: warn``.
-    """
-    if settings is None:
-        return []
-    checks = preflight.check_node(settings, config)
-    for line in preflight.format_table(checks).splitlines():
-        logger.info("preflight: " + line)
-    fatal = preflight.fatal(checks)
-    if fatal and config.system.preflight == "enforce":
-        raise BootError("preflight failed: " + "; ".join(f"{c.name}: {c.detail}" for c in fatal))
-    return checks
+    return supervise(booted), spec
 
 
 def node_network(config: Config, kernel: cmdline.KernelOptions, logger: Any) -> NetworkSpec:
@@ -220,76 +216,32 @@ def prepare_system(
         power.disable_ctrl_alt_del()
 
 
-def supervise(
-    config: Config,
-    network_spec: NetworkSpec,
-    options: InitOptions,
-    logger: Any,
-    *,
-    container: bool,
-    named: bool,
-    settings: NodeSettings | None = None,
-    checks: list[preflight.Check] | None = None,
-    image_info: imageinfo.ImageInfo | None = None,
-) -> power.Action:
-    """Run the daemon (in trio) until a shutdown is asked for; returns how to end.
+def mount_storage(config: Config, logger: Any) -> None:
+    """The config's ``storage`` mounted on its mount point, before the composition root
+    writes the node's files and PKI there; a full disk is logged (preflight judges it).
 
-    ``named``: the node has a configured hostname (else DHCP may give one)."""
-    import trio
-
-    from k4sinit.control.port import PORT_NAME
-    from k4sinit.daemon import INIT_SIGNALS, Daemon, setup_cgroups
-    from k4sinit.network import Network
-
-    socket_path = control.socket_path(options.socket)
-
-    def dhcp_hostname(name: str) -> None:
-        try:
-            system.set_hostname(name)
-            logger.info("hostname from DHCP", hostname=name)
-        except OSError as exc:
-            logger.warning("hostname from DHCP not set", error=str(exc))
-
-    async def run() -> power.Action | None:
-        cgroups = setup_cgroups(logger)
-        # A container's /etc is the host's: it writes no resolv.conf or hosts.
-        files = not container
-        network = Network(
-            network_spec,
-            logger,
-            resolv_conf=Path("/etc/resolv.conf") if files else None,
-            hosts=Path("/etc/hosts") if files else None,
-            on_dhcp_hostname=None if named else dhcp_hostname,
-        )
-        daemon = Daemon(
-            config,
-            socket_path,
-            logger,
-            cgroups=cgroups,
-            network=network,
-            node=settings,
-            checks=checks or [],
-            signals=INIT_SIGNALS,
-            power=True,
-            image=image_info,
-            control_port=None if container else PORT_NAME,
-        )
-        await daemon.run()
-        return daemon.action
-
-    action = trio.run(run)
-    # A plain stop (`stop --all`) of PID 1 ends the node as a reboot does.
-    return power.Action.REBOOT if action is None else action
+    Raises BootError when the storage cannot be used: a controller that went on
+    with its state in the root would make a new cluster, and lose it at reboot.
+    """
+    if config.storage is None:
+        return
+    try:
+        done = storage.prepare(config.storage, say=lambda line: logger.info("storage: " + line))
+    except storage.StorageError as exc:
+        raise BootError(f"storage: {exc}") from None
+    logger.info("storage: " + done.summary())
+    if done.write_error is not None:
+        logger.error("storage: writes fail", device=done.device, error=done.write_error)
 
 
 def finish(action: power.Action, logger: Any, writer: log.NonBlockingWriter) -> None:
     """The end of the node: kill what is left, flush logs, sync, unmount, reboot(2)."""
     power.kill_everything(lambda line: logger.warning(line))
-    logger.info("syncing and unmounting", action=action.name.lower())
+    logger.info("syncing and unmounting", action=action.verb)
     writer.wait_idle(2)
     power.unmount_all(lambda line: logger.warning(line))
     power.reboot(action)  # returns only if the kernel refused
-    raise BootError(f"reboot({action.name.lower()}) refused by the kernel")
+    raise BootError(f"reboot({action.verb}) refused by the kernel")
 
 
 def report_failure(exc: BaseException, logger: Any) -> None:

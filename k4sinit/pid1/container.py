@@ -10,6 +10,9 @@ control socket is on the host's filesystem (the container shares it), so
 
 This process is a plain CLI, not the daemon: it waits for unshare with
 subprocess, then kills whatever is left in the container's cgroup and removes it.
+Inside, ``k4sinit init`` finds itself in a container and asks the composition
+root (k4sinit/daemon/root.py) for what a container gets: no control port, the
+host's /etc left alone.
 
 The container never outlives it:
 

@@ -32,6 +32,11 @@ class Action(enum.Enum):
     POWEROFF = 0x4321FEDC  # RB_POWER_OFF
     HALT = 0xCDEF0123  # RB_HALT_SYSTEM
 
+    @property
+    def verb(self) -> str:
+        """``reboot``, ``poweroff`` or ``halt``: the command and the log's word for it."""
+        return self.name.lower()
+
 
 RB_DISABLE_CAD = 0  # ctrl-alt-del sends SIGINT to init instead of rebooting at once
 
@@ -105,4 +110,4 @@ def reboot(action: Action) -> None:
     os.sync()
     if _libc.reboot(action.value) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"reboot({action.name.lower()}): {os.strerror(err)}")
+        raise OSError(err, f"reboot({action.verb}): {os.strerror(err)}")

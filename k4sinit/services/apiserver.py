@@ -8,10 +8,14 @@ Flags after k0s ``pkg/component/controller/apiserver.go`` and k3s
 * serving: ``--secure-port=6443``, the apiserver certificate, and
   ``--advertise-address`` when the config gives one (else the apiserver takes
   the address of the default route's interface: the node's first address);
-* clients: ``--client-ca-file`` (the cluster CA), ``--anonymous-auth=false``
-  as k3s (every caller, our readiness probe included, presents a client
-  certificate; bootstrap tokens still authenticate),
-  ``--enable-bootstrap-token-auth`` for kubelet TLS bootstrap,
+* clients: ``--client-ca-file`` (the cluster CA); anonymous requests only
+  for ``kube-public/cluster-info`` (an ``AuthenticationConfiguration`` file,
+  ``--authentication-config``, whose anonymous authenticator has that one path
+  as its condition): a joining worker reads it before it trusts anything,
+  as kubeadm's discovery does; every other caller, our readiness probe
+  included, presents a client certificate or a token, as with k3s'
+  ``--anonymous-auth=false``; ``--enable-bootstrap-token-auth`` for kubelet
+  TLS bootstrap,
   ``--authorization-mode=Node,RBAC``, ``--enable-admission-plugins=NodeRestriction``;
 * kubelets: the apiserver-kubelet-client certificate and
   ``--kubelet-preferred-address-types``; the kubelet's serving certificate is
@@ -41,6 +45,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import yaml
+
 from k4sinit.core.nodespec import APISERVER, APISERVER_PORT
 from k4sinit.core.spec import NETWORK, PKI, Condition, Probe, ServiceSpec, TLSConfig
 from k4sinit.services import CONTROL_PLANE_FIRST, datastore, flags, https_get
@@ -50,6 +56,8 @@ if TYPE_CHECKING:
 
 NAME = APISERVER
 PORT = APISERVER_PORT
+#: The one path anonymous requests may take (kubeadm's discovery reads it).
+CLUSTER_INFO_PATH = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
 
 
 def service(node: NodeSettings) -> ServiceSpec:
@@ -58,7 +66,7 @@ def service(node: NodeSettings) -> ServiceSpec:
         {
             "advertise-address": node.advertise_address,
             "allow-privileged": "true",
-            "anonymous-auth": "false",
+            "authentication-config": authentication_config_path(node),
             "authorization-mode": "Node,RBAC",
             "client-ca-file": pki("ca.crt"),
             "enable-admission-plugins": "NodeRestriction",
@@ -122,8 +130,24 @@ def admin_tls(node: NodeSettings) -> TLSConfig:
     )
 
 
+def authentication_config_path(node: NodeSettings) -> str:
+    return f"{node.data_dir}/kube-apiserver/authentication.yaml"
+
+
 def files(node: NodeSettings) -> dict[str, str]:
-    return {}  # certificates and keys come from k4sinit.node.pki
+    # Certificates and keys come from k4sinit.node.pki.
+    return {authentication_config_path(node): authentication_config()}
+
+
+def authentication_config() -> str:
+    """Anonymous access to ``kube-public/cluster-info`` alone (see the module docstring)."""
+    config = {
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "kind": "AuthenticationConfiguration",
+        "anonymous": {"enabled": True, "conditions": [{"path": CLUSTER_INFO_PATH}]},
+    }
+    header = "# Written by k4sinit at boot (k4sinit/services/apiserver.py).\n"
+    return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
 
 
 def directories(node: NodeSettings) -> tuple[str, ...]:

@@ -8,7 +8,11 @@ when the config gives ``advertiseAddress``. A worker adds
 ``--bootstrap-kubeconfig`` and ``--cert-dir``: it joins with a bootstrap
 token (TLS bootstrap), gets its client certificate signed by the control
 plane's controller-manager and writes its kubeconfig where ``--kubeconfig``
-points, beside the PKI, so a persistent PKI dir keeps its identity.
+points, beside the PKI, so a persistent PKI dir keeps its identity. The
+cluster's ``ca.crt`` and the bootstrap kubeconfig are not written at boot:
+the join (k4sinit.node.join, the worker's ``pki`` built-in) writes them once
+it has checked the CA against the token, so a worker's kubelet waits for
+``pki: Ready``.
 
 The ``KubeletConfiguration`` (kubelet.config.k8s.io/v1beta1):
 
@@ -33,7 +37,7 @@ The ``KubeletConfiguration`` (kubelet.config.k8s.io/v1beta1):
   is what an older runtime would be matched against.
 
 Dependencies: containerd and the network ready, and on a single node the
-apiserver ready (it registers the node at once). Grace 30 s: kubelet leaves
+apiserver ready (it registers the node at once), on a worker the join. Grace 30 s: kubelet leaves
 pods running on SIGTERM (graceful node shutdown needs systemd's inhibitor
 locks) and exits within a second or two; the ceiling covers its checkpoint
 writes.
@@ -46,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from k4sinit.core.nodespec import KUBELET, Profile
-from k4sinit.core.spec import NETWORK, Condition, HTTPGetAction, Probe, ServiceSpec
+from k4sinit.core.spec import NETWORK, PKI, Condition, HTTPGetAction, Probe, ServiceSpec
 from k4sinit.services import apiserver, containerd, flags, images
 
 if TYPE_CHECKING:
@@ -54,6 +58,7 @@ if TYPE_CHECKING:
 
 NAME = KUBELET
 HEALTHZ_PORT = 10248
+BOOTSTRAP_KUBECONFIG = "bootstrap-kubelet"  # <kubeconfigs>/bootstrap-kubelet.conf
 
 
 def config_path(node: NodeSettings) -> str:
@@ -61,12 +66,12 @@ def config_path(node: NodeSettings) -> str:
 
 
 def bootstrap_kubeconfig(node: NodeSettings) -> str | None:
-    """The worker's bootstrap kubeconfig: given, written from server and token, or None."""
+    """The worker's bootstrap kubeconfig: given, written by the join, or None."""
     if node.profile is not Profile.WORKER:
         return None
     if node.bootstrap_kubeconfig is not None:
         return node.bootstrap_kubeconfig
-    return node.kubeconfig("bootstrap-kubelet")
+    return node.kubeconfig(BOOTSTRAP_KUBECONFIG)
 
 
 def service(node: NodeSettings) -> ServiceSpec:
@@ -86,7 +91,9 @@ def service(node: NodeSettings) -> ServiceSpec:
         (images.NAME, Condition.COMPLETED),  # air-gapped images, the pause image among them
         (NETWORK, Condition.READY),
     ]
-    if not worker:
+    if worker:
+        depends_on.append((PKI, Condition.READY))  # the join: ca.crt, the bootstrap kubeconfig
+    else:
         depends_on.append((apiserver.NAME, Condition.READY))
     return ServiceSpec(
         name=NAME,
@@ -100,10 +107,7 @@ def service(node: NodeSettings) -> ServiceSpec:
 
 
 def files(node: NodeSettings) -> dict[str, str]:
-    out = {config_path(node): kubelet_configuration(node)}
-    if node.profile is Profile.WORKER and node.bootstrap_kubeconfig is None:
-        out[node.kubeconfig("bootstrap-kubelet")] = bootstrap_kubeconfig_text(node)
-    return out
+    return {config_path(node): kubelet_configuration(node)}
 
 
 def directories(node: NodeSettings) -> tuple[str, ...]:
@@ -149,22 +153,22 @@ def kubelet_configuration(node: NodeSettings) -> str:
     return _dump(f"Written by k4sinit at boot for node {node.name}.", config)
 
 
-def bootstrap_kubeconfig_text(node: NodeSettings) -> str:
-    """A kubeconfig that authenticates with the bootstrap token (it holds a secret)."""
-    assert node.server is not None and node.token is not None  # checked by the config
+def bootstrap_kubeconfig_text(node: NodeSettings, server: str, token: str) -> str:
+    """A kubeconfig for ``server`` that authenticates with the bootstrap ``token``
+    (``id.secret``: it holds a secret) and trusts the node's ``ca.crt``."""
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
             {
                 "name": "k4sinit",
-                "cluster": {"server": node.server, "certificate-authority": node.pki("ca.crt")},
+                "cluster": {"server": server, "certificate-authority": node.pki("ca.crt")},
             }
         ],
-        "users": [{"name": "kubelet-bootstrap", "user": {"token": node.token}}],
+        "users": [{"name": "kubelet-bootstrap", "user": {"token": token}}],
         "contexts": [
             {"name": "bootstrap", "context": {"cluster": "k4sinit", "user": "kubelet-bootstrap"}}
         ],
         "current-context": "bootstrap",
     }
-    return _dump("Written by k4sinit for kubelet TLS bootstrap; it holds a token.", config)
+    return _dump("Written by k4sinit's join for kubelet TLS bootstrap; it holds a token.", config)

@@ -1,8 +1,10 @@
-"""The daemon: reaper, supervisor, control server and signals, composed once.
+"""The daemon: reaper, supervisor, control server and signals, running as one.
 
-``k4sinit run`` (and later PID 1's boot) builds one :class:`Daemon` and awaits
-:meth:`Daemon.run`. It returns after an orderly stop of everything, asked for
-by SIGTERM, SIGINT or ``k4sinit stop --all``.
+:class:`Daemon` holds the parts the composition root (root.py) gives it and
+runs them: :meth:`Daemon.run` supervises until a shutdown is asked for (a
+signal, ``k4sinit stop --all``, a power request), then stops everything in
+reverse dependency order and returns; :attr:`Daemon.action` then says how the
+shutdown ends. :meth:`Daemon.handle` answers the control requests.
 """
 
 from __future__ import annotations
@@ -13,36 +15,41 @@ import os
 import random
 import resource
 import signal
-import socket
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from functools import partial
+from types import MappingProxyType
 from typing import Any
 
 import psutil
 import trio
 
-from k4sinit import __version__, control
-from k4sinit.control import (
-    POWER_OPS,
+from k4sinit import __version__
+from k4sinit.control.port import GuestBridge
+from k4sinit.control.server import ControlServer, Send
+from k4sinit.control.wire import (
+    REPLY_CHUNK,
     DaemonInfo,
     KillReply,
     KubeconfigReply,
     LogLineJSON,
     MemoryInfo,
     NetworkReply,
+    Op,
     PKIReply,
     PKIStatus,
     PreflightReply,
     Request,
     RequestError,
-    Send,
+    ServiceDetail,
     StartReply,
     StatusReply,
     StoppedReply,
+    TokenCreateReply,
+    TokenListReply,
+    TokenRevokeReply,
     error,
     ok,
 )
-from k4sinit.control.port import GuestBridge
 from k4sinit.core.config import Config
 from k4sinit.core.imageinfo import ImageInfo
 from k4sinit.core.netspec import NetworkSpec
@@ -50,12 +57,14 @@ from k4sinit.core.nodespec import NodeSettings
 from k4sinit.core.paths import DEFAULT_PATH
 from k4sinit.core.spec import NETWORK, PKI, PREFLIGHT
 from k4sinit.network import Network
-from k4sinit.node import preflight
+from k4sinit.node import preflight, tokens
+from k4sinit.node.apiclient import APIError
+from k4sinit.node.join import NodeJoin, node_identity
 from k4sinit.node.pkicondition import AlwaysReady, NodePKI
 from k4sinit.node.preflight import Check
 from k4sinit.pid1.power import Action  # imported by name: Daemon() has a flag called power
 from k4sinit.supervision import escapees
-from k4sinit.supervision.cgroups import CGROUP_MOUNT, Cgroup, CgroupTree, CgroupUnavailable
+from k4sinit.supervision.cgroups import CgroupTree
 from k4sinit.supervision.reaper import ExitStatus, Reaper, become_subreaper
 from k4sinit.supervision.runner import RunnerContext, ServiceRunner
 from k4sinit.supervision.supervisor import Supervisor, UnknownService
@@ -71,22 +80,30 @@ Shutdown = Action | None
 # at once and leave its services running: SIGHUP (a terminal hang-up; there is
 # no reload), SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM. (PID 1 needs no such list: the
 # kernel never delivers a signal it has no handler for.)
-RUN_SIGNALS: dict[int, Shutdown] = {
-    signal.SIGTERM: None,
-    signal.SIGINT: None,
-    signal.SIGHUP: None,
-    signal.SIGQUIT: None,
-    signal.SIGUSR1: None,
-    signal.SIGUSR2: None,
-    signal.SIGALRM: None,
-}
-INIT_SIGNALS: dict[int, Shutdown] = {
-    signal.SIGTERM: Action.REBOOT,
-    signal.SIGINT: Action.REBOOT,
-    signal.SIGUSR1: Action.HALT,
-    signal.SIGUSR2: Action.POWEROFF,
-    signal.SIGPWR: Action.POWEROFF,
-}
+RUN_SIGNALS: Mapping[int, Shutdown] = MappingProxyType(
+    {
+        signal.SIGTERM: None,
+        signal.SIGINT: None,
+        signal.SIGHUP: None,
+        signal.SIGQUIT: None,
+        signal.SIGUSR1: None,
+        signal.SIGUSR2: None,
+        signal.SIGALRM: None,
+    }
+)
+INIT_SIGNALS: Mapping[int, Shutdown] = MappingProxyType(
+    {
+        signal.SIGTERM: Action.REBOOT,
+        signal.SIGINT: Action.REBOOT,
+        signal.SIGUSR1: Action.HALT,
+        signal.SIGUSR2: Action.POWEROFF,
+        signal.SIGPWR: Action.POWEROFF,
+    }
+)
+#: What each power request ends the node with (PID 1 only).
+POWER_ACTIONS: Mapping[Op, Action] = MappingProxyType(
+    {Op.REBOOT: Action.REBOOT, Op.POWEROFF: Action.POWEROFF, Op.HALT: Action.HALT}
+)
 
 
 def default_env() -> dict[str, str]:
@@ -119,66 +136,6 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def setup_cgroups(log: Any) -> CgroupTree | None:
-    """k4sinit's cgroup subtree, or None (logged) where cgroup2 is not usable here."""
-    try:
-        tree = CgroupTree.discover()
-        tree.setup()
-    except (CgroupUnavailable, OSError) as exc:
-        log.warning("running without cgroups", reason=str(exc))
-        return None
-    log.info("cgroups ready", base=str(tree.base.path), controllers=sorted(tree.controllers))
-    return tree
-
-
-def serving(socket_path: str) -> bool:
-    """Whether a daemon answers at ``socket_path`` now (a plain connect, no request)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(socket_path)
-        except OSError:
-            return False
-    return True
-
-
-def survivors(
-    socket_path: str, *, cgroups: bool = True, mount: Path = CGROUP_MOUNT
-) -> dict[str, list[int]]:
-    """Services of an earlier k4sinit at ``socket_path`` that still run: name -> pids.
-
-    What a ``k4sinit run`` killed by SIGKILL leaves: its services, re-parented
-    to the host's init. Found in k4sinit's cgroup subtree (``services/NAME``,
-    where cgroup2 is usable and ``cgroups``) and by the environment tag every
-    service process carries (escapees.py). Blocking (reads /proc and cgroupfs).
-    """
-    found: dict[str, set[int]] = {}
-    if cgroups:
-        try:
-            tree: CgroupTree | None = CgroupTree.discover(mount)
-        except (CgroupUnavailable, OSError):
-            tree = None
-        if tree is not None and tree.services.path.is_dir():
-            for path in sorted(p for p in tree.services.path.iterdir() if p.is_dir()):
-                if pids := Cgroup(path).all_pids():
-                    found.setdefault(path.name, set()).update(pids)
-    for name, procs in escapees.tagged(os.path.abspath(socket_path)).items():
-        found.setdefault(name, set()).update(p.pid for p in procs)
-    return {name: sorted(pids) for name, pids in sorted(found.items())}
-
-
-def describe_survivors(socket_path: str, found: Mapping[str, Sequence[int]]) -> str:
-    """Why ``run`` refuses to start: the survivors by name and pid, and what to do."""
-    listed = ", ".join(
-        f"{name} (pid{'s' if len(pids) > 1 else ''} {', '.join(map(str, pids))})"
-        for name, pids in found.items()
-    )
-    every = " ".join(str(pid) for pids in found.values() for pid in pids)
-    return (
-        f"cannot start: services of an earlier k4sinit at {socket_path} still run: {listed}; "
-        f"starting them again would run them twice: stop them first (kill {every})"
-    )
-
-
 def memory_snapshot() -> MemoryInfo:
     """The machine's memory: ``total`` and ``available`` (/proc/meminfo's MemTotal and
     MemAvailable), in bytes; in use is their difference."""
@@ -207,7 +164,7 @@ class Daemon:
     ) -> None:
         """``signals`` maps each handled signal to its action; ``power`` allows
         reboot/poweroff/halt requests (PID 1 only); ``control_port`` names a virtio-serial
-        port over which the host reaches the control socket (controlport.py)."""
+        port over which the host reaches the control socket (control/port.py)."""
         self.log = log
         self.image = image  # what the node image holds (/etc/k4sinit/image.json)
         self.node = node
@@ -228,15 +185,16 @@ class Daemon:
         # Without a network object (tests, tools) the built-in condition is
         # loopback only: nothing to wait for beyond what the kernel already has.
         self.network = network or Network(NetworkSpec(), log, resolv_conf=None, hosts=None)
-        # The node's PKI once the network is up; without roles, nothing to make.
-        self.pki: NodePKI | AlwaysReady = (
-            NodePKI(node, self.network, log)
+        # The node's PKI once the network is up (a worker's: the join); without
+        # roles, nothing to make.
+        self.pki: NodePKI | NodeJoin | AlwaysReady = (
+            node_identity(node, self.network, log)
             if node is not None
             else AlwaysReady(PKI, "no node profile: no PKI to make")
         )
         self.preflight = list(checks)
         self.supervisor = Supervisor(config, ctx, builtins={NETWORK: self.network, PKI: self.pki})
-        self.control = control.ControlServer(socket_path, self.handle, log)
+        self.control = ControlServer(socket_path, self.handle, log)
         self.port_bridge = (
             GuestBridge.for_name(control_port, socket_path, log) if control_port else None
         )
@@ -254,7 +212,7 @@ class Daemon:
             self.log.info(
                 "shutdown requested",
                 reason=reason,
-                action=action.name.lower() if action is not None else "stop",
+                action=action.verb if action is not None else "stop",
             )
             self.action = action
             self._shutdown.set()
@@ -295,7 +253,7 @@ class Daemon:
             if self.port_bridge is not None:
                 nursery.start_soon(self.port_bridge.run)
             await nursery.start(self.network.run)
-            if isinstance(self.pki, NodePKI):
+            if not isinstance(self.pki, AlwaysReady):
                 nursery.start_soon(self.pki.run)
             await nursery.start(self.supervisor.run)
             self.log.info(
@@ -344,71 +302,88 @@ class Daemon:
     # --- control requests ---------------------------------------------------------
 
     async def handle(self, request: Request, send: Send) -> None:
-        """Answer one control request (see control.py for the protocol)."""
+        """Answer one control request (the replies are control/wire.py's types).
+
+        Raises RequestError to refuse (an unknown service, a power request when
+        not PID 1); a RuntimeError of the supervisor (kill without a process) is
+        sent as an error line.
+        """
         sup = self.supervisor
         name = request.name or ""  # Request.from_json made sure the named ops have one
         try:
-            # The config reserves these names (spec.STATUS_NAMES): no service has one.
-            if request.op == "status" and name == NETWORK:
-                network: NetworkReply = {NETWORK: self.network.snapshot()}
-                await send(ok(network))
-            elif request.op == "status" and name == PKI:
-                pki: PKIReply = {PKI: self.pki_snapshot()}
-                await send(ok(pki))
-            elif request.op == "status" and name == PREFLIGHT:
-                checks: PreflightReply = {PREFLIGHT: preflight.to_json(self.preflight)}
-                await send(ok(checks))
-            elif request.op == "status" and name:
-                await send(ok(sup[name].detail()))
-            elif request.op == "status":
-                status: StatusReply = {
-                    "daemon": self.self_snapshot(),
-                    "memory": memory_snapshot(),
-                    "services": sup.snapshot(),
-                    NETWORK: self.network.snapshot(),
-                    PKI: self.pki_snapshot(),
-                    PREFLIGHT: preflight.summary_json(self.preflight),
-                    "image": self.image.to_json() if self.image is not None else None,
-                }
-                await send(ok(status))
-            elif request.op == "logs":
-                await self._logs(sup[name], request, send)
-            elif request.op == "start":
-                started: StartReply = {"started": sup.start(name), **sup[name].snapshot()}
-                await send(ok(started))
-            elif request.op == "stop":
-                await sup.stop(name)
-                await send(ok(sup[name].snapshot()))
-            elif request.op == "restart":
-                await sup.restart(name)
-                await send(ok(sup[name].snapshot()))
-            elif request.op == "kill":
-                signum = request.signal_number()
-                sup[name].send_signal(signum)
-                # The pid shown is the snapshot's (as before): the main process signalled.
-                killed: KillReply = {"signal": signum.name, **sup[name].snapshot()}
-                await send(ok(killed))
-            elif request.op == "kubeconfig":
-                await send(ok(await self._admin_kubeconfig()))
-            elif request.op in POWER_OPS and not self._power:
-                raise RequestError(f"{request.op}: k4sinit is not PID 1 here; use 'stop --all'")
-            elif request.op in ("stop_all", *POWER_OPS):
-                action = None if request.op == "stop_all" else Action[request.op.upper()]
-                self._stop_replies_pending += 1
-                try:
-                    self.request_shutdown(f"k4sinit {request.op.replace('_all', ' --all')}", action)
-                    await self._stopped.wait()
-                    stopped: StoppedReply = {"services": sup.snapshot()}
-                    await send(ok(stopped))
-                finally:
-                    # Also when the asker was itself a service, stopped meanwhile.
-                    self._stop_replies_pending -= 1
-                    self._stop_replies_changed.set()
-                    self._stop_replies_changed = trio.Event()
+            match request.op:
+                case Op.STATUS:
+                    await send(ok(self._status(name)))
+                case Op.LOGS:
+                    await self._logs(sup[name], request, send)
+                case Op.START:
+                    started: StartReply = {"started": sup.start(name), **sup[name].snapshot()}
+                    await send(ok(started))
+                case Op.STOP:
+                    await sup.stop(name)
+                    await send(ok(sup[name].snapshot()))
+                case Op.RESTART:
+                    await sup.restart(name)
+                    await send(ok(sup[name].snapshot()))
+                case Op.KILL:
+                    signum = request.signal_number()
+                    sup[name].send_signal(signum)
+                    # The pid shown is the snapshot's (as before): the main process signalled.
+                    killed: KillReply = {"signal": signum.name, **sup[name].snapshot()}
+                    await send(ok(killed))
+                case Op.KUBECONFIG:
+                    await send(ok(await self._admin_kubeconfig()))
+                case Op.TOKEN_CREATE | Op.TOKEN_LIST | Op.TOKEN_REVOKE:
+                    await send(ok(await self._tokens(request)))
+                case Op.STOP_ALL:
+                    await self._stop_everything("k4sinit stop --all", None, send)
+                case Op.REBOOT | Op.POWEROFF | Op.HALT if not self._power:
+                    raise RequestError(f"{request.op}: k4sinit is not PID 1 here; use 'stop --all'")
+                case Op.REBOOT | Op.POWEROFF | Op.HALT:
+                    await self._stop_everything(
+                        f"k4sinit {request.op}", POWER_ACTIONS[request.op], send
+                    )
         except UnknownService as exc:
             raise RequestError(str(exc)) from None
         except RuntimeError as exc:
             await send(error(str(exc)))
+
+    def _status(
+        self, name: str
+    ) -> StatusReply | ServiceDetail | NetworkReply | PKIReply | PreflightReply:
+        """``status``, or ``status NAME``: a service, or one of the reserved names."""
+        # The config reserves these names (spec.STATUS_NAMES): no service has one.
+        if name == NETWORK:
+            return {NETWORK: self.network.snapshot()}
+        if name == PKI:
+            return {PKI: self.pki_snapshot()}
+        if name == PREFLIGHT:
+            return {PREFLIGHT: preflight.to_json(self.preflight)}
+        if name:
+            return self.supervisor[name].detail()
+        return {
+            "daemon": self.self_snapshot(),
+            "memory": memory_snapshot(),
+            "services": self.supervisor.snapshot(),
+            NETWORK: self.network.snapshot(),
+            PKI: self.pki_snapshot(),
+            PREFLIGHT: preflight.summary_json(self.preflight),
+            "image": self.image.to_json() if self.image is not None else None,
+        }
+
+    async def _stop_everything(self, reason: str, action: Shutdown, send: Send) -> None:
+        """``stop --all`` or a power request: the shutdown, answered once everything stopped."""
+        self._stop_replies_pending += 1
+        try:
+            self.request_shutdown(reason, action)
+            await self._stopped.wait()
+            stopped: StoppedReply = {"services": self.supervisor.snapshot()}
+            await send(ok(stopped))
+        finally:
+            # Also when the asker was itself a service, stopped meanwhile.
+            self._stop_replies_pending -= 1
+            self._stop_replies_changed.set()
+            self._stop_replies_changed = trio.Event()
 
     def pki_snapshot(self) -> PKIStatus:
         """The built-in ``pki`` condition: ``{"ready": bool, "reason": str}``."""
@@ -439,6 +414,38 @@ class Daemon:
             raise RequestError(f"kubeconfig: {path}: {exc.strerror or exc}") from None
         return {"path": path, "kubeconfig": text}
 
+    async def _tokens(
+        self, request: Request
+    ) -> TokenCreateReply | TokenListReply | TokenRevokeReply:
+        """``token create|list|revoke``: bootstrap tokens, through this node's apiserver
+        as its admin (node/tokens.py, in a thread). RequestError says what went wrong."""
+        node = self.node
+        if node is None:
+            raise RequestError("token: this node runs no Kubernetes roles (no node: section)")
+        try:
+            match request.op:
+                case Op.TOKEN_CREATE:
+                    ttl = tokens.DEFAULT_TTL if request.ttl is None else request.ttl_delta()
+                    join_token, info = await trio.to_thread.run_sync(
+                        partial(tokens.create_join_token, node, ttl=ttl, server=request.server)
+                    )
+                    self.log.info(
+                        "bootstrap token created", id=info.id, expires=info.to_json()["expires"]
+                    )
+                    return {"join_token": str(join_token), "token": info.to_json()}
+                case Op.TOKEN_LIST:
+                    client = await trio.to_thread.run_sync(tokens.admin_client, node)
+                    found = await trio.to_thread.run_sync(tokens.list_tokens, client)
+                    return {"tokens": [info.to_json() for info in found]}
+                case _:
+                    token_id = request.name or ""
+                    client = await trio.to_thread.run_sync(tokens.admin_client, node)
+                    await trio.to_thread.run_sync(tokens.revoke, client, token_id)
+                    self.log.info("bootstrap token revoked", id=token_id)
+                    return {"id": token_id}
+        except (tokens.TokenError, APIError) as exc:
+            raise RequestError(f"token: {exc}") from None
+
     async def _logs(self, runner: ServiceRunner, request: Request, send: Send) -> None:
         """The last ``request.lines`` lines, as result lines of about ``REPLY_CHUNK``
         bytes (so a reply held for a slow client stays small), then with ``follow``
@@ -452,7 +459,7 @@ class Daemon:
             for entry in backlog:
                 batch.append(entry.to_json())
                 size += len(json.dumps(entry.line)) + 64  # as encoded: \x01 takes 6 bytes
-                if size >= control.REPLY_CHUNK:
+                if size >= REPLY_CHUNK:
                     await send(ok(batch))
                     batch, size = [], 0
             if batch or not backlog:
