@@ -109,7 +109,8 @@ def test_unknown_top_level_key_suggests() -> None:
     assert where(errors) == [(2, None, "servces"), (3, None, "zzz")]
     assert errors[0].hint == "did you mean 'services'?"
     assert errors[1].hint == (
-        "known keys: node, services, hostname, modules, sysctls, boot, network, storage"
+        "known keys: node, services, hostname, modules, sysctls, boot, network, storage, "
+        "metrics, watchdog"
     )
 
 

@@ -160,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     writer = log.configure(args.log_format, debug=args.debug)
     logger = log.get_logger()
     try:
-        root.run(plan, options, logger)
+        root.run(plan, options, logger, root.Attached(log_writer=writer))
     except root.SurvivorsRunning as exc:
         logger.error(str(exc), survivors=exc.found)
         return 1

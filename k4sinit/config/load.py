@@ -13,12 +13,14 @@ from typing import Any
 
 from k4sinit.config.document import Document, compose, read_text
 from k4sinit.config.errors import ConfigErrors
+from k4sinit.config.metrics import read_metrics
 from k4sinit.config.network import read_network
 from k4sinit.config.node import read_node
-from k4sinit.config.reader import Reader, kind_of
+from k4sinit.config.reader import Reader, given, kind_of
 from k4sinit.config.services import read_services
 from k4sinit.config.storage import read_storage
 from k4sinit.config.system import read_system
+from k4sinit.config.watchdog import read_watchdog
 from k4sinit.core.config import Config, StorageSpec, SystemSpec
 from k4sinit.core.netspec import NetworkSpec
 from k4sinit.core.nodespec import NodeSpec
@@ -43,7 +45,8 @@ def load_config_text(text: str, source: str) -> Config:
     Raises :class:`ConfigErrors` listing every problem found, in line order.
     """
     doc, data = compose(text, source)
-    services, system, network, node, storage = _read_sections(doc, data)
+    monitoring: dict[str, Any] = {}
+    services, system, network, node, storage = _read_sections(doc, data, monitoring)
     if doc.errors:
         raise ConfigErrors(source, sorted(doc.errors, key=lambda e: e.line or 0))
     return Config(
@@ -54,13 +57,18 @@ def load_config_text(text: str, source: str) -> Config:
         node=node,
         storage=storage,
         where=doc.where,
+        **monitoring,
     )
 
 
 def _read_sections(
-    doc: Document, data: Any
+    doc: Document, data: Any, monitoring: dict[str, Any]
 ) -> tuple[dict[str, ServiceSpec], SystemSpec, NetworkSpec, NodeSpec | None, StorageSpec | None]:
-    """The top level: one reader per section (the node first: services depend on its roles)."""
+    """The top level: one reader per section (the node first: services depend on its roles).
+
+    ``monitoring`` receives the ``metrics`` and ``watchdog`` sections given, as
+    Config's keyword arguments.
+    """
     if data is None:
         doc.error((), "the config is empty", "it needs a 'services' or a 'node' mapping")
         return {}, SystemSpec(), NetworkSpec(), None, None
@@ -73,5 +81,6 @@ def _read_sections(
     system = read_system(top)
     network = read_network(top)
     storage = read_storage(top, node)
+    monitoring.update(given(metrics=read_metrics(top), watchdog=read_watchdog(top)))
     top.finish()
     return services, system, network, node, storage

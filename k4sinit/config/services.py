@@ -15,7 +15,7 @@ from typing import Any, TypeGuard
 
 from k4sinit.config.document import Document, KeyPath, field_of
 from k4sinit.config.probes import read_probe
-from k4sinit.config.reader import Reader, did_you_mean, given, is_int, kind_of
+from k4sinit.config.reader import Reader, did_you_mean, given, is_bool, is_int, kind_of
 from k4sinit.config.resources import read_resources
 from k4sinit.core.graph import check_dependencies
 from k4sinit.core.names import is_dns_label
@@ -116,6 +116,7 @@ def _read_service(r: Reader, name: str) -> _Service:
     stop_signal = _read_signal(r)
     grace = r.number("terminationGracePeriodSeconds")
     resources = read_resources(r)
+    critical = r.take("critical", "a boolean", is_bool, hint="true or false")
     r.finish()
     spec = None
     if command is not None:
@@ -133,6 +134,7 @@ def _read_service(r: Reader, name: str) -> _Service:
             stop_signal=stop_signal,
             termination_grace_period=grace,
             resources=resources,
+            critical=critical,
         )
         spec = ServiceSpec(name=name, command=command, **fields)
     if "restartPolicy" not in r.data:

@@ -11,6 +11,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from k4sinit.core.monitoring import MetricsSpec, WatchdogSpec
 from k4sinit.core.netspec import NetworkSpec
 from k4sinit.core.nodespec import DEFAULT_DATA_DIR, NodeSpec
 from k4sinit.core.paths import SHELL
@@ -110,6 +111,10 @@ class Config:
     node: NodeSpec | None = None
     # The ``storage:`` section (None: the node's state lives in its root, lost at reboot).
     storage: StorageSpec | None = None
+    # The ``metrics:`` section (None: no metrics endpoint).
+    metrics: MetricsSpec | None = None
+    # The ``watchdog:`` section (None: no hardware watchdog is opened).
+    watchdog: WatchdogSpec | None = None
     # Where the file wrote each service, (name, None), and each of its dependencies,
     # (name, dependency): (line, field), for the errors k4sinit.node.roles finds.
     where: Mapping[tuple[str, str | None], tuple[int | None, str | None]] = field(

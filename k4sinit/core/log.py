@@ -32,7 +32,8 @@ class NonBlockingWriter:
         self._max_bytes = max_bytes
         self._queue: deque[str] = deque()
         self._queued = 0
-        self.dropped = 0
+        self.dropped = 0  # since the last report in the stream
+        self.dropped_total = 0  # since the start (for metrics)
         self._cond = threading.Condition()
         self._closed = False
         self._idle = True
@@ -43,6 +44,7 @@ class NonBlockingWriter:
         with self._cond:
             if self._queued + len(text) > self._max_bytes:
                 self.dropped += 1
+                self.dropped_total += 1
                 self._cond.notify()  # the drop is reported even if nothing follows
                 return len(text)
             self._queue.append(text)

@@ -196,6 +196,9 @@ class ServiceSpec:
     # The file to execute when it is not argv[0] on PATH: a multicall binary
     # that dispatches on argv[0] (busybox style); see k4sinit.node.roles.
     executable: str | None = None
+    # A node that has this service failed for longer than the watchdog's grace is
+    # reset by its hardware watchdog (k4sinit.pid1.watchdog); without one, no effect.
+    critical: bool = False
 
     @property
     def argv(self) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ import psutil
 import trio
 
 from k4sinit import __version__
+from k4sinit.control.metrics import MetricsServer
 from k4sinit.control.port import GuestBridge
 from k4sinit.control.server import ControlServer, Send
 from k4sinit.control.wire import (
@@ -52,10 +53,12 @@ from k4sinit.control.wire import (
 )
 from k4sinit.core.config import Config
 from k4sinit.core.imageinfo import ImageInfo
+from k4sinit.core.log import NonBlockingWriter
 from k4sinit.core.netspec import NetworkSpec
 from k4sinit.core.nodespec import NodeSettings
 from k4sinit.core.paths import DEFAULT_PATH
 from k4sinit.core.spec import NETWORK, PKI, PREFLIGHT
+from k4sinit.daemon.metrics import LoopLag, collect
 from k4sinit.network import Network
 from k4sinit.node import preflight, tokens
 from k4sinit.node.apiclient import APIError
@@ -161,10 +164,12 @@ class Daemon:
         control_port: str | None = None,
         rng: random.Random | None = None,
         image: ImageInfo | None = None,
+        log_writer: NonBlockingWriter | None = None,
     ) -> None:
         """``signals`` maps each handled signal to its action; ``power`` allows
         reboot/poweroff/halt requests (PID 1 only); ``control_port`` names a virtio-serial
-        port over which the host reaches the control socket (control/port.py)."""
+        port over which the host reaches the control socket (control/port.py);
+        ``log_writer`` is the log's, whose drops the metrics count."""
         self.log = log
         self.image = image  # what the node image holds (/etc/k4sinit/image.json)
         self.node = node
@@ -197,6 +202,16 @@ class Daemon:
         self.control = ControlServer(socket_path, self.handle, log)
         self.port_bridge = (
             GuestBridge.for_name(control_port, socket_path, log) if control_port else None
+        )
+        self.loop_lag = LoopLag()
+        self.metrics = (
+            MetricsServer(
+                config.metrics,
+                partial(collect, self.supervisor, self.reaper, self.loop_lag, log_writer),
+                log,
+            )
+            if config.metrics is not None
+            else None
         )
         self._started = trio.current_time()
         self._shutdown = trio.Event()
@@ -252,6 +267,9 @@ class Daemon:
             await nursery.start(self.control.serve)
             if self.port_bridge is not None:
                 nursery.start_soon(self.port_bridge.run)
+            nursery.start_soon(self.loop_lag.run)
+            if self.metrics is not None:
+                await nursery.start(self.metrics.serve)
             await nursery.start(self.network.run)
             if not isinstance(self.pki, AlwaysReady):
                 nursery.start_soon(self.pki.run)

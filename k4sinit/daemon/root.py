@@ -61,6 +61,7 @@ from k4sinit.core import cmdline, imageinfo
 from k4sinit.core.config import Config
 from k4sinit.core.imageinfo import ImageInfo
 from k4sinit.core.jointoken import JoinToken
+from k4sinit.core.log import NonBlockingWriter
 from k4sinit.core.netspec import NetworkSpec
 from k4sinit.core.nodespec import NodeSettings
 from k4sinit.daemon.daemon import INIT_SIGNALS, RUN_SIGNALS, Daemon, Shutdown
@@ -130,6 +131,13 @@ class Options:
             hostname=kernel.hostname,
             token=kernel.token,
         )
+
+
+@dataclass(frozen=True)
+class Attached:
+    """What an entry point opened before the event loop and hands to the daemon."""
+
+    log_writer: NonBlockingWriter | None = None  # its drops are a metric
 
 
 @dataclass(frozen=True)
@@ -232,7 +240,9 @@ def run_preflight(plan: Plan, log: Any, *, enforced: bool) -> list[preflight.Che
     return checks
 
 
-def compose(prepared: Prepared, options: Options, log: Any) -> Daemon:
+def compose(
+    prepared: Prepared, options: Options, log: Any, attached: Attached = Attached()
+) -> Daemon:
     """The network and the daemon, from a prepared plan; call it inside trio."""
     plan = prepared.plan
     etc = writes_etc_files(options.etc_files, plan.network)
@@ -255,6 +265,7 @@ def compose(prepared: Prepared, options: Options, log: Any) -> Daemon:
         power=options.power,
         control_port=options.control_port,
         image=prepared.image,
+        log_writer=attached.log_writer,
     )
 
 
@@ -267,6 +278,7 @@ async def serve(
     prepared: Prepared,
     options: Options,
     log: Any,
+    attached: Attached = Attached(),
     *,
     task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
 ) -> Shutdown:
@@ -274,7 +286,7 @@ async def serve(
 
     ``started`` with the daemon once it supervises (its control socket is up).
     """
-    daemon = compose(prepared, options, log)
+    daemon = compose(prepared, options, log, attached)
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.run)
         task_status.started(daemon)
@@ -297,7 +309,7 @@ def hostname_setter(log: Any) -> Callable[[str], None]:
 # --- the entry points ------------------------------------------------------------------
 
 
-def run(plan: Plan, options: Options, log: Any) -> Shutdown:
+def run(plan: Plan, options: Options, log: Any, attached: Attached = Attached()) -> Shutdown:
     """``k4sinit run``'s life: refuse to start twice, prepare, serve until a shutdown.
 
     Raises SurvivorsRunning when services of an earlier run still live, and
@@ -315,7 +327,7 @@ def run(plan: Plan, options: Options, log: Any) -> Shutdown:
         raise SurvivorsRunning(options.socket, left)
     try:
         prepared = prepare(plan, options, log)
-        return trio.run(serve, prepared, options, log)
+        return trio.run(serve, prepared, options, log, attached)
     except (OSError, BaseExceptionGroup) as exc:
         # trio's nurseries wrap an error (the control socket that cannot be bound)
         # in exception groups: report the OSErrors inside, re-raise anything else.
@@ -353,7 +365,8 @@ def supervise_node(booted: boot.Booted) -> Action:
     )
     prepared = prepare(plan(booted.config, options, booted.network), options, log)
     log.info("system ready", seconds=round(time.monotonic() - booted.started, 3))
-    action = trio.run(serve, prepared, options, log)
+    attached = Attached(log_writer=booted.log_writer)
+    action = trio.run(serve, prepared, options, log, attached)
     # A plain stop (`stop --all`) of PID 1 ends the node as a reboot does.
     return Action.REBOOT if action is None else action
 

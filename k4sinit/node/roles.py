@@ -468,6 +468,8 @@ def _describe_service(spec: ServiceSpec) -> dict[str, Any]:
     out["restartBackoff"] = backoff
     out["stopSignal"] = signal.Signals(spec.stop_signal).name
     out["terminationGracePeriodSeconds"] = _number(spec.termination_grace_period)
+    if spec.critical:
+        out["critical"] = True
     r = spec.resources
     limits: dict[str, Any] = {}
     if r.memory is not None:

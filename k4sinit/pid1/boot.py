@@ -78,6 +78,7 @@ class Booted:
     socket: str | None  # ``k4sinit init --socket``; None: $K4SINIT_SOCKET or the default
     started: float  # time.monotonic() when this boot attempt began
     log: Any
+    log_writer: log.NonBlockingWriter | None = None  # the console's (for its drop count)
 
 
 #: Runs the node from the booted system until a shutdown is asked for; returns how to
@@ -158,6 +159,7 @@ def boot(
         socket=options.socket,
         started=started,
         log=logger,
+        log_writer=writer,
     )
     return supervise(booted), spec
 

@@ -32,7 +32,7 @@ from k4sinit.core.restart import RestartTracker
 from k4sinit.core.spec import Condition, Dependency, Probe, ProbeAction, ServiceSpec
 from k4sinit.core.state import Event, LogLine, ServiceDetail, ServiceSnapshot, State
 from k4sinit.supervision import escapees, probes, process
-from k4sinit.supervision.cgroups import CgroupTree
+from k4sinit.supervision.cgroups import CgroupTree, ServiceCgroup
 from k4sinit.supervision.output import LINE_RATE, LineBudget, LineSink, pump_lines
 from k4sinit.supervision.reaper import Child, ExitStatus, Reaper
 
@@ -87,6 +87,8 @@ class ServiceRunner:
         # Probe results for views: the last one of each kind, and how many said nothing.
         self.probe_results: dict[str, probes.ProbeResult] = {}
         self.probes_not_counted = 0
+        # Failed checks by probe kind (startup, readiness, liveness), for metrics.
+        self.probe_failures: dict[str, int] = {}
         self.dropped_lines = 0  # output lines over the budget, since the daemon started
 
     # --- the one path for state changes ---------------------------------------
@@ -425,6 +427,8 @@ class ServiceRunner:
             result = await self._prober.check(action, timeout)
             previous = self.probe_results.get(kind)
             self.probe_results[kind] = result
+            if not result.ok and not result.inconclusive:
+                self.probe_failures[kind] = self.probe_failures.get(kind, 0) + 1
             if result.inconclusive:
                 self.probes_not_counted += 1
                 if previous is None or not previous.inconclusive:
@@ -478,6 +482,11 @@ class ServiceRunner:
         await process.terminate(child, self.spec.stop_signal, self.spec.termination_grace_period)
 
     # --- views ------------------------------------------------------------------
+
+    @property
+    def cgroup(self) -> ServiceCgroup | None:
+        """The service's cgroup (None without cgroups); its stats may be read from a thread."""
+        return self._cgroup
 
     def snapshot(self) -> ServiceSnapshot:
         """The service's status as plain data (the wire form of ``status``).
