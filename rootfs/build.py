@@ -116,6 +116,7 @@ DEFAULT_MODULES = (
     "virtio_net",
     "virtio_rng",
     "virtio_console",  # the control port (k4sinit/control/port.py)
+    "i6300esb",  # qemu's watchdog (-device i6300esb): coldplug loads it (pid1/watchdog.py)
     "overlay",
     "llc",
     "stp",

@@ -73,9 +73,14 @@ class Op(enum.StrEnum):
     TOKEN_CREATE = "token_create"
     TOKEN_LIST = "token_list"
     TOKEN_REVOKE = "token_revoke"
+    # Blocks the daemon's event loop for good; only with k4sinit.debug=hang on the
+    # kernel command line (the hardware watchdog's test: a hung PID 1).
+    DEBUG_HANG = "debug_hang"
 
 
 OPS = tuple(Op)
+#: The ops an unknown op's error lists (the debug one is not advertised).
+ADVERTISED_OPS = tuple(op for op in Op if op is not Op.DEBUG_HANG)
 #: The ends of a node (PID 1 only); the daemon maps each to a power action.
 POWER_OPS = (Op.REBOOT, Op.POWEROFF, Op.HALT)
 #: The ops that need a service ``name``.
@@ -174,7 +179,9 @@ class Request:
             raise RequestError(f"request must be a JSON object, got {type(data).__name__}")
         op = data.get("op")
         if op not in OPS:
-            raise RequestError(f"unknown op {_show(op)}; expected one of {', '.join(OPS)}")
+            raise RequestError(
+                f"unknown op {_show(op)}; expected one of {', '.join(ADVERTISED_OPS)}"
+            )
         name = data.get("name")
         if name is not None and not isinstance(name, str):
             raise RequestError("'name' must be a string")

@@ -6,7 +6,9 @@ reach init's environment (the kernel passes only undotted ones), so k4sinit read
 ==========================  ===================================================
 ``k4sinit.config=PATH``     the config file (default /etc/k4sinit/config.yaml)
 ``k4sinit.role=ROLE``       the node profile (controller, worker, single)
-``k4sinit.debug``           log debug events too (``=0`` turns it off)
+``k4sinit.debug``           log debug events too (``=0`` turns it off); ``=hang``
+                            also allows the ``debug_hang`` control request, which
+                            blocks PID 1's event loop (the watchdog's test)
 ``k4sinit.hostname=NAME``   the hostname, over the config's
 ``k4sinit.switchroot=X``    auto, always or never: over the config's boot.switchRoot
 ``k4sinit.token=TOKEN``     a worker's join token (``k4sinit token create``), over the
@@ -39,6 +41,7 @@ class KernelOptions:
     config: str | None = None
     role: str | None = None
     debug: bool = False
+    debug_hang: bool = False  # k4sinit.debug=hang
     hostname: str | None = None
     switch_root: str | None = None
     ip: str | None = None
@@ -92,6 +95,7 @@ def parse(cmdline: str) -> KernelOptions:
         role=options.get("role"),
         debug=debug is True
         or (isinstance(debug, str) and debug not in ("0", "false", "no", "off")),
+        debug_hang=debug == "hang",
         hostname=options.get("hostname"),
         switch_root=options.get("switchroot"),
         ip=ip,

@@ -15,6 +15,7 @@ import os
 import random
 import resource
 import signal
+import time
 from collections.abc import Mapping, Sequence
 from functools import partial
 from types import MappingProxyType
@@ -66,6 +67,7 @@ from k4sinit.node.join import NodeJoin, node_identity
 from k4sinit.node.pkicondition import AlwaysReady, NodePKI
 from k4sinit.node.preflight import Check
 from k4sinit.pid1.power import Action  # imported by name: Daemon() has a flag called power
+from k4sinit.pid1.watchdog import Watchdog, critical_failure
 from k4sinit.supervision import escapees
 from k4sinit.supervision.cgroups import CgroupTree
 from k4sinit.supervision.reaper import ExitStatus, Reaper, become_subreaper
@@ -165,11 +167,15 @@ class Daemon:
         rng: random.Random | None = None,
         image: ImageInfo | None = None,
         log_writer: NonBlockingWriter | None = None,
+        watchdog: Watchdog | None = None,
+        debug_hang: bool = False,
     ) -> None:
         """``signals`` maps each handled signal to its action; ``power`` allows
         reboot/poweroff/halt requests (PID 1 only); ``control_port`` names a virtio-serial
         port over which the host reaches the control socket (control/port.py);
-        ``log_writer`` is the log's, whose drops the metrics count."""
+        ``log_writer`` is the log's, whose drops the metrics count; ``watchdog``
+        (open) is petted while healthy (pid1/watchdog.py); ``debug_hang`` allows the
+        debug_hang request (the kernel's k4sinit.debug=hang)."""
         self.log = log
         self.image = image  # what the node image holds (/etc/k4sinit/image.json)
         self.node = node
@@ -203,6 +209,9 @@ class Daemon:
         self.port_bridge = (
             GuestBridge.for_name(control_port, socket_path, log) if control_port else None
         )
+        self.watchdog = watchdog
+        self._watchdog_grace = config.watchdog.grace if config.watchdog is not None else 0.0
+        self._debug_hang = debug_hang
         self.loop_lag = LoopLag()
         self.metrics = (
             MetricsServer(
@@ -264,6 +273,8 @@ class Daemon:
 
     async def _supervise(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
+            if self.watchdog is not None:
+                nursery.start_soon(self.watchdog.run, self._watchdog_health, self.log)
             await nursery.start(self.control.serve)
             if self.port_bridge is not None:
                 nursery.start_soon(self.port_bridge.run)
@@ -314,6 +325,11 @@ class Daemon:
             async for signum in signals:
                 self.request_shutdown(signal.Signals(signum).name, self._signals[signum])
 
+    def _watchdog_health(self) -> str | None:
+        return critical_failure(
+            self.supervisor.runners.values(), self._watchdog_grace, trio.current_time()
+        )
+
     def _orphan_reaped(self, pid: int, status: ExitStatus) -> None:
         self.log.info("reaped orphan", pid=pid, status=status.describe())
 
@@ -353,6 +369,8 @@ class Daemon:
                     await send(ok(await self._admin_kubeconfig()))
                 case Op.TOKEN_CREATE | Op.TOKEN_LIST | Op.TOKEN_REVOKE:
                     await send(ok(await self._tokens(request)))
+                case Op.DEBUG_HANG:
+                    await self._hang(send)
                 case Op.STOP_ALL:
                     await self._stop_everything("k4sinit stop --all", None, send)
                 case Op.REBOOT | Op.POWEROFF | Op.HALT if not self._power:
@@ -402,6 +420,23 @@ class Daemon:
             self._stop_replies_pending -= 1
             self._stop_replies_changed.set()
             self._stop_replies_changed = trio.Event()
+
+    async def _hang(self, send: Send) -> None:
+        """``debug_hang``: block the event loop for good (PID 1 hung: the watchdog's test).
+
+        Refused unless the kernel command line says ``k4sinit.debug=hang``. The
+        answer goes out first, and a second passes so that the control port's
+        bridge (in this same loop) forwards it to the host.
+        """
+        if not self._debug_hang:
+            raise RequestError(
+                "debug_hang: refused; only with k4sinit.debug=hang on the kernel command line"
+            )
+        await send(ok({"hanging": True}))
+        await trio.sleep(1)
+        self.log.warning("debug: blocking the event loop for good (debug_hang)")
+        while True:
+            time.sleep(3600)  # noqa: ASYNC251 (blocking the event loop is the point)
 
     def pki_snapshot(self) -> PKIStatus:
         """The built-in ``pki`` condition: ``{"ready": bool, "reason": str}``."""

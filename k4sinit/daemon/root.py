@@ -71,6 +71,7 @@ from k4sinit.network import Network
 from k4sinit.node import preflight, roles
 from k4sinit.pid1 import boot
 from k4sinit.pid1.power import Action
+from k4sinit.pid1.watchdog import Watchdog, open_watchdog
 from k4sinit.supervision.cgroups import CGROUP_MOUNT, CgroupTree, CgroupUnavailable
 
 RESOLV_CONF = Path("/etc/resolv.conf")
@@ -103,6 +104,7 @@ class Options:
     role: str | None = None  # the kernel's k4sinit.role=
     hostname: str | None = None  # the kernel's k4sinit.hostname=
     token: JoinToken | None = None  # the kernel's k4sinit.token= (a worker's join token)
+    debug_hang: bool = False  # the kernel's k4sinit.debug=hang: the debug_hang request
 
     @classmethod
     def run(cls, socket: str | None, *, cgroups: bool = True) -> Options:
@@ -130,6 +132,7 @@ class Options:
             role=kernel.role,
             hostname=kernel.hostname,
             token=kernel.token,
+            debug_hang=kernel.debug_hang,
         )
 
 
@@ -138,6 +141,7 @@ class Attached:
     """What an entry point opened before the event loop and hands to the daemon."""
 
     log_writer: NonBlockingWriter | None = None  # its drops are a metric
+    watchdog: Watchdog | None = None  # PID 1's, open: the daemon pets it
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,8 @@ def compose(
         control_port=options.control_port,
         image=prepared.image,
         log_writer=attached.log_writer,
+        watchdog=attached.watchdog,
+        debug_hang=options.debug_hang,
     )
 
 
@@ -365,10 +371,28 @@ def supervise_node(booted: boot.Booted) -> Action:
     )
     prepared = prepare(plan(booted.config, options, booted.network), options, log)
     log.info("system ready", seconds=round(time.monotonic() - booted.started, 3))
-    attached = Attached(log_writer=booted.log_writer)
-    action = trio.run(serve, prepared, options, log, attached)
+    watchdog = _open_watchdog(booted.config, booted.container, log)
+    try:
+        attached = Attached(log_writer=booted.log_writer, watchdog=watchdog)
+        action = trio.run(serve, prepared, options, log, attached)
+    finally:
+        # Services stopped (or the daemon failed: the boot's fallback follows):
+        # the magic close, before the last steps and reboot(2).
+        if watchdog is not None:
+            watchdog.disarm()
+            log.info("watchdog: disarmed", device=watchdog.device)
     # A plain stop (`stop --all`) of PID 1 ends the node as a reboot does.
     return Action.REBOOT if action is None else action
+
+
+def _open_watchdog(config: Config, container: bool, log: Any) -> Watchdog | None:
+    """The config's hardware watchdog, open and armed; None without one (logged)."""
+    if config.watchdog is None:
+        return None
+    if container:
+        log.info("watchdog: not in a container (the device is the host's)")
+        return None
+    return open_watchdog(config.watchdog, log)
 
 
 def init_main(options: boot.InitOptions) -> NoReturn:
