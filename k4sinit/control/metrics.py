@@ -39,10 +39,9 @@ import h11
 import trio
 
 from k4sinit.control.server import (
-    ACCEPT_BACKOFF,
     ACCEPT_CAPACITY_ERRNOS,
-    ACCEPT_LOG_INTERVAL,
     LISTEN_BACKLOG,
+    AcceptErrors,
     _prepare_socket_path,
     _unlink_quietly,
 )
@@ -157,24 +156,14 @@ class MetricsServer:
         return [trio.SocketListener(sock)]
 
     async def _accept_forever(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        logged_at: float | None = None
-        failures = 0
+        errors = AcceptErrors(self._log, "metrics")
         while True:
             try:
                 stream = await listener.accept()
             except OSError as exc:
-                failures += 1
-                now = trio.current_time()
-                if logged_at is None or now - logged_at >= ACCEPT_LOG_INTERVAL:
-                    self._log.error(
-                        "metrics: accept failed; backing off",
-                        error=os.strerror(exc.errno) if exc.errno else str(exc),
-                        failures=failures,
-                    )
-                    logged_at, failures = now, 0
                 if exc.errno in ACCEPT_CAPACITY_ERRNOS:
                     self._drop_oldest_waiting()
-                await trio.sleep(ACCEPT_BACKOFF)
+                await errors.back_off(exc, connections=self.connections)
                 continue
             if self.connections >= MAX_CONNECTIONS and not self._drop_oldest_waiting():
                 nursery.start_soon(self._refuse, stream)

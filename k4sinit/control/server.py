@@ -66,6 +66,31 @@ Handler = Callable[[Request, Send], Awaitable[None]]
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
+class AcceptErrors:
+    """A listener's accept errors: each backed off, a streak logged at most every
+    :data:`ACCEPT_LOG_INTERVAL` (``"<what>: accept failed; backing off"``)."""
+
+    def __init__(self, log: Any, what: str) -> None:
+        self._log = log
+        self._what = what
+        self._logged_at: float | None = None
+        self._failures = 0
+
+    async def back_off(self, exc: OSError, **fields: Any) -> None:
+        """Count ``exc``, log the streak if it is time (with ``fields``), sleep a little."""
+        self._failures += 1
+        now = trio.current_time()
+        if self._logged_at is None or now - self._logged_at >= ACCEPT_LOG_INTERVAL:
+            self._log.error(
+                f"{self._what}: accept failed; backing off",
+                error=os.strerror(exc.errno) if exc.errno else str(exc),
+                failures=self._failures,
+                **fields,
+            )
+            self._logged_at, self._failures = now, 0
+        await trio.sleep(ACCEPT_BACKOFF)
+
+
 class ControlSocketError(OSError):
     """The control socket cannot be set up; the message names the path and the fix."""
 
@@ -115,27 +140,16 @@ class ControlServer:
         # The control socket's share of the daemon's descriptors: past it, the oldest
         # connection still waiting for its request line makes room for a new one.
         budget = max(16, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
-        logged_at: float | None = None
-        failures = 0
+        errors = AcceptErrors(self._log, "control")
         while True:
             try:
                 stream = await listener.accept()
             except OSError as exc:
                 # Out of descriptors (EMFILE: services, RLIMIT_NOFILE) or anything
-                # else: the socket stays. Logged at most every ACCEPT_LOG_INTERVAL.
-                failures += 1
-                now = trio.current_time()
-                if logged_at is None or now - logged_at >= ACCEPT_LOG_INTERVAL:
-                    self._log.error(
-                        "control: accept failed; backing off",
-                        error=os.strerror(exc.errno) if exc.errno else str(exc),
-                        failures=failures,
-                        connections=self.connections,
-                    )
-                    logged_at, failures = now, 0
+                # else: the socket stays.
                 if exc.errno in ACCEPT_CAPACITY_ERRNOS:
                     self._drop_oldest_waiting()
-                await trio.sleep(ACCEPT_BACKOFF)
+                await errors.back_off(exc, connections=self.connections)
                 continue
             if self.connections >= budget:
                 self._drop_oldest_waiting()
