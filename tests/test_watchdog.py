@@ -15,13 +15,14 @@ from typing import Any, cast
 import pytest
 import trio
 
-from k4sinit.config import load_config_text
+from k4sinit.config import ConfigErrors, load_config_text
 from k4sinit.control.wire import Op, Request, RequestError
 from k4sinit.core import cmdline
 from k4sinit.core.monitoring import WatchdogSpec
 from k4sinit.core.state import State
 from k4sinit.daemon import Daemon
 from k4sinit.daemon.root import Options, _open_watchdog
+from k4sinit.node import roles
 from k4sinit.pid1.watchdog import Watchdog, critical_failure, open_watchdog
 from k4sinit.supervision.runner import ServiceRunner
 from tests.test_daemon import Recorder
@@ -183,3 +184,15 @@ async def test_debug_hang_is_refused_unless_the_kernel_allows_it(tmp_path: Path)
 
     with pytest.raises(RequestError, match=r"only with k4sinit\.debug=hang"):
         await daemon.handle(Request(Op.DEBUG_HANG), send)
+
+
+def test_a_nodes_role_is_made_critical_by_its_override() -> None:
+    config = load_config_text(
+        "node:\n  profile: worker\n  server: https://10.0.0.1:6443\n"
+        "  token: abcdef.0123456789abcdef\n  roles: {kubelet: {critical: true}}\n",
+        "t",
+    )
+    expanded = roles.expand(config)
+    assert [name for name, spec in expanded.services.items() if spec.critical] == ["kubelet"]
+    with pytest.raises(ConfigErrors, match=r"field node\.roles\.kubelet\.critical: expected a"):
+        load_config_text("node: {profile: worker, roles: {kubelet: {critical: 1}}}\n", "t")

@@ -233,7 +233,8 @@ def _read_bin_path(r: Reader) -> tuple[str, ...] | None:
 
 
 def _read_roles(parent: Reader) -> tuple[tuple[str, RoleOverride], ...]:
-    """``roles``: per role, ``disabled``, ``extraArgs``, probes, ``resources``, ``env``."""
+    """``roles``: per role, ``disabled``, ``extraArgs``, probes, ``resources``, ``env``,
+    ``critical``."""
     section = parent.mapping("roles", hint="write it as roles: {kubelet: {extraArgs: {...}}}")
     if section is None:
         return ()
@@ -253,6 +254,7 @@ def _read_roles(parent: Reader) -> tuple[tuple[str, RoleOverride], ...]:
         liveness = read_probe(r, "livenessProbe", single_success=True)
         resources = read_resources(r)
         env = read_env(r)
+        critical = r.take("critical", "a boolean", is_bool, hint="true or false")
         r.finish()
         override = RoleOverride(
             **given(
@@ -262,6 +264,7 @@ def _read_roles(parent: Reader) -> tuple[tuple[str, RoleOverride], ...]:
                 liveness_probe=liveness,
                 resources=resources,
                 env=env,
+                critical=critical,
             )
         )
         roles.append((role, override))

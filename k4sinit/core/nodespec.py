@@ -88,7 +88,8 @@ class RoleOverride:
 
     ``extra_args`` are flag names without dashes; a value of None removes the
     role's default flag of that name. Probes, resources replace the role's;
-    ``env`` is laid over the role's environment.
+    ``env`` is laid over the role's environment; ``critical`` marks the role's
+    service critical (the hardware watchdog's, see ServiceSpec.critical).
     """
 
     disabled: bool = False
@@ -97,6 +98,7 @@ class RoleOverride:
     liveness_probe: Probe | None = None
     resources: Resources | None = None
     env: tuple[tuple[str, str], ...] = ()
+    critical: bool = False
 
 
 @dataclass(frozen=True, slots=True)

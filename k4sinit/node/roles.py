@@ -289,6 +289,7 @@ def _override(spec: ServiceSpec, override: RoleOverride, *, keep: set[str]) -> S
         readiness_probe=override.readiness_probe or spec.readiness_probe,
         liveness_probe=override.liveness_probe or spec.liveness_probe,
         resources=override.resources or spec.resources,
+        critical=override.critical or spec.critical,
     )
 
 
