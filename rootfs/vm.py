@@ -83,6 +83,7 @@ def qemu_command(
     terminal: bool = False,
     control_port: str | os.PathLike[str] | None = None,
     forward: Sequence[tuple[int, int]] = (),
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """The qemu command line (see the module docstring). The serial console is
     qemu's stdio: a plain pipe (what :class:`VM` reads), or with ``terminal`` an
@@ -90,7 +91,8 @@ def qemu_command(
     unix socket path at which qemu serves k4sinit's control port (a virtio-serial
     port named ``org.k4sinit.control``; see k4sinit/control/port.py). ``forward``:
     ``(host port, guest port)`` pairs of TCP ports forwarded from the host's
-    loopback into the guest (the apiserver, for kubectl on the host)."""
+    loopback into the guest (the apiserver, for kubectl on the host). ``extra``: more
+    arguments, last (``-device i6300esb -action watchdog=reset``: a watchdog)."""
     cmdline = " ".join(p for p in (BASE_APPEND, "quiet" if quiet else "", append) if p)
     return [
         QEMU,
@@ -138,6 +140,7 @@ def qemu_command(
             else []
         ),
         *([] if reboot else ["-no-reboot"]),
+        *extra,
     ]
 
 
@@ -153,6 +156,7 @@ class QemuOptions(TypedDict, total=False):
     quiet: bool
     terminal: bool
     forward: Sequence[tuple[int, int]]
+    extra: Sequence[str]
 
 
 class VM:

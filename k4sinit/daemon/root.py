@@ -17,10 +17,15 @@ pid1/container.py) all go through the same steps; each differs only in the
                                    half-written file, and after preflight, so a
                                    profile that cannot run writes nothing
       4. image info                /etc/k4sinit/image.json, for status
-    serve(prepared, options, log)  in trio: the network (and its /etc files), the
-                                   pki condition, the supervisor, the control
-                                   server and port, until a shutdown is asked for;
-                                   returns the shutdown's action
+    serve(prepared, options, log,  in trio: the network (and its /etc files), the
+          attached)                pki condition, the supervisor, the control
+                                   server and port, the metrics endpoint, the
+                                   watchdog's petting, until a shutdown is asked
+                                   for; returns the shutdown's action
+
+PID 1 of a node opens the config's hardware watchdog after ``prepare`` and
+disarms it (the magic close) once ``serve`` has returned or failed
+(:func:`supervise_node`, pid1/watchdog.py).
 
 What each entry point asks for:
 
