@@ -24,6 +24,12 @@ Commands and exit codes:
                                    expires) and print a worker's join token
 ``token list [--json]``            the cluster's bootstrap tokens, without secrets
 ``token revoke ID``                delete a bootstrap token (1 when there is none)
+``analyze blame``                  every service by the time from start to ready
+``analyze critical-chain [SERVICE]``
+                                   the dependencies that decided when SERVICE
+                                   (default: the last ready) was ready; 1 for an
+                                   unknown SERVICE
+``analyze plot``                   the boot as an SVG timeline on stdout
 ``apply-manifests ...``            the manifests role's program (k4sinit.node.applier)
 =================================  ==================================================
 

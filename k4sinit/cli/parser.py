@@ -109,6 +109,7 @@ def _add_client_commands(commands: Commands) -> None:
         "--server", help="the apiserver URL to write in it (default: the node's own)"
     )
     _add_token_commands(commands)
+    _add_analyze_commands(commands)
     commands.add_parser(
         "apply-manifests",
         help="apply a directory of manifests, again on change (the manifests role)",
@@ -151,6 +152,28 @@ def _add_token_commands(commands: Commands) -> None:
     action("revoke", "delete a bootstrap token: workers can no longer join with it").add_argument(
         "id", help="the token's id (its first six characters)"
     )
+
+
+def _add_analyze_commands(commands: Commands) -> None:
+    """analyze blame|critical-chain|plot: the boot, from the daemon's timeline."""
+    analyze = _client(
+        commands, "analyze", "show how the boot went: blame, critical-chain, plot (as SVG)"
+    )
+    actions = analyze.add_subparsers(dest="analyze_command", metavar="ACTION", required=True)
+    for name, help in (
+        ("blame", "every service by the time from its start to ready, longest first"),
+        (
+            "critical-chain",
+            "the dependencies that decided when SERVICE (default: the last ready) was "
+            "ready, with k4sinit's own wait on each",
+        ),
+        ("plot", "the boot as an SVG timeline on stdout (k4sinit analyze plot > boot.svg)"),
+    ):
+        sub = actions.add_parser(name, help=help)
+        sub.add_argument("--socket", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        if name == "critical-chain":
+            sub.add_argument("name", nargs="?", metavar="SERVICE")
+    analyze.epilog = "Times are seconds since the kernel's start (a node) or k4sinit's start."
 
 
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")

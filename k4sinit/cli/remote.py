@@ -1,7 +1,7 @@
 """The client commands: ask the daemon over its control socket, show the reply.
 
 ``status``, ``logs``, ``start``/``stop``/``restart``, ``kill``, ``stop --all``,
-``kubeconfig``, ``token`` and the power commands. Each builds a :class:`~k4sinit.control.wire.Request`,
+``kubeconfig``, ``token``, ``analyze`` and the power commands. Each builds a :class:`~k4sinit.control.wire.Request`,
 sends it with the synchronous client (``k4sinit.control``: no trio) and prints
 the typed reply;
 exit codes are in cli/main.py's docstring.
@@ -40,6 +40,7 @@ from k4sinit.control.wire import (
     ServiceSnapshot,
     StatusReply,
     StoppedReply,
+    TimelineJSON,
     TokenCreateReply,
     TokenListReply,
     TokenRevokeReply,
@@ -53,6 +54,8 @@ def run_client(args: argparse.Namespace) -> int:
     path = control.socket_path(args.socket)
     if args.command == "token":
         return token(path, args)
+    if args.command == "analyze":
+        return analyze(path, args)
     op = Op.STOP_ALL if args.command == "stop" and args.all else Op(args.command)
     match op:
         case Op.STATUS if args.name:
@@ -116,6 +119,29 @@ def token(path: str, args: argparse.Namespace) -> int:
                 path, Request(Op.TOKEN_REVOKE, name=args.id)
             )
             print(f"token {revoked['id']} revoked")
+    return 0
+
+
+def analyze(path: str, args: argparse.Namespace) -> int:
+    """``analyze blame|critical-chain|plot``: from the daemon's ``timeline``; 1 for a
+    SERVICE that is no service or built-in."""
+    from k4sinit.core import analysis
+
+    timeline: TimelineJSON = control.request(path, Request(Op.TIMELINE))
+    match args.analyze_command:
+        case "blame":
+            print(analysis.format_blame(analysis.units(timeline)))
+        case "critical-chain":
+            found = analysis.units(timeline)
+            if args.name is not None and args.name not in found:
+                print(f"k4sinit analyze: unknown service {args.name!r}", file=sys.stderr)
+                return 1
+            chain = analysis.critical_chain(found, args.name)
+            print(analysis.format_chain(chain, timeline["origin"]))
+        case _:
+            from k4sinit.core.bootplot import plot
+
+            sys.stdout.write(plot(timeline))
     return 0
 
 

@@ -38,6 +38,7 @@ from k4sinit.core.state import ExitJSON as ExitJSON
 from k4sinit.core.state import LogLineJSON as LogLineJSON
 from k4sinit.core.state import ServiceDetail as ServiceDetail
 from k4sinit.core.state import ServiceSnapshot as ServiceSnapshot
+from k4sinit.core.timeline import TimelineJSON as TimelineJSON
 
 if TYPE_CHECKING:  # types only: the CLI does not load pyroute2 to read a reply
     from k4sinit.network import InterfaceSnapshot as InterfaceSnapshot
@@ -73,6 +74,7 @@ class Op(enum.StrEnum):
     TOKEN_CREATE = "token_create"
     TOKEN_LIST = "token_list"
     TOKEN_REVOKE = "token_revoke"
+    TIMELINE = "timeline"
 
 
 OPS = tuple(Op)
@@ -277,7 +279,7 @@ def peer_uid(sock: _Socket) -> int:
 # StartReply; ``stop``/``restart`` -> ServiceSnapshot; ``kill`` -> KillReply;
 # ``kubeconfig`` -> KubeconfigReply; ``stop_all`` and the power ops -> StoppedReply;
 # ``token_create`` -> TokenCreateReply, ``token_list`` -> TokenListReply,
-# ``token_revoke`` -> TokenRevokeReply.
+# ``token_revoke`` -> TokenRevokeReply; ``timeline`` -> TimelineJSON (core/timeline.py).
 
 
 class PKIStatus(TypedDict):

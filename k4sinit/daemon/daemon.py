@@ -44,6 +44,7 @@ from k4sinit.control.wire import (
     StartReply,
     StatusReply,
     StoppedReply,
+    TimelineJSON,
     TokenCreateReply,
     TokenListReply,
     TokenRevokeReply,
@@ -56,6 +57,8 @@ from k4sinit.core.netspec import NetworkSpec
 from k4sinit.core.nodespec import NodeSettings
 from k4sinit.core.paths import DEFAULT_PATH
 from k4sinit.core.spec import NETWORK, PKI, PREFLIGHT
+from k4sinit.core.timeline import Timeline
+from k4sinit.daemon.boottimes import BuiltinTimes, timeline_reply
 from k4sinit.network import Network
 from k4sinit.node import preflight, tokens
 from k4sinit.node.apiclient import APIError
@@ -161,10 +164,13 @@ class Daemon:
         control_port: str | None = None,
         rng: random.Random | None = None,
         image: ImageInfo | None = None,
+        timeline: Timeline | None = None,
     ) -> None:
         """``signals`` maps each handled signal to its action; ``power`` allows
         reboot/poweroff/halt requests (PID 1 only); ``control_port`` names a virtio-serial
-        port over which the host reaches the control socket (control/port.py)."""
+        port over which the host reaches the control socket (control/port.py);
+        ``timeline`` holds the stages before the daemon (None: none but the process's
+        start-up), to which it adds its own start."""
         self.log = log
         self.image = image  # what the node image holds (/etc/k4sinit/image.json)
         self.node = node
@@ -193,6 +199,10 @@ class Daemon:
             else AlwaysReady(PKI, "no node profile: no PKI to make")
         )
         self.preflight = list(checks)
+        self.timeline = Timeline.since_process_start() if timeline is None else timeline
+        self.builtin_times = BuiltinTimes(
+            self.network, self.pki, pki_works=not isinstance(self.pki, AlwaysReady)
+        )
         self.supervisor = Supervisor(config, ctx, builtins={NETWORK: self.network, PKI: self.pki})
         self.control = ControlServer(socket_path, self.handle, log)
         self.port_bridge = (
@@ -249,13 +259,15 @@ class Daemon:
 
     async def _supervise(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.control.serve)
-            if self.port_bridge is not None:
-                nursery.start_soon(self.port_bridge.run)
-            await nursery.start(self.network.run)
-            if not isinstance(self.pki, AlwaysReady):
-                nursery.start_soon(self.pki.run)
-            await nursery.start(self.supervisor.run)
+            with self.timeline.stage("daemon start"):
+                nursery.start_soon(self.builtin_times.watch)
+                await nursery.start(self.control.serve)
+                if self.port_bridge is not None:
+                    nursery.start_soon(self.port_bridge.run)
+                await nursery.start(self.network.run)
+                if not isinstance(self.pki, AlwaysReady):
+                    nursery.start_soon(self.pki.run)
+                await nursery.start(self.supervisor.run)
             self.log.info(
                 "supervising", services=len(self.supervisor.runners), socket=self.control.path
             )
@@ -331,6 +343,11 @@ class Daemon:
                     # The pid shown is the snapshot's (as before): the main process signalled.
                     killed: KillReply = {"signal": signum.name, **sup[name].snapshot()}
                     await send(ok(killed))
+                case Op.TIMELINE:
+                    reply: TimelineJSON = timeline_reply(
+                        self.timeline, sup.runners.values(), self.builtin_times
+                    )
+                    await send(ok(reply))
                 case Op.KUBECONFIG:
                     await send(ok(await self._admin_kubeconfig()))
                 case Op.TOKEN_CREATE | Op.TOKEN_LIST | Op.TOKEN_REVOKE:

@@ -63,6 +63,7 @@ from k4sinit.core.imageinfo import ImageInfo
 from k4sinit.core.jointoken import JoinToken
 from k4sinit.core.netspec import NetworkSpec
 from k4sinit.core.nodespec import NodeSettings
+from k4sinit.core.timeline import Timeline
 from k4sinit.daemon.daemon import INIT_SIGNALS, RUN_SIGNALS, Daemon, Shutdown
 from k4sinit.daemon.survivors import describe_survivors, serving, survivors
 from k4sinit.host import system
@@ -149,6 +150,7 @@ class Prepared:
     cgroups: CgroupTree | None
     checks: list[preflight.Check]
     image: ImageInfo | None
+    timeline: Timeline  # the stages so far; the daemon adds its own and serves it
 
 
 class CannotStart(Exception):
@@ -185,21 +187,29 @@ def plan(config: Config, options: Options, network: NetworkSpec | None = None) -
     )
 
 
-def prepare(plan: Plan, options: Options, log: Any) -> Prepared:
-    """Cgroups, preflight, node files, image info, in that order (module docstring).
+def prepare(plan: Plan, options: Options, log: Any, timeline: Timeline | None = None) -> Prepared:
+    """Cgroups, preflight, node files, image info, in that order (module docstring),
+    each a stage of ``timeline`` (None: one since this process started).
 
     Blocking; call it before the event loop. Raises BootError for a fatal
     preflight failure (where ``options.preflight_stops_boot`` and the config
     does not say ``boot.preflight: warn``), OSError when a node file cannot be
     written.
     """
-    cgroups = setup_cgroups(log, options.cgroup_mount) if options.cgroups else None
+    timeline = Timeline.since_process_start() if timeline is None else timeline
+    cgroups = None
+    if options.cgroups:
+        with timeline.stage("cgroups"):
+            cgroups = setup_cgroups(log, options.cgroup_mount)
     enforced = options.preflight_stops_boot and plan.config.system.preflight == "enforce"
-    checks = run_preflight(plan, log, enforced=enforced)
-    if plan.node is not None:
-        for path in roles.write_files(plan.node):
-            log.debug("written", path=path)
-    return Prepared(plan, cgroups, checks, imageinfo.load(options.image_path))
+    checks: list[preflight.Check] = []
+    if plan.node is not None:  # without a node profile there is neither
+        with timeline.stage("preflight"):
+            checks = run_preflight(plan, log, enforced=enforced)
+        with timeline.stage("node files"):
+            for path in roles.write_files(plan.node):
+                log.debug("written", path=path)
+    return Prepared(plan, cgroups, checks, imageinfo.load(options.image_path), timeline)
 
 
 def setup_cgroups(log: Any, mount: Path = CGROUP_MOUNT) -> CgroupTree | None:
@@ -255,6 +265,7 @@ def compose(prepared: Prepared, options: Options, log: Any) -> Daemon:
         power=options.power,
         control_port=options.control_port,
         image=prepared.image,
+        timeline=prepared.timeline,
     )
 
 
@@ -351,7 +362,9 @@ def supervise_node(booted: boot.Booted) -> Action:
     options = Options.init(
         booted.socket, booted.kernel, container=booted.container, named=booted.named
     )
-    prepared = prepare(plan(booted.config, options, booted.network), options, log)
+    with booted.timeline.stage("roles"):
+        planned = plan(booted.config, options, booted.network)
+    prepared = prepare(planned, options, log, booted.timeline)
     log.info("system ready", seconds=round(time.monotonic() - booted.started, 3))
     action = trio.run(serve, prepared, options, log)
     # A plain stop (`stop --all`) of PID 1 ends the node as a reboot does.

@@ -9,8 +9,9 @@ by the supervisor in its nursery) that loops::
 Stopping is cancellation of that task; the process is then terminated in a
 shielded scope with the service's grace period (stop signal to the process
 group, SIGKILL after the grace period). Every change of state or readiness goes
-through :meth:`ServiceRunner._set`, which records the event (bounded history),
-logs it and wakes whoever waits on this service.
+through :meth:`ServiceRunner._set`, which records the event (bounded history)
+and the boot's first milestones (core/timeline.py), logs it and wakes whoever
+waits on this service.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import trio
 from k4sinit.core.restart import RestartTracker
 from k4sinit.core.spec import Condition, Dependency, Probe, ProbeAction, ServiceSpec
 from k4sinit.core.state import Event, LogLine, ServiceDetail, ServiceSnapshot, State
+from k4sinit.core.timeline import Milestones
 from k4sinit.supervision import escapees, probes, process
 from k4sinit.supervision.cgroups import CgroupTree
 from k4sinit.supervision.output import LINE_RATE, LineBudget, LineSink, pump_lines
@@ -74,6 +76,8 @@ class ServiceRunner:
         self.last_exit: ExitStatus | None = None
         self.next_restart: float | None = None
         self.events: deque[Event] = deque(maxlen=EVENT_HISTORY)
+        # The boot's first wait, spawn, readiness: kept apart from the bounded events.
+        self.milestones = Milestones()
         self.logs: deque[LogLine] = deque(maxlen=LOG_LINES)
         self._changed = trio.Event()
         self._log_listeners: set[trio.MemorySendChannel[LogLine]] = set()
@@ -110,6 +114,7 @@ class ServiceRunner:
             self._ready_since = None
         self.state, self.ready, self.reason = new_state, new_ready, new_reason
         self.events.append(Event(time.time(), now, new_state, new_ready, new_reason))
+        self.milestones.note(new_state, new_ready, now)
         self._log.info("state", state=new_state.value, ready=new_ready, reason=new_reason)
         self._changed.set()
         self._changed = trio.Event()
