@@ -166,7 +166,7 @@ def format_blame(found: Mapping[str, Unit]) -> str:
     """One line per unit: the time it took, its name (``(built-in)`` for network, pki)."""
     lines = []
     for unit in blame(found):
-        took = f"{unit.took:9.3f}s" if unit.took is not None else f"{unit.describe_state():>10}"
+        took = f"{unit.took:10.3f}s" if unit.took is not None else f"{unit.describe_state():>11}"
         lines.append(f"{took}  {unit.name}{_kind(unit)}")
     return "\n".join(lines)
 
@@ -193,7 +193,8 @@ def format_chain(chain: list[Link], origin: float) -> str:
         if depth:
             above = chain[depth - 1].unit.name
             edge = (
-                f"{above} started {link.wait:.3f}s after it was {(link.condition or '').lower()}"
+                f"{above} started {link.wait:.3f}s after {unit.name} was "
+                f"{(link.condition or '').lower()}"
                 if link.wait is not None
                 else f"{above} not started yet"
             )

@@ -8,8 +8,9 @@ and the built-in dependencies' from :class:`BuiltinTimes`, which watches them:
 join) and is ready when it says so.
 
 The runners' and watchers' times are on trio's clock; :func:`timeline_reply`
-moves them onto CLOCK_MONOTONIC, the stages' clock (on trio's real clock the
-two differ by a fixed offset).
+moves them onto CLOCK_MONOTONIC, the stages' clock. On trio's real clock the
+two differ by a fixed offset, taken once (:attr:`BuiltinTimes.shift`) so that
+every reply gives the same time for the same event.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ class BuiltinTimes:
     """The first milestones of ``network`` and ``pki``; :meth:`watch` records them.
 
     ``pki_works``: False when the pki is always ready (no node profile): it has
-    no work of its own to wait for.
+    no work of its own to wait for. Make it inside trio (it reads trio's clock).
     """
 
     def __init__(self, network: Dependency, pki: Dependency, *, pki_works: bool) -> None:
+        self.shift = time.monotonic() - trio.current_time()  # trio's clock to CLOCK_MONOTONIC
         self._network = network
         self._pki = pki
         self._pki_works = pki_works
@@ -68,7 +70,7 @@ def timeline_reply(
 ) -> TimelineJSON:
     """The ``timeline`` reply: the stages, every service in ``runners``' order, then
     the built-ins that some service depends on; every time in CLOCK_MONOTONIC seconds."""
-    shift = time.monotonic() - trio.current_time()
+    shift = builtins.shift
     units: list[UnitJSON] = []
     used: set[str] = set()
     for runner in runners:
