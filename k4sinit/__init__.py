@@ -26,4 +26,9 @@ below it (``tests/test_layers.py`` checks every import against this list):
 * ``cli/``: the ``k4sinit`` command
 """
 
+import time as _time
+
 __version__ = "0.1.0"
+#: CLOCK_MONOTONIC when the package was first imported: the interpreter has
+#: started, k4sinit's own imports have not (the first stages, core/timeline.py).
+IMPORTED_AT = _time.monotonic()

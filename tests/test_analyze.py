@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any
@@ -133,16 +134,17 @@ def test_a_stage_is_recorded_also_when_it_raises() -> None:
 
 def test_the_stages_cross_the_reexec_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     before = Timeline(origin=0.0)
-    before.add("kernel", 0.0, 1.0)
+    before.add("kernel, initramfs, interpreter", 0.0, 1.0)
     before.add("switch root", 2.0, 5.0)
     monkeypatch.setenv(TIMELINE_ENV, before.to_env())
-    after = first_stages(container=False, entered=6.5)
+    after = first_stages(container=False, entered=6.5, imported=6.0)
     assert TIMELINE_ENV not in os.environ  # services never see it
     assert after.origin == 0.0
     assert [(s.name, s.start, s.end) for s in after.stages] == [
-        ("kernel", 0.0, 1.0),
+        ("kernel, initramfs, interpreter", 0.0, 1.0),
         ("switch root", 2.0, 5.0),
-        ("re-exec", 5.0, 6.5),
+        ("re-exec", 5.0, 6.0),
+        ("imports", 6.0, 6.5),
     ]
 
 
@@ -154,16 +156,23 @@ def test_a_garbled_environment_starts_a_new_timeline(
 ) -> None:
     assert Timeline.from_env(garbled) is None
     monkeypatch.setenv(TIMELINE_ENV, garbled)
-    fresh = first_stages(container=False, entered=process_start() + 0.25)
-    assert [s.name for s in fresh.stages] == ["kernel", "start-up"]
-    assert fresh.stages[0].start == 0.0
+    fresh = first_stages(container=False, entered=3.5, imported=3.0)
+    assert fresh.origin == 0.0
+    assert [(s.name, s.start, s.end) for s in fresh.stages] == [
+        ("kernel, initramfs, interpreter", 0.0, 3.0),
+        ("imports", 3.0, 3.5),
+    ]
 
 
 def test_in_a_container_the_timeline_starts_with_the_process() -> None:
-    entered = process_start() + 0.5
-    fresh = first_stages(container=True, entered=entered)
-    assert fresh.origin == process_start()
-    assert [(s.name, s.end) for s in fresh.stages] == [("start-up", entered)]
+    started = process_start()
+    assert started <= time.monotonic()
+    fresh = first_stages(container=True, entered=started + 0.5, imported=started + 0.25)
+    assert fresh.origin == started
+    assert [(s.name, s.start, s.end) for s in fresh.stages] == [
+        ("interpreter", started, started + 0.25),
+        ("imports", started + 0.25, started + 0.5),
+    ]
 
 
 # --- blame and the critical chain ----------------------------------------------------
@@ -350,7 +359,7 @@ def test_analyze_against_a_running_daemon(start_daemon: Any, tmp_path: Any) -> N
     plotted = d.cli("analyze", "plot")
     assert plotted.returncode == 0, plotted.stderr
     labels = {t.text for t in texts(plotted.stdout)}
-    assert {"a", "b", "c", "side", "network (built-in)", "start-up", "daemon start"} <= labels
+    assert {"a", "b", "c", "side", "network (built-in)", "interpreter", "daemon start"} <= labels
 
     unknown = d.cli("analyze", "critical-chain", "nosuch")
     assert unknown.returncode == 1

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypedDict
 
+from k4sinit import IMPORTED_AT
 from k4sinit.core.state import State
 
 TIMELINE_ENV = "K4SINIT_TIMELINE"  # the stages before PID 1's re-exec, as JSON
@@ -85,11 +86,12 @@ class Timeline:
 
     @classmethod
     def since_process_start(cls) -> Timeline:
-        """A timeline whose origin is this process's start, with a first stage
-        ``start-up`` from then to now (the interpreter, imports, the config)."""
+        """A timeline whose origin is this process's start, with its first stages:
+        ``interpreter`` until k4sinit was imported, ``imports, config`` from then to now."""
         started = process_start()
         timeline = cls(origin=started)
-        timeline.add("start-up", started, time.monotonic())
+        timeline.add("interpreter", started, IMPORTED_AT)
+        timeline.add("imports, config", IMPORTED_AT, time.monotonic())
         return timeline
 
     def add(self, name: str, start: float, end: float) -> None:
@@ -127,9 +129,10 @@ class Timeline:
 
 
 def process_start(pid: int | str = "self") -> float:
-    """When process ``pid`` started, in CLOCK_MONOTONIC seconds (field 22 of
-    /proc/PID/stat, in clock ticks; an exec keeps it). ``time.monotonic()`` when
-    unreadable."""
+    """When process ``pid`` started, in CLOCK_MONOTONIC seconds: field 22 of
+    /proc/PID/stat, in clock ticks of CLOCK_BOOTTIME (the same but for time spent
+    suspended). An exec keeps it; PID 1's is the kernel's early fork of it, long
+    before /init runs. ``time.monotonic()`` when unreadable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from k4sinit import IMPORTED_AT
 from k4sinit.config import ConfigErrors, load_config
 from k4sinit.core import cmdline, imageinfo, log
 from k4sinit.core.config import Config, Fallback, SwitchRoot, SystemSpec
@@ -158,8 +159,9 @@ def boot(
         switch_root_and_reexec(timeline)  # does not return
     network = node_network(config, kernel, logger)
     prepare_system(config, kernel, network, container=container, logger=logger, timeline=timeline)
-    with timeline.stage("storage"):
-        mount_storage(config, logger)
+    if config.storage is not None:
+        with timeline.stage("storage"):
+            mount_storage(config, logger)
     booted = Booted(
         config=config,
         kernel=kernel,
@@ -174,23 +176,28 @@ def boot(
     return supervise(booted), spec
 
 
-def first_stages(container: bool, entered: float) -> Timeline:
-    """The timeline up to ``entered`` (when :func:`init_main` began).
+def first_stages(container: bool, entered: float, imported: float = IMPORTED_AT) -> Timeline:
+    """The timeline up to ``entered`` (when :func:`init_main` began); ``imported``:
+    when the interpreter had started and began importing k4sinit.
 
-    After the switch root's re-exec: the stages before it, and ``re-exec`` (a
-    second interpreter start). Otherwise the kernel (and its initramfs unpacking)
-    from 0, the kernel's start, and the interpreter's ``start-up``; in a
-    container (whose clock began with the host) from this process's start.
+    After the switch root's re-exec: the stages before it, ``re-exec`` (a second
+    interpreter start) and ``imports``. Otherwise from 0, the kernel's start: the
+    kernel, its initramfs and the interpreter in one stage (PID 1's process exists
+    from the kernel's first steps: nothing tells when /init began), then
+    ``imports``; in a container (whose clock began with the host's) from this
+    process's start.
     """
     carried = Timeline.from_env(os.environ.pop(TIMELINE_ENV, None))
     if carried is not None and carried.stages:
-        carried.add("re-exec", carried.stages[-1].end, entered)
-        return carried
-    started = process_start()
-    timeline = Timeline(origin=started if container else 0.0)
-    if not container:
-        timeline.add("kernel", 0.0, started)
-    timeline.add("start-up", started, entered)
+        carried.add("re-exec", carried.stages[-1].end, imported)
+        timeline = carried
+    elif container:
+        timeline = Timeline(origin=process_start())
+        timeline.add("interpreter", timeline.origin, imported)
+    else:
+        timeline = Timeline(origin=0.0)
+        timeline.add("kernel, initramfs, interpreter", 0.0, imported)
+    timeline.add("imports", imported, entered)
     return timeline
 
 
