@@ -7,7 +7,8 @@ pid1/container.py) all go through the same steps; each differs only in the
 
     plan(config, options)          the node's settings and its roles expanded into
                                    services (ConfigErrors), and the network spec
-    prepare(plan, options, log)    blocking, before the event loop, in this order:
+    prepare(plan, options, log)    blocking, before the event loop, in this order
+                                   (each a stage of the boot's timeline):
       1. cgroups                   k4sinit's subtree; leftovers of an earlier
                                    k4sinit in it are killed first
       2. preflight                 the profile's checks, logged as a table; a fatal

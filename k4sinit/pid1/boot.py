@@ -15,6 +15,9 @@
         any error on the way: log it, then the fallback (emergency shell,
                   retry, or reboot after a countdown), and boot again
 
+Each stage's start and end go into the boot's timeline (core/timeline.py; across
+the re-exec in the environment), which the daemon serves to ``k4sinit analyze``.
+
 This module knows the stages, not what runs between boot and shutdown: the
 caller hands that in as ``supervise`` (``k4sinit init`` gives the daemon's
 composition root), so PID 1's stages never import the daemon.
