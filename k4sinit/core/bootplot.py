@@ -1,6 +1,6 @@
 """The boot as an SVG timeline (``k4sinit analyze plot``), hand-written.
 
-One row per stage of PID 1 (blue), then one per unit in the order they began:
+One row per stage of PID 1 (blue), then one per unit in the order they started:
 waiting for its dependencies (grey), started until ready or completed
 (orange), then ready (green) to the plot's end. Names sit in a column of their
 own on the left, so no bar covers a label; each bar's duration is written at
@@ -126,9 +126,10 @@ def _stage_rows(data: TimelineJSON) -> list[_Row]:
 
 
 def _unit_rows(found: Mapping[str, Unit], end: float) -> list[_Row]:
-    def began(unit: Unit) -> tuple[float, str]:
-        first = unit.waiting if unit.waiting is not None else unit.started
-        return (math.inf if first is None else first), unit.name
+    def began(unit: Unit) -> tuple[float, float, str]:
+        """By start (a waterfall); those never started last, by when they began waiting."""
+        started = math.inf if unit.started is None else unit.started
+        return started, (math.inf if unit.waiting is None else unit.waiting), unit.name
 
     rows = []
     for unit in sorted(found.values(), key=began):
