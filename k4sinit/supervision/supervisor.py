@@ -227,7 +227,7 @@ class Supervisor:
             return
         await runner.stop(f"reloaded: {what}; restarting")
         runner.replace_spec(spec, f"reloaded: {what}; restarting")
-        runner.start(nursery, reset=True, reason="reloaded: starting")
+        runner.start(nursery, reset=True)
 
     def snapshot(self) -> list[ServiceSnapshot]:
         """Every service's status, in dependency order."""
