@@ -214,3 +214,20 @@ def test_sighup_reloads_run(start_daemon: Any) -> None:
     assert any(
         e.get("event") == "reloading" and e.get("why") == "SIGHUP" for e in daemon.log_events()
     )
+
+
+def test_a_service_waiting_for_a_dropped_dependency_starts_at_once(
+    start_daemon: Any, tmp_path: Path
+) -> None:
+    never = {"file": {"path": str(tmp_path / "never-there")}, "periodSeconds": 0.2}
+    services = {
+        "gate": {**SLEEPER, "readinessProbe": never},
+        "waiter": {**SLEEPER, "dependsOn": {"gate": "Ready"}},
+    }
+    daemon = start_daemon(services_config(services))
+    daemon.wait_for(lambda s: s["waiter"]["state"] == "waiting", what="waiter waiting")
+    del services["waiter"]["dependsOn"]
+    rewrite(daemon, services)
+    out = reload(daemon)
+    assert "update:    waiter (dependsOn changed)" in out.stdout, out.stderr
+    daemon.wait_for(lambda s: up(s, "waiter"), what="waiter up without its gate")

@@ -28,6 +28,7 @@ from k4sinit.core.reload import (
     plan_reload,
 )
 from k4sinit.core.spec import ServiceSpec
+from k4sinit.daemon.reload import files_changed
 from k4sinit.node import roles
 
 from .config_helpers import load
@@ -234,3 +235,13 @@ def test_a_node_section_uses_the_resolved_settings_not_their_spelling(tmp_path: 
     assert old_node is not None
     same = dataclasses.replace(old_node, pod_cidr=ipaddress.ip_network(str(old_node.pod_cidr)))
     assert not plan_reload(old, old, old_node=old_node, new_node=same).refused
+
+
+def test_the_role_files_a_node_setting_changes_are_found(tmp_path: Any) -> None:
+    _, old_node = node_config(tmp_path, profile="single")
+    _, new_node = node_config(tmp_path, ", podCIDR: 10.250.0.0/16", profile="single")
+    assert files_changed(old_node, new_node) == {
+        "kube-proxy": [f"{tmp_path}/data/kube-proxy/config.yaml"],
+        "containerd": ["/etc/cni/net.d/10-k4sinit.conflist"],
+    }
+    assert files_changed(old_node, old_node) == {}

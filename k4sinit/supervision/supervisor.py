@@ -88,10 +88,12 @@ class Supervisor:
         return ServiceRunner(spec, dataclasses.replace(self._ctx, base_env=env))
 
     def _link(self) -> None:
-        """Point every runner's dependencies at the runners (and built-ins) they name."""
+        """Point every runner's dependencies at the runners (and built-ins) that the running
+        config's spec names (a reload links before the runners take their new specs)."""
         provided: dict[str, Dependency] = {**self._builtins, **self.runners}
-        for runner in self.runners.values():
-            runner.dependencies = [(provided[dep], cond) for dep, cond in runner.spec.depends_on]
+        for name, runner in self.runners.items():
+            depends_on = self.config.services[name].depends_on
+            runner.dependencies = [(provided[dep], cond) for dep, cond in depends_on]
 
     def __getitem__(self, name: str) -> ServiceRunner:
         try:
