@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from k4sinit.control.wire import Op, Request, RequestError
 from tests.conftest import DaemonProcess, child_cmd, pid_alive, services_config, wait_until
 
 SLEEPER = {"command": child_cmd()}
@@ -231,3 +234,11 @@ def test_a_service_waiting_for_a_dropped_dependency_starts_at_once(
     out = reload(daemon)
     assert "update:    waiter (dependsOn changed)" in out.stdout, out.stderr
     daemon.wait_for(lambda s: up(s, "waiter"), what="waiter up without its gate")
+
+
+def test_the_reload_request_carries_dry_run_and_refuses_a_non_boolean() -> None:
+    request = Request(Op.RELOAD, dry_run=True)
+    assert request.to_json() == {"op": "reload", "dry_run": True}
+    assert Request.from_json(request.to_json()) == request
+    with pytest.raises(RequestError, match="'dry_run' must be true or false"):
+        Request.from_json({"op": "reload", "dry_run": "yes"})
