@@ -121,6 +121,41 @@ def format_detail(s: wire.ServiceDetail) -> str:
     return "\n".join(lines)
 
 
+def format_reload(reply: wire.ReloadReply) -> str:
+    """``reload``: what the plan does to each service, what was refused or failed.
+
+    ``reload of FILE: applied`` (``dry run``, ``refused: nothing changed``), then a
+    line per kind of step: ``restart:  api (command changed)``.
+    """
+    plan = reply["plan"]
+    if plan is None:  # an invalid file: the errors are the answer
+        return "\n".join(reply["errors"])
+    if plan["refused"]:
+        outcome = "refused, nothing changed"
+    elif reply["dry_run"]:
+        outcome = "dry run, nothing changed"
+    elif reply["failed"]:
+        outcome = "applied, with failures"
+    else:
+        outcome = "applied"
+    lines = [f"reload of {reply['source']}: {outcome}"]
+    rows = [
+        ("start", plan["start"]),
+        ("stop", plan["stop"]),
+        ("restart", [f"{c['name']} ({', '.join(c['fields'])} changed)" for c in plan["restart"]]),
+        ("update", [f"{c['name']} ({', '.join(c['fields'])} changed)" for c in plan["update"]]),
+        ("unchanged", plan["unchanged"]),
+    ]
+    lines += [f"  {kind + ':':<11}{', '.join(names)}" for kind, names in rows if names]
+    if not any(names for kind, names in rows[:4]):
+        lines.append("  nothing to do")
+    lines += [
+        f"  refused:   {r['field']}: {r['reason']}; reboot to apply it" for r in plan["refused"]
+    ]
+    lines += [f"  failed:    {line}" for line in reply["failed"]]
+    return "\n".join(lines)
+
+
 def format_network_line(network: NetworkSnapshot) -> str:
     """The line under the status table: ``network: ready (eth0 10.0.2.15/24)``."""
     configured = [

@@ -4,10 +4,11 @@ Commands and exit codes:
 
 =================================  ==================================================
 ``run --config FILE``              supervise until a stop signal (SIGTERM, SIGINT,
-                                   SIGHUP, SIGQUIT, SIGUSR1/2, SIGALRM) or ``stop
-                                   --all``; 0 after an orderly stop, 2 on an invalid
-                                   config, 1 if the daemon could not start (services
-                                   of a killed run at the socket still running)
+                                   SIGQUIT, SIGUSR1/2, SIGALRM) or ``stop --all``
+                                   (SIGHUP reloads the config); 0 after an orderly
+                                   stop, 2 on an invalid config, 1 if the daemon
+                                   could not start (services of a killed run at the
+                                   socket still running)
 ``check --config FILE``            0 when valid; 1 and every error otherwise
 ``config --config FILE [--profile P]``
                                    print the config with the node's roles expanded,
@@ -18,6 +19,12 @@ Commands and exit codes:
 ``logs NAME [-n N] [-f]``          the last N lines, then new ones with ``-f``
 ``start|stop|restart NAME``        operator commands; ``stop --all`` stops everything
 ``kill NAME [-s SIGNAL]``          signal a service's main process (default TERM)
+``reload [--dry-run] [--json]``    read the config again and apply it as a diff (the
+                                   plan: start, stop, restart, update in place); 0 when
+                                   applied (or planned), 1 when the file is invalid
+                                   (its errors as ``check`` prints them), a change
+                                   needs a reboot (refused: nothing changes) or a step
+                                   failed
 ``kubeconfig [--server URL]``      print the node's admin kubeconfig (root only)
 ``token create [--ttl D] [--server URL]``
                                    make a bootstrap token (default TTL 24h, 0: never

@@ -102,6 +102,14 @@ def _add_client_commands(commands: Commands) -> None:
     stop.add_argument("name", nargs="?")
     stop.add_argument("--all", action="store_true", help="stop every service and end the daemon")
 
+    reload = _client(
+        commands,
+        "reload",
+        "read the config file again and apply what changed (exit 1 if invalid or refused)",
+    )
+    reload.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    reload.add_argument("--json", action="store_true", help="print the reply as JSON")
+
     kubeconfig = _client(
         commands, "kubeconfig", "print the node's admin kubeconfig (it holds a key)"
     )

@@ -1,7 +1,7 @@
 """The client commands: ask the daemon over its control socket, show the reply.
 
 ``status``, ``logs``, ``start``/``stop``/``restart``, ``kill``, ``stop --all``,
-``kubeconfig``, ``token``, ``analyze`` and the power commands. Each builds a :class:`~k4sinit.control.wire.Request`,
+``reload``, ``kubeconfig``, ``token``, ``analyze`` and the power commands. Each builds a :class:`~k4sinit.control.wire.Request`,
 sends it with the synchronous client (``k4sinit.control``: no trio) and prints
 the typed reply;
 exit codes are in cli/main.py's docstring.
@@ -23,6 +23,7 @@ from k4sinit.cli.format import (
     format_network,
     format_network_line,
     format_pki,
+    format_reload,
     format_table,
     format_tokens,
     printable,
@@ -35,6 +36,7 @@ from k4sinit.control.wire import (
     Op,
     PKIReply,
     PreflightReply,
+    ReloadReply,
     Request,
     ServiceDetail,
     ServiceSnapshot,
@@ -82,6 +84,8 @@ def run_client(args: argparse.Namespace) -> int:
             stopped = control.request(path, Request(Op.STOP_ALL), timeout=None)
             print(format_table(stopped["services"]))
             return 0
+        case Op.RELOAD:
+            return reload(path, dry_run=args.dry_run, as_json=args.json)
     if not args.name:
         print(f"k4sinit {args.command}: a service NAME is needed", file=sys.stderr)
         return 2
@@ -95,6 +99,20 @@ def run_client(args: argparse.Namespace) -> int:
     s: ServiceSnapshot = control.request(path, Request(op, name=args.name), timeout=None)
     print(f"{s['name']}: {s['state']}{', ready' if s['ready'] else ''} ({s['reason']})")
     return 0
+
+
+def reload(path: str, *, dry_run: bool, as_json: bool) -> int:
+    """``reload``: the plan and what was done; an invalid file's errors on stderr, as
+    ``check`` prints them. 0 when applied (or, with ``dry_run``, possible)."""
+    reply: ReloadReply = control.request(path, Request(Op.RELOAD, dry_run=dry_run), timeout=None)
+    if as_json:
+        print(json.dumps(reply, indent=2))
+    elif reply["errors"]:
+        print("\n".join(reply["errors"]), file=sys.stderr)
+    else:
+        print(format_reload(reply))
+    refused = reply["plan"] is None or reply["plan"]["refused"]
+    return 1 if reply["errors"] or refused or reply["failed"] else 0
 
 
 def token(path: str, args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@
 runs them: :meth:`Daemon.run` supervises until a shutdown is asked for (a
 signal, ``k4sinit stop --all``, a power request), then stops everything in
 reverse dependency order and returns; :attr:`Daemon.action` then says how the
-shutdown ends. :meth:`Daemon.handle` answers the control requests.
+shutdown ends. :meth:`Daemon.handle` answers the control requests; a reload
+(the request, or a reload signal: SIGHUP to ``k4sinit run``) is daemon/reload.py's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import random
 import resource
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from functools import partial
 from types import MappingProxyType
 from typing import Any
@@ -38,6 +39,7 @@ from k4sinit.control.wire import (
     PKIReply,
     PKIStatus,
     PreflightReply,
+    ReloadReply,
     Request,
     RequestError,
     ServiceDetail,
@@ -59,6 +61,7 @@ from k4sinit.core.paths import DEFAULT_PATH
 from k4sinit.core.spec import NETWORK, PKI, PREFLIGHT
 from k4sinit.core.timeline import Timeline
 from k4sinit.daemon.boottimes import BuiltinTimes, timeline_reply
+from k4sinit.daemon.reload import Loader, Reloader, loader
 from k4sinit.network import Network
 from k4sinit.node import preflight, tokens
 from k4sinit.node.apiclient import APIError
@@ -80,14 +83,13 @@ Shutdown = Action | None
 # init (SIGTERM reboot, SIGUSR1 halt, SIGUSR2 power-off; SIGINT is ctrl-alt-del,
 # which reboots) and treats SIGPWR (a UPS, a container manager) as power-off.
 # `run` also stops in order on every other signal whose default would kill it
-# at once and leave its services running: SIGHUP (a terminal hang-up; there is
-# no reload), SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM. (PID 1 needs no such list: the
+# at once and leave its services running: SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM.
+# SIGHUP reloads the config (RELOAD_SIGNALS). (PID 1 needs no such list: the
 # kernel never delivers a signal it has no handler for.)
 RUN_SIGNALS: Mapping[int, Shutdown] = MappingProxyType(
     {
         signal.SIGTERM: None,
         signal.SIGINT: None,
-        signal.SIGHUP: None,
         signal.SIGQUIT: None,
         signal.SIGUSR1: None,
         signal.SIGUSR2: None,
@@ -103,6 +105,9 @@ INIT_SIGNALS: Mapping[int, Shutdown] = MappingProxyType(
         signal.SIGPWR: Action.POWEROFF,
     }
 )
+#: The signals that reload the config, for `k4sinit run` (PID 1 reloads only by request:
+#: SIGHUP keeps its busybox meaning there).
+RELOAD_SIGNALS: tuple[int, ...] = (signal.SIGHUP,)
 #: What each power request ends the node with (PID 1 only).
 POWER_ACTIONS: Mapping[Op, Action] = MappingProxyType(
     {Op.REBOOT: Action.REBOOT, Op.POWEROFF: Action.POWEROFF, Op.HALT: Action.HALT}
@@ -165,12 +170,16 @@ class Daemon:
         rng: random.Random | None = None,
         image: ImageInfo | None = None,
         timeline: Timeline | None = None,
+        reload_signals: Collection[int] = RELOAD_SIGNALS,
+        load: Loader | None = None,
     ) -> None:
         """``signals`` maps each handled signal to its action; ``power`` allows
         reboot/poweroff/halt requests (PID 1 only); ``control_port`` names a virtio-serial
         port over which the host reaches the control socket (control/port.py);
         ``timeline`` holds the stages before the daemon (None: none but the process's
-        start-up), to which it adds its own start."""
+        start-up), to which it adds its own start. ``reload_signals`` reload the
+        config, which ``load`` reads again (default: ``config.source``, expanded
+        without kernel options)."""
         self.log = log
         self.image = image  # what the node image holds (/etc/k4sinit/image.json)
         self.node = node
@@ -204,6 +213,8 @@ class Daemon:
             self.network, self.pki, pki_works=not isinstance(self.pki, AlwaysReady)
         )
         self.supervisor = Supervisor(config, ctx, builtins={NETWORK: self.network, PKI: self.pki})
+        self._reload_signals = tuple(reload_signals)
+        self.reloader = Reloader(self.supervisor, node, load or loader(config.source), log)
         self.control = ControlServer(socket_path, self.handle, log)
         self.port_bridge = (
             GuestBridge.for_name(control_port, socket_path, log) if control_port else None
@@ -304,9 +315,20 @@ class Daemon:
             self.log.error("processes survived the final kill", pids=alive)
 
     async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(*self._signals) as signals:
-            async for signum in signals:
-                self.request_shutdown(signal.Signals(signum).name, self._signals[signum])
+        with trio.open_signal_receiver(*self._signals, *self._reload_signals) as signals:
+            async with trio.open_nursery() as reloads:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if signum in self._reload_signals:
+                        reloads.start_soon(self.reload, False, name)
+                    else:
+                        self.request_shutdown(name, self._signals[signum])
+
+    async def reload(self, dry_run: bool, why: str) -> ReloadReply:
+        """Reload the config (daemon/reload.py); the reply says what was done."""
+        reply = await self.reloader.reload(dry_run=dry_run, why=why)
+        self.node = self.reloader.node
+        return reply
 
     def _orphan_reaped(self, pid: int, status: ExitStatus) -> None:
         self.log.info("reaped orphan", pid=pid, status=status.describe())
@@ -352,6 +374,8 @@ class Daemon:
                     await send(ok(await self._admin_kubeconfig()))
                 case Op.TOKEN_CREATE | Op.TOKEN_LIST | Op.TOKEN_REVOKE:
                     await send(ok(await self._tokens(request)))
+                case Op.RELOAD:
+                    await send(ok(await self.reload(request.dry_run, "k4sinit reload")))
                 case Op.STOP_ALL:
                     await self._stop_everything("k4sinit stop --all", None, send)
                 case Op.REBOOT | Op.POWEROFF | Op.HALT if not self._power:

@@ -29,6 +29,7 @@ What each entry point asks for:
                     run              init (a node)     dev (a container)
 ==================  ===============  ================  ====================
 signals             RUN_SIGNALS      INIT_SIGNALS      INIT_SIGNALS
+reload signals      SIGHUP           none (request)    none (request)
 power requests      refused          yes               yes
 cgroups             yes (unless      yes               yes
                     --no-cgroups)
@@ -65,7 +66,8 @@ from k4sinit.core.jointoken import JoinToken
 from k4sinit.core.netspec import NetworkSpec
 from k4sinit.core.nodespec import NodeSettings
 from k4sinit.core.timeline import Timeline
-from k4sinit.daemon.daemon import INIT_SIGNALS, RUN_SIGNALS, Daemon, Shutdown
+from k4sinit.daemon.daemon import INIT_SIGNALS, RELOAD_SIGNALS, RUN_SIGNALS, Daemon, Shutdown
+from k4sinit.daemon.reload import loader
 from k4sinit.daemon.survivors import describe_survivors, serving, survivors
 from k4sinit.host import system
 from k4sinit.network import Network
@@ -92,6 +94,7 @@ class Options:
 
     socket: str
     signals: Mapping[int, Shutdown] = field(default_factory=lambda: RUN_SIGNALS)
+    reload_signals: tuple[int, ...] = RELOAD_SIGNALS  # none as PID 1: only the request
     power: bool = False  # reboot/poweroff/halt requests are served (PID 1)
     cgroups: bool = True
     cgroup_mount: Path = CGROUP_MOUNT
@@ -123,6 +126,7 @@ class Options:
         return cls(
             socket=socket_path(socket),
             signals=INIT_SIGNALS,
+            reload_signals=(),
             power=True,
             control_port=None if container else PORT_NAME,
             etc_files=EtcFiles.NEVER if container else EtcFiles.ALWAYS,
@@ -267,6 +271,10 @@ def compose(prepared: Prepared, options: Options, log: Any) -> Daemon:
         control_port=options.control_port,
         image=prepared.image,
         timeline=prepared.timeline,
+        reload_signals=options.reload_signals,
+        load=loader(
+            plan.config.source, role=options.role, hostname=options.hostname, token=options.token
+        ),
     )
 
 

@@ -88,6 +88,11 @@ class ServiceRunner:
         self._stable_run = False  # this run was ready for backoff.reset_after seconds
         self._kill_reason: str | None = None
         self._child: Child | None = None  # the current run's process, for send_signal
+        # The current run's probes (cancelled to restart them with a reloaded spec),
+        # and whether its startup probe has passed (it is not run again then).
+        self._probe_scope: trio.CancelScope | None = None
+        self._started_up = False
+        self._dependency_wait: trio.CancelScope | None = None
         # Probe results for views: the last one of each kind, and how many said nothing.
         self.probe_results: dict[str, probes.ProbeResult] = {}
         self.probes_not_counted = 0
@@ -148,10 +153,13 @@ class ServiceRunner:
         """The life task is running (waiting, running or in backoff)."""
         return not self._life_done.is_set()
 
-    def start(self, nursery: trio.Nursery, *, reset: bool = False) -> bool:
+    def start(
+        self, nursery: trio.Nursery, *, reset: bool = False, reason: str = "starting"
+    ) -> bool:
         """Start the service's life in ``nursery``; False if it is already active.
 
-        ``reset`` forgets past quick deaths (an operator's explicit start).
+        ``reset`` forgets past quick deaths (an operator's explicit start);
+        ``reason`` is the first event's (a reload says so).
         """
         if self.active:
             return False
@@ -160,7 +168,7 @@ class ServiceRunner:
         self._life_done = trio.Event()
         self._life_scope = trio.CancelScope()
         # Set now, not when the task first runs: dependents see "waiting", not "stopped".
-        self._set(State.WAITING, "starting", ready=False)
+        self._set(State.WAITING, reason, ready=False)
         nursery.start_soon(
             self._life, self._life_scope, self._life_done, name=f"service {self.name}"
         )
@@ -179,6 +187,46 @@ class ServiceRunner:
         await done.wait()
         if self._life_done is done and not self.state.down:
             self._set(State.STOPPED, reason, ready=False)
+
+    def replace_spec(self, spec: ServiceSpec, reason: str) -> None:
+        """A reload's new spec for a service that is not active; it runs from the next start.
+
+        ``reason`` is recorded as one event. RuntimeError while the life is active
+        (stop it first: :meth:`stop`).
+        """
+        if self.active:
+            raise RuntimeError(f"{self.name}: cannot replace the spec of an active service")
+        self.spec = spec
+        self._restarts = RestartTracker(spec.restart_policy, spec.backoff, self._ctx.rng)
+        self._set(reason=reason)
+
+    def update_spec(self, spec: ServiceSpec, reason: str) -> None:
+        """A reload's change of the fields that apply live (core/reload.py: Apply.LIVE).
+
+        The process keeps running. Probes of the current run restart with the new
+        spec (a startup probe that has passed is not run again); readiness stays
+        as it is until the new probe's first verdict, or becomes true when the
+        readiness probe is gone. Restart policy and backoff decide from the next
+        exit (the count of quick deaths is kept), stop signal and grace apply at
+        the next stop, dependencies before the next start (a wait for them
+        re-checks at once). ``reason`` is recorded as one event.
+        """
+        old, self.spec = self.spec, spec
+        self._restarts.policy, self._restarts.backoff = spec.restart_policy, spec.backoff
+        probes_changed = (old.startup_probe, old.readiness_probe, old.liveness_probe) != (
+            spec.startup_probe,
+            spec.readiness_probe,
+            spec.liveness_probe,
+        )
+        # Not while a probe is killing the process: that stop must finish as it began.
+        if probes_changed and self._probe_scope is not None and self._kill_reason is None:
+            self._probe_scope.cancel()
+        ready = None
+        if self.state is State.RUNNING and self._started_up and spec.readiness_probe is None:
+            ready = True
+        if self._dependency_wait is not None:
+            self._dependency_wait.cancel()
+        self._set(reason=reason, ready=ready)
 
     # --- the life task ----------------------------------------------------------
 
@@ -249,7 +297,12 @@ class ServiceRunner:
             self._set(
                 State.WAITING, f"waiting for {dep.name}: {dep.unmet_reason(condition)}", ready=False
             )
-            await dep.changed()
+            # A reload that changes the dependencies cancels this wait (update_spec).
+            try:
+                with trio.CancelScope() as self._dependency_wait:
+                    await dep.changed()
+            finally:
+                self._dependency_wait = None
 
     async def _run_process(self) -> tuple[ExitStatus | None, str, bool]:
         """Run the process once; returns (status, why it ended, whether the run was stable).
@@ -300,7 +353,7 @@ class ServiceRunner:
             nursery.start_soon(self._capture, spawned, capture)
             try:
                 async with trio.open_nursery() as probing:
-                    probing.start_soon(self._probe, child)
+                    probing.start_soon(self._probe_again_on_reload, child)
                     status = await child.wait()
                     probing.cancel_scope.cancel()
             finally:
@@ -393,14 +446,27 @@ class ServiceRunner:
 
     # --- probes -----------------------------------------------------------------
 
+    async def _probe_again_on_reload(self, child: Child) -> None:
+        """:meth:`_probe` for this run, started over when :meth:`update_spec` cancels it."""
+        self._started_up = False
+        try:
+            while True:
+                with trio.CancelScope() as scope:
+                    self._probe_scope = scope
+                    await self._probe(child)
+                    return
+        finally:
+            self._probe_scope = None
+
     async def _probe(self, child: Child) -> None:
         spec = self.spec
-        if spec.startup_probe is not None:
+        if spec.startup_probe is not None and not self._started_up:
             ok, result = await self._probe_until("startup", spec.startup_probe, lambda ok: True)
             if not ok:
                 await self._kill(child, f"startup probe failed: {result.message}")
                 return
             self._set(State.RUNNING, "startup probe passed", ready=spec.readiness_probe is None)
+        self._started_up = True
         async with trio.open_nursery() as nursery:
             if spec.readiness_probe is not None:
                 nursery.start_soon(self._watch_readiness, spec.readiness_probe)
