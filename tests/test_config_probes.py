@@ -111,7 +111,7 @@ def test_probe_errors() -> None:
         (16, "startupProbe.httpGet.pth", "unknown key 'pth'"),
         (17, "startupProbe.sucessThreshold", "unknown key 'sucessThreshold'"),
     ]
-    assert errors[0].hint == "add one of exec, httpGet, tcpSocket, unixSocket, file"
+    assert errors[0].hint == "add one of exec, httpGet, tcpSocket, unixSocket, file, notify"
     assert errors[7].hint == "named ports are not supported, give the number"
     assert errors[8].hint == "did you mean 'path'?"
     assert errors[9].hint == "did you mean 'successThreshold'?"
