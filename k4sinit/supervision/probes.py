@@ -454,8 +454,9 @@ async def run_probe(
             if pending is not None:
                 await pending
         succeeded = succeeded or result.ok
+        interval = probe.period if succeeded else interval
         due = max(due + interval, trio.current_time())
-        interval = probe.period if succeeded else min(interval * 2, probe.period)
+        interval = min(interval * 2, probe.period)
 
 
 def describe(action: ProbeAction) -> str:
