@@ -190,7 +190,8 @@ def _read_file(r: Reader) -> FileAction | None:
 
 
 def _read_notify(r: Reader) -> NotifyAction:
-    r.finish()
+    for key in r.data:
+        r.error(f"unknown key {key!r}", "notify takes no options: write notify: {}", key=key)
     return NotifyAction()
 
 

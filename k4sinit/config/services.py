@@ -121,7 +121,8 @@ def _read_service(r: Reader, name: str) -> _Service:
     )
     if notification_fd is not None and "readinessProbe" in r.data:
         hint = "remove one: a newline on notificationFd makes the service ready"
-        r.error("notificationFd and readinessProbe both say when it is ready", hint)
+        message = "notificationFd and readinessProbe both say when it is ready"
+        r.error(message, hint, key="notificationFd")
     r.finish()
     spec = None
     if command is not None:
