@@ -413,3 +413,23 @@ async def test_passed_descriptors_are_closed(listener: NotifyListener) -> None:
         # The listener closed its copy of the write end: the pipe reads EOF.
         assert await trio.to_thread.run_sync(os.read, r, 1) == b""
     os.close(r)
+
+
+async def test_a_process_in_the_services_cgroup_or_below_is_the_services(tmp_path: Path) -> None:
+    # A stand-in procfs says where "pid" 4242 is; its process group is not the service's.
+    mount, proc = tmp_path / "cgroup", tmp_path / "proc"
+    (proc / "4242").mkdir(parents=True)
+    listener = NotifyListener(structlog.get_logger(), cgroup_mount=mount, proc=proc)
+    notes = Notifications("svc")
+    service = mount / "k4sinit" / "services" / "svc"
+    with listener.attach(notes, 1 << 22, service):  # a main pid that is not 4242
+        for where, owner in (
+            ("/k4sinit/services/svc", notes),
+            ("/k4sinit/services/svc/worker", notes),
+            ("/k4sinit/services/other", None),
+            ("/", None),
+        ):
+            (proc / "4242" / "cgroup").write_text(f"1:cpu:/\n0::{where}\n")
+            assert listener.owner(4242) is owner, where
+    (proc / "4242" / "cgroup").write_text("0::/k4sinit/services/svc\n")
+    assert listener.owner(4242) is None  # detached

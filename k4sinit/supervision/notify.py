@@ -133,22 +133,21 @@ def parse(data: bytes) -> dict[str, str] | None:
 class NotifyListener:
     """The daemon's ``NOTIFY_SOCKET``; see the module docstring.
 
-    The socket is bound at construction, so :attr:`address` can go into a
-    service's environment before :meth:`run` reads it. Runners attach each run
+    :attr:`address` is chosen at construction; :meth:`run` binds it and
+    reports started, so start it before any service. Runners attach each run
     (:meth:`attach`, right after spawning, before any checkpoint) and detach
     it when the run ends.
     """
 
-    def __init__(self, log: Any, *, cgroup_mount: Path = _CGROUP_MOUNT) -> None:
+    def __init__(
+        self, log: Any, *, cgroup_mount: Path = _CGROUP_MOUNT, proc: Path = Path("/proc")
+    ) -> None:
+        """``cgroup_mount`` and ``proc`` are where cgroup2 and procfs are (tests change them)."""
         self._log = log
         self._cgroup_mount = cgroup_mount
-        name = f"k4sinit-notify-{os.getpid()}-{secrets.token_hex(4)}"
-        self.address = f"@{name}"  # as NOTIFY_SOCKET says it: @ for the abstract namespace
-        self._sock = socket.socket(
-            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-        )
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self._sock.bind(f"\0{name}")
+        self._proc = proc
+        self._name = f"k4sinit-notify-{os.getpid()}-{secrets.token_hex(4)}"
+        self.address = f"@{self._name}"  # as NOTIFY_SOCKET says it: @ is the abstract namespace
         self._by_pid: dict[int, Notifications] = {}
         self._by_cgroup: dict[Path, Notifications] = {}
         self.dropped: Counter[str] = Counter()
@@ -188,7 +187,7 @@ class NotifyListener:
 
     def _cgroup_of(self, pid: int) -> Path | None:
         try:
-            with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+            with open(self._proc / str(pid) / "cgroup", encoding="utf-8", errors="replace") as f:
                 for line in f:
                     if line.startswith("0::/"):
                         return self._cgroup_mount / line[4:].rstrip("\n")
@@ -199,14 +198,22 @@ class NotifyListener:
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> NoReturn:
-        """Read datagrams until cancelled; the socket is closed on the way out."""
-        with self._sock:
+        """Bind :attr:`address`, then read datagrams until cancelled; closed on the way out.
+
+        Raises OSError if the address cannot be bound.
+        """
+        sock = socket.socket(
+            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+        )
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            sock.bind(f"\0{self._name}")
             task_status.started()
             while True:
-                await trio.lowlevel.wait_readable(self._sock)
+                await trio.lowlevel.wait_readable(sock)
                 for _ in range(BATCH):
                     try:
-                        data, ancillary, flags, _ = self._sock.recvmsg(MAX_DATAGRAM, _ANCILLARY)
+                        data, ancillary, flags, _ = sock.recvmsg(MAX_DATAGRAM, _ANCILLARY)
                     except (BlockingIOError, InterruptedError):
                         break
                     self._receive(data, ancillary, flags)
