@@ -91,6 +91,7 @@ def format_detail(s: wire.ServiceDetail) -> str:
     lines = [
         f"{s['name']}: {s['state']}, {'ready' if s['ready'] else 'not ready'}, for {format_duration(s['since'])}",
         f"  reason:           {s['reason']}",
+        *([f"  status:           {s['notify_status']}"] if s.get("notify_status") else []),
         f"  pid:              {s['pid'] or '-'}",
         f"  restarts:         {s['restarts']}   last exit: {format_exit(s['last_exit'])}",
     ]
@@ -190,10 +191,18 @@ def format_tokens(tokens: list[wire.TokenJSON], now: float) -> str:
 
 
 def format_daemon_line(daemon: wire.DaemonInfo) -> str:
-    """k4sinit itself: ``k4sinit 0.1.0: pid 1, up 3m12s, 41.2 MiB resident``."""
+    """k4sinit itself: ``k4sinit 0.1.0: pid 1, up 3m12s, 41.2 MiB resident``.
+
+    Dropped notify messages, if any, follow: ``; notify dropped: unknown-sender 3``.
+    """
+    dropped = daemon.get("notify_dropped") or {}
     return (
         f"k4sinit {daemon['version']}: pid {daemon['pid']}, up {format_duration(daemon['uptime'])}, "
         f"{daemon['rss_bytes'] / 2**20:.1f} MiB resident"
+    ) + (
+        "; notify dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(dropped.items()))
+        if dropped
+        else ""
     )
 
 

@@ -116,6 +116,13 @@ def _read_service(r: Reader, name: str) -> _Service:
     stop_signal = _read_signal(r)
     grace = r.number("terminationGracePeriodSeconds")
     resources = read_resources(r)
+    notification_fd = r.integer(
+        "notificationFd", 3, maximum=9, hint="s6's notification-fd: a descriptor from 3 to 9"
+    )
+    if notification_fd is not None and "readinessProbe" in r.data:
+        hint = "remove one: a newline on notificationFd makes the service ready"
+        message = "notificationFd and readinessProbe both say when it is ready"
+        r.error(message, hint, key="notificationFd")
     r.finish()
     spec = None
     if command is not None:
@@ -133,6 +140,7 @@ def _read_service(r: Reader, name: str) -> _Service:
             stop_signal=stop_signal,
             termination_grace_period=grace,
             resources=resources,
+            notification_fd=notification_fd,
         )
         spec = ServiceSpec(name=name, command=command, **fields)
     if "restartPolicy" not in r.data:

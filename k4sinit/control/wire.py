@@ -316,6 +316,7 @@ class DaemonInfo(TypedDict):
     rss_bytes: int
     uptime: float
     version: str
+    notify_dropped: dict[str, int]  # NOTIFY_SOCKET datagrams dropped, by reason (notify.py)
 
 
 class MemoryInfo(TypedDict):

@@ -71,6 +71,7 @@ from k4sinit.node.preflight import Check
 from k4sinit.pid1.power import Action  # imported by name: Daemon() has a flag called power
 from k4sinit.supervision import escapees
 from k4sinit.supervision.cgroups import CgroupTree
+from k4sinit.supervision.notify import NotifyListener
 from k4sinit.supervision.reaper import ExitStatus, Reaper, become_subreaper
 from k4sinit.supervision.runner import RunnerContext, ServiceRunner
 from k4sinit.supervision.supervisor import Supervisor, UnknownService
@@ -190,12 +191,14 @@ class Daemon:
         self.reaper = Reaper(on_orphan=self._orphan_reaped)
         # Every service's processes name this daemon in their environment (escapees.py).
         self._tag = os.path.abspath(socket_path)
+        self.notify = NotifyListener(log)  # NOTIFY_SOCKET, for services with a notify probe
         ctx = RunnerContext(
             reaper=self.reaper,
             base_env={**default_env(), escapees.DAEMON_ENV: self._tag},
             cgroups=cgroups,
             log=log,
             rng=rng or random.Random(),
+            notify=self.notify,
         )
         # Without a network object (tests, tools) the built-in condition is
         # loopback only: nothing to wait for beyond what the kernel already has.
@@ -260,6 +263,7 @@ class Daemon:
             )
         async with trio.open_nursery() as outer:
             await outer.start(self.reaper.run)
+            await outer.start(self.notify.run)
             outer.start_soon(self._watch_signals)
             try:
                 await self._supervise(task_status)
@@ -438,6 +442,7 @@ class Daemon:
             "rss_bytes": me.memory_info().rss,
             "uptime": round(trio.current_time() - self._started, 3),
             "version": __version__,
+            "notify_dropped": dict(self.notify.dropped),
         }
 
     async def _admin_kubeconfig(self) -> KubeconfigReply:

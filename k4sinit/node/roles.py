@@ -58,6 +58,7 @@ from k4sinit.core.spec import (
     ExecAction,
     FileAction,
     HTTPGetAction,
+    NotifyAction,
     Probe,
     ServiceSpec,
     TCPSocketAction,
@@ -453,7 +454,7 @@ def _describe_service(spec: ServiceSpec) -> dict[str, Any]:
         ("livenessProbe", spec.liveness_probe),
     ):
         if probe is not None:
-            out[key] = _describe_probe(probe)
+            out[key] = _describe_probe(probe, key)
     b = spec.backoff
     backoff = {
         "initialSeconds": _number(b.initial),
@@ -484,7 +485,8 @@ def _describe_service(spec: ServiceSpec) -> dict[str, Any]:
     return out
 
 
-def _describe_probe(probe: Probe) -> dict[str, Any]:
+def _describe_probe(probe: Probe, key: str) -> dict[str, Any]:
+    """A probe as the config writes it (a notify probe with the timing it may have)."""
     action = probe.action
     handler: tuple[str, dict[str, Any]]
     if isinstance(action, HTTPGetAction):
@@ -515,14 +517,19 @@ def _describe_probe(probe: Probe) -> dict[str, Any]:
         handler = ("unixSocket", {"path": action.path})
     elif isinstance(action, FileAction):
         handler = ("file", {"path": action.path})
+    elif isinstance(action, NotifyAction):
+        handler = ("notify", {})
     else:
         assert isinstance(action, ExecAction)
         handler = ("exec", {"command": list(action.command)})
-    return {
-        handler[0]: handler[1],
+    timing = {
         "initialDelaySeconds": _number(probe.initial_delay),
         "periodSeconds": _number(probe.period),
         "timeoutSeconds": _number(probe.timeout),
         "successThreshold": probe.success_threshold,
         "failureThreshold": probe.failure_threshold,
     }
+    if isinstance(action, NotifyAction):  # READY=1 takes no timing; WATCHDOG=1 no timeout
+        timing = {} if key == "readinessProbe" else timing
+        timing.pop("timeoutSeconds", None)
+    return {handler[0]: handler[1], **timing}

@@ -29,7 +29,11 @@ must be in the CNI bin dir). A controller has no pods and a worker's share of
 the pod range is the control plane's to allocate, so there a CNI add-on
 (a DaemonSet) writes the network config.
 
-Readiness: its socket accepts. Grace 30 s: it exits in well under a second
+Readiness: ``READY=1`` over ``NOTIFY_SOCKET`` (a ``notify`` probe), which
+containerd sends once its plugins are loaded and its servers serve
+(``command.notifyReady``); it says ``STOPPING=1`` on SIGTERM. It does not
+pass ``NOTIFY_SOCKET`` on to runc (go-runc filters it out), so containers
+are not held waiting for a notification of their own. Grace 30 s: it exits in well under a second
 (containers and their shims live on), but it closes its bolt database on
 the way.
 """
@@ -40,7 +44,7 @@ import json
 from typing import TYPE_CHECKING
 
 from k4sinit.core.nodespec import CONTAINERD, Profile
-from k4sinit.core.spec import Probe, ServiceSpec, UnixSocketAction
+from k4sinit.core.spec import NotifyAction, Probe, ServiceSpec
 from k4sinit.services import flags
 
 if TYPE_CHECKING:
@@ -65,7 +69,7 @@ def service(node: NodeSettings) -> ServiceSpec:
         command=(NAME,),
         args=flags({"config": config_path(node)}),
         env=node.env,
-        readiness_probe=Probe(UnixSocketAction(SOCKET)),
+        readiness_probe=Probe(NotifyAction()),
         termination_grace_period=30.0,
     )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import random
 import signal
 import time
@@ -30,17 +31,26 @@ import psutil
 import trio
 
 from k4sinit.core.restart import RestartTracker
-from k4sinit.core.spec import Condition, Dependency, Probe, ProbeAction, ServiceSpec
+from k4sinit.core.spec import (
+    Condition,
+    Dependency,
+    NotifyAction,
+    Probe,
+    ProbeAction,
+    ServiceSpec,
+)
 from k4sinit.core.state import Event, LogLine, ServiceDetail, ServiceSnapshot, State
 from k4sinit.core.timeline import Milestones
 from k4sinit.supervision import escapees, probes, process
 from k4sinit.supervision.cgroups import CgroupTree
+from k4sinit.supervision.notify import Notifications, NotifyListener
 from k4sinit.supervision.output import LINE_RATE, LineBudget, LineSink, pump_lines
 from k4sinit.supervision.reaper import Child, ExitStatus, Reaper
 
 EVENT_HISTORY = 64
 LOG_LINES = 200
 LINES_PER_EVENT = 16  # output batches longer than this are logged as one event
+NOTIFICATION_LIMIT = 4096  # bytes read from a notification fd while waiting for a newline
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +62,7 @@ class RunnerContext:
     cgroups: CgroupTree | None  # None where there is no writable cgroup2
     log: Any  # a structlog BoundLogger
     rng: random.Random
+    notify: NotifyListener | None = None  # NOTIFY_SOCKET; None: notify probes cannot work
 
 
 class ServiceRunner:
@@ -97,6 +108,8 @@ class ServiceRunner:
         self.probe_results: dict[str, probes.ProbeResult] = {}
         self.probes_not_counted = 0
         self.dropped_lines = 0  # output lines over the budget, since the daemon started
+        # What the current (or last) run said over NOTIFY_SOCKET, if it may.
+        self.notifications: Notifications | None = None
 
     # --- the one path for state changes ---------------------------------------
 
@@ -310,7 +323,7 @@ class ServiceRunner:
         ``status`` is None when fork itself failed. Raises SpawnError when the
         program cannot be started at all.
         """
-        env = {**self._ctx.base_env, **dict(self.spec.env)}
+        env = {**self._ctx.base_env, **dict(self.spec.env), **self._notify_env()}
         cgroup = self._cgroup
         if cgroup is not None:
             await cgroup.kill_and_wait()  # nothing of an earlier run may linger
@@ -321,21 +334,62 @@ class ServiceRunner:
             for warning in warnings:
                 self._log.warning(warning)
             oom_kills = cgroup.oom_kills()
-        try:
-            spawned = process.spawn(
-                self._ctx.reaper,
-                self.spec.argv,
-                env=env,
-                cwd=self.spec.working_dir,
-                executable=self.spec.executable,
-                cgroup_procs=cgroup.procs_file if cgroup else None,
-            )
-        except process.SpawnError:
-            self.pid = None
-            raise
-        except OSError as exc:  # fork itself failed (EAGAIN, ENOMEM): worth a retry
-            self.pid = None
-            return None, f"spawn failed: {exc.strerror}", False
+        with contextlib.ExitStack() as run:
+            fd = self.spec.notification_fd
+            ready_r, ready_w = os.pipe() if fd is not None else (None, None)
+            if ready_r is not None:
+                run.callback(os.close, ready_r)
+            try:
+                spawned = process.spawn(
+                    self._ctx.reaper,
+                    self.spec.argv,
+                    env=env,
+                    cwd=self.spec.working_dir,
+                    executable=self.spec.executable,
+                    cgroup_procs=cgroup.procs_file if cgroup else None,
+                    pass_fd=None if fd is None or ready_w is None else (fd, ready_w),
+                )
+            except process.SpawnError:
+                self.pid = None
+                raise
+            except OSError as exc:  # fork itself failed (EAGAIN, ENOMEM): worth a retry
+                self.pid = None
+                return None, f"spawn failed: {exc.strerror}", False
+            finally:
+                if ready_w is not None:
+                    os.close(ready_w)
+            # No checkpoint since the spawn: attached before the listener reads a message.
+            if self._ctx.notify is not None and self.spec.uses_notify_socket:
+                self.notifications = Notifications(self.name)
+                where = cgroup.path if cgroup is not None else None
+                run.enter_context(
+                    self._ctx.notify.attach(self.notifications, spawned.child.pid, where)
+                )
+            status, why = await self._supervise_run(spawned, ready_r)
+        if cgroup is not None and cgroup.oom_kills() > oom_kills:
+            why += f" (out of memory: limit {_bytes(self.spec.resources.memory)})"
+        return status, why, self._stable_run
+
+    def _notify_env(self) -> dict[str, str]:
+        """``NOTIFY_SOCKET`` (and ``WATCHDOG_USEC``) for a service with a notify probe.
+
+        Raises SpawnError when the daemon has no notify socket (a tool's supervisor).
+        """
+        if not self.spec.uses_notify_socket:
+            return {}
+        if self._ctx.notify is None:
+            raise process.SpawnError("a notify probe, but this supervisor has no NOTIFY_SOCKET")
+        env = {"NOTIFY_SOCKET": self._ctx.notify.address}
+        liveness = self.spec.liveness_probe
+        if liveness is not None and isinstance(liveness.action, NotifyAction):
+            env["WATCHDOG_USEC"] = str(round(liveness.period * 1_000_000))
+        return env
+
+    async def _supervise_run(
+        self, spawned: process.Spawned, ready_fd: int | None
+    ) -> tuple[ExitStatus, str]:
+        """Probe and capture the spawned process until it exits; (status, why it ended)."""
+        cgroup = self._cgroup
         child = spawned.child
         self.pid = child.pid
         self._child = child
@@ -345,7 +399,7 @@ class ServiceRunner:
         self._set(
             State.STARTING if has_startup else State.RUNNING,
             f"started, pid {child.pid}",
-            ready=not has_startup and self.spec.readiness_probe is None,
+            ready=not has_startup and self._ready_when_running,
         )
         capture = trio.CancelScope(shield=True)
         status: ExitStatus | None = None
@@ -353,7 +407,7 @@ class ServiceRunner:
             nursery.start_soon(self._capture, spawned, capture)
             try:
                 async with trio.open_nursery() as probing:
-                    probing.start_soon(self._probe_again_on_reload, child)
+                    probing.start_soon(self._probe_again_on_reload, child, ready_fd)
                     status = await child.wait()
                     probing.cancel_scope.cancel()
             finally:
@@ -365,10 +419,7 @@ class ServiceRunner:
                         self._log.error("cgroup not empty after kill", cgroup=str(cgroup.path))
                     capture.deadline = trio.current_time() + process.DRAIN_SECONDS
         self._note_stability()
-        why = self._kill_reason or status.describe()
-        if cgroup is not None and cgroup.oom_kills() > oom_kills:
-            why += f" (out of memory: limit {_bytes(self.spec.resources.memory)})"
-        return status, why, self._stable_run
+        return status, self._kill_reason or status.describe()
 
     def _note_stability(self) -> None:
         """Remember that this run counted as stable (ready for ``reset_after``)."""
@@ -446,32 +497,78 @@ class ServiceRunner:
 
     # --- probes -----------------------------------------------------------------
 
-    async def _probe_again_on_reload(self, child: Child) -> None:
+    async def _probe_again_on_reload(self, child: Child, ready_fd: int | None) -> None:
         """:meth:`_probe` for this run, started over when :meth:`update_spec` cancels it."""
         self._started_up = False
         try:
             while True:
                 with trio.CancelScope() as scope:
                     self._probe_scope = scope
-                    await self._probe(child)
+                    await self._probe(child, ready_fd)
                     return
         finally:
             self._probe_scope = None
 
-    async def _probe(self, child: Child) -> None:
+    @property
+    def _ready_when_running(self) -> bool:
+        """Nothing but running makes the service ready (no probe, no notification fd)."""
+        return self.spec.readiness_probe is None and self.spec.notification_fd is None
+
+    async def _probe(self, child: Child, ready_fd: int | None) -> None:
         spec = self.spec
         if spec.startup_probe is not None and not self._started_up:
             ok, result = await self._probe_until("startup", spec.startup_probe, lambda ok: True)
             if not ok:
                 await self._kill(child, f"startup probe failed: {result.message}")
                 return
-            self._set(State.RUNNING, "startup probe passed", ready=spec.readiness_probe is None)
+            self._set(State.RUNNING, "startup probe passed", ready=self._ready_when_running)
         self._started_up = True
+        readiness = spec.readiness_probe
         async with trio.open_nursery() as nursery:
-            if spec.readiness_probe is not None:
-                nursery.start_soon(self._watch_readiness, spec.readiness_probe)
+            if readiness is not None and isinstance(readiness.action, NotifyAction):
+                nursery.start_soon(self._watch_notified_readiness)
+            elif readiness is not None:
+                nursery.start_soon(self._watch_readiness, readiness)
+            if ready_fd is not None:
+                nursery.start_soon(self._watch_notification_fd, ready_fd)
             if spec.liveness_probe is not None:
                 nursery.start_soon(self._watch_liveness, spec.liveness_probe, child)
+
+    async def _watch_notified_readiness(self) -> None:
+        """Ready on READY=1, not ready again after STOPPING=1; no polling."""
+        notes = self.notifications
+        assert notes is not None  # set with the spawn of a service with a notify probe
+        while True:
+            status = f" (STATUS={notes.status})" if notes.status else ""
+            if notes.stopping:
+                self._set(reason=f"stopping (STOPPING=1){status}", ready=False)
+            elif notes.ready:
+                self._set(reason="ready (READY=1)", ready=True)
+            else:
+                self._set(reason=f"waiting for READY=1 on NOTIFY_SOCKET{status}", ready=False)
+            await notes.changed()
+
+    async def _watch_notification_fd(self, fd: int) -> None:
+        """s6's notification-fd: ready at the first newline the service writes.
+
+        Reads at most :data:`NOTIFICATION_LIMIT` bytes without a newline; then,
+        or at end of file, the service stays not ready and the reason says why.
+        """
+        n = self.spec.notification_fd
+        self._set(reason=f"waiting for a newline on notification fd {n}")
+        seen = 0
+        stream = trio.lowlevel.FdStream(os.dup(fd))
+        async with stream:
+            while seen < NOTIFICATION_LIMIT:
+                data = await stream.receive_some(NOTIFICATION_LIMIT - seen)
+                if not data:
+                    self._set(reason=f"closed notification fd {n} without a newline")
+                    return
+                if b"\n" in data:
+                    self._set(reason=f"ready (newline on notification fd {n})", ready=True)
+                    return
+                seen += len(data)
+        self._set(reason=f"wrote {seen} bytes without a newline on notification fd {n}")
 
     async def _run_exec(self, argv: Sequence[str], seconds: float) -> tuple[int | None, str]:
         env = {**self._ctx.base_env, **dict(self.spec.env)}
@@ -489,11 +586,17 @@ class ServiceRunner:
             return None, output
         return (status.code if status.code is not None else -(status.signal or 0)), output
 
-    def _check(self, kind: str) -> probes.CheckFn:
-        """The prober's check, keeping the last result of the ``kind`` probe for views."""
+    def _check(self, kind: str, probe: Probe) -> probes.CheckFn:
+        """The prober's check, keeping the last result of the ``kind`` probe for views.
+
+        A notify probe (as liveness) is answered from the service's WATCHDOG=1 messages.
+        """
 
         async def check(action: ProbeAction, timeout: float) -> probes.ProbeResult:  # noqa: ASYNC109
-            result = await self._prober.check(action, timeout)
+            if isinstance(action, NotifyAction):
+                result = self._watchdog(probe.period)
+            else:
+                result = await self._prober.check(action, timeout)
             previous = self.probe_results.get(kind)
             self.probe_results[kind] = result
             if result.inconclusive:
@@ -516,7 +619,8 @@ class ServiceRunner:
                     verdict.append((ok, result))
                     scope.cancel()
 
-            await probes.run_probe(probe, self._check(kind), on_verdict)
+            fast = kind == "startup"
+            await probes.run_probe(probe, self._check(kind, probe), on_verdict, fast_first=fast)
         return verdict[0]
 
     async def _watch_readiness(self, probe: Probe) -> None:
@@ -524,7 +628,17 @@ class ServiceRunner:
             reason = "ready" if ok else f"readiness probe failed: {result.message}"
             self._set(reason=reason, ready=ok)
 
-        await probes.run_probe(probe, self._check("readiness"), on_verdict)
+        check = self._check("readiness", probe)
+        await probes.run_probe(probe, check, on_verdict, fast_first=True)
+
+    def _watchdog(self, period: float) -> probes.ProbeResult:
+        """A notify liveness check: did WATCHDOG=1 come within the last ``period``?"""
+        notes = self.notifications
+        assert notes is not None  # set with the spawn of a service with a notify probe
+        age = trio.current_time() - notes.watchdog_at
+        if age < period:
+            return probes.ProbeResult(True, f"WATCHDOG=1 {age:.1f}s ago")
+        return probes.ProbeResult(False, f"no WATCHDOG=1 for {age:.1f}s (every {period:g}s due)")
 
     async def _watch_liveness(self, probe: Probe, child: Child) -> None:
         _, result = await self._probe_until("liveness", probe, lambda ok: not ok)
@@ -579,6 +693,7 @@ class ServiceRunner:
             "depends_on": {d.name: c.value for d, c in self.dependencies},
             "probes_not_counted": self.probes_not_counted,
             "dropped_lines": self.dropped_lines,
+            "notify_status": self.notifications.status if self.notifications else None,
         }
 
     def _cgroup_detail(self) -> dict[str, Any] | None:
@@ -594,6 +709,19 @@ class ServiceRunner:
                 "cpu_weight": limits.cpu_weight,
             },
             **self._cgroup.stats().to_json(),
+        }
+
+    def _notify_detail(self) -> dict[str, Any] | None:
+        notes = self.notifications
+        if notes is None:
+            return None
+        return {
+            "ready": notes.ready,
+            "stopping": notes.stopping,
+            "status": notes.status,
+            "messages": notes.messages,
+            "dropped_flood": notes.dropped,
+            "watchdog_age": round(trio.current_time() - notes.watchdog_at, 3),
         }
 
     def detail(self) -> ServiceDetail:
@@ -622,6 +750,7 @@ class ServiceRunner:
                 for kind, r in self.probe_results.items()
             },
             "cgroup": self._cgroup_detail(),
+            "notify": self._notify_detail(),
             "rss_bytes": _rss(self.snapshot()["pid"]),
             "events": [e.to_json() for e in self.events],
             "logs": [entry.to_json() for entry in list(self.logs)[-20:]],
