@@ -127,6 +127,19 @@ def test_restart_and_live_fields_together_restart_and_name_both() -> None:
     assert plan(BASE, new).restart == (Change("db", ("command", "readinessProbe")),)
 
 
+def test_a_probe_switched_to_or_from_notify_restarts_for_its_notify_socket() -> None:
+    """NOTIFY_SOCKET is in the environment the process started with."""
+    new = BASE.replace("readinessProbe: {tcpSocket: {port: 5432}}", "readinessProbe: {notify: {}}")
+    assert plan(BASE, new).restart == (
+        Change("db", ("readinessProbe", "a probe to or from notify")),
+    )
+    assert plan(new, BASE).restart == (
+        Change("db", ("readinessProbe", "a probe to or from notify")),
+    )
+    fd = BASE.replace("command: [web]", "command: [web]\n    notificationFd: 3")
+    assert plan(BASE, fd).restart == (Change("web", ("notificationFd",)),)
+
+
 def test_a_changed_dependency_applies_live() -> None:
     new = BASE.replace("dependsOn: {api: Started}", "dependsOn: {db: Ready}")
     assert plan(BASE, new).update == (Change("web", ("dependsOn",)),)

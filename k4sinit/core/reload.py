@@ -79,6 +79,9 @@ SERVICE_FIELDS: Mapping[str, Rule] = {
     "startup_probe": Rule(
         "startupProbe", Apply.LIVE, "used from the next start once the process has started up"
     ),
+    "notification_fd": Rule(
+        "notificationFd", Apply.RESTART, "the pipe is given to the process when it starts"
+    ),
     "restart_policy": Rule("restartPolicy", Apply.LIVE, "decides at the next exit"),
     "backoff": Rule("restartBackoff", Apply.LIVE, "decides at the next exit"),
     "stop_signal": Rule("stopSignal", Apply.LIVE, "used at the next stop"),
@@ -322,7 +325,11 @@ def plan_reload(
         paths = files.get(name, ())
         if paths:
             keys.append("files " + ", ".join(paths))
-        if paths or any(rule.apply is Apply.RESTART for _, rule in changes):
+        # NOTIFY_SOCKET is in the environment the process started with.
+        notify_switched = before.uses_notify_socket != spec.uses_notify_socket
+        if notify_switched:
+            keys.append("a probe to or from notify")
+        if paths or notify_switched or any(rule.apply is Apply.RESTART for _, rule in changes):
             restart.append(Change(name, tuple(keys)))
         elif changes:
             update.append(Change(name, tuple(keys)))
