@@ -25,6 +25,7 @@ Commands and exit codes:
 ``token list [--json]``            the cluster's bootstrap tokens, without secrets
 ``token revoke ID``                delete a bootstrap token (1 when there is none)
 ``apply-manifests ...``            the manifests role's program (k4sinit.node.applier)
+``pod-network ...``                the pod-network role's program (k4sinit.node.routes)
 =================================  ==================================================
 
 Client commands (cli/remote.py) take ``--socket PATH`` (after the command name) or
@@ -61,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from k4sinit.node import applier  # a program of its own, with its own options
 
         return applier.main(argv[1:])
+    if argv[:1] == ["pod-network"]:
+        from k4sinit.node import routes  # the pod-network role's program
+
+        return routes.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "init":
         return cmd_init(args)
