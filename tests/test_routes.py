@@ -13,12 +13,11 @@ import errno
 import ipaddress
 import json
 import os
-import ssl
 import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -32,6 +31,7 @@ from k4sinit.node.apiclient import APIError
 from k4sinit.node.routes import NodeRoute, PodNetwork
 
 from .certs import CA
+from .fakeapi import https_server
 
 CLUSTER = ipaddress.ip_network("10.244.0.0/16")
 _T = TypeVar("_T")
@@ -334,21 +334,9 @@ def fake_nodes(tmp_path: Path) -> Iterator[FakeNodes]:
     nodes = [a_node(f"n{i}", f"10.244.{i}.0/24", f"192.168.44.{10 + i}") for i in range(5)]
     (tmp_path / "pki").mkdir()
     fake = FakeNodes(tmp_path / "pki", nodes)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _nodes_handler(fake))
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(fake.serving.cert, fake.serving.key)
-    ctx.load_verify_locations(fake.ca.cert_file)
-    ctx.verify_mode = ssl.CERT_OPTIONAL
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    fake.url = f"https://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with https_server(_nodes_handler(fake), fake.serving, fake.ca.cert_file) as url:
+        fake.url = url
         yield fake
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
 
 
 def kubeconfig(fake: FakeNodes, path: Path, *, embedded: bool) -> Path:
