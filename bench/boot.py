@@ -1,7 +1,8 @@
 """Boot time of the node image in qemu, from qemu start to power-off.
 
 Builds the image (``rootfs/build.py``, cached in ``rootfs/out/bench``) with a small
-config: ``--services`` long-running services (``sleep``), a busybox ``httpd`` with
+config: ``--services`` long-running services (``sleep``), a web server (Python's
+``http.server``: the image has no busybox httpd since u-root replaced busybox) with
 an ``httpGet`` readiness probe, and a oneshot ``k4sinit poweroff`` that waits for
 all of them to be Ready. Then boots it ``--runs`` times and prints, per milestone,
 the host's seconds since qemu was spawned (when the console line arrived) and the
@@ -40,7 +41,7 @@ def config(services: int) -> str:
     lines += [
         "  web:",
         "    command: [sh, -c, 'mkdir -p /tmp/www && echo ok > /tmp/www/index.html"
-        " && exec httpd -f -p 127.0.0.1:8080 -h /tmp/www']",
+        " && exec python3.11 -m http.server -b 127.0.0.1 -d /tmp/www 8080']",
         "    readinessProbe:",
         "      httpGet: {port: 8080, path: /index.html}",
         "      periodSeconds: 0.2",

@@ -1,19 +1,26 @@
-"""Build the node's initramfs: a gzip-compressed newc cpio with k4sinit as ``/init``.
+"""Build the node's initramfs with the u-root tool: k4sinit as ``/init``, u-root's
+core commands in ``/bbin``.
 
 Run it with the project's venv (``.venv/bin/python rootfs/build.py --help``) or call
 :func:`build`. With ``--config etc/k4sinit/node-vm.yaml`` it is a single-node
 Kubernetes node image. The image holds:
 
+* u-root's core commands (``rootfs/uroot``, built by ``rootfs/uroot/urootbuild.py``):
+  ``/bbin/bb``, one gobusybox binary, with a link ``/bbin/<command> -> bb`` per
+  command (ls, cat, ip, mount, umount, ps, dmesg, ...);
 * Debian's ``/usr/bin/python3.11`` with its ldd closure and a trimmed stdlib;
 * k4sinit and its dependencies (copied from the venv by their ``RECORD`` files) in
   ``/usr/lib/k4sinit/site-packages``, everything precompiled to ``unchecked-hash``
   ``.pyc`` files by that same interpreter (so the magic number matches);
 * ``/init`` and ``/usr/bin/k4sinit``, two copies of a small launcher that calls
   ``k4sinit.cli.entry()``;
-* busybox-static as ``/bin/busybox`` with a symlink per applet in ``/bin``;
+* ``/bin/sh``: Debian's dash (u-root's gosh cannot be k4sinit's shell: its ``-c``
+  ignores the arguments after the script, and its ``exec`` runs a child instead of
+  replacing the shell), and ``/sbin/modprobe``: Debian's kmod (u-root's modprobe
+  knows no aliases and no ``-q``, which the kernel's own module requests use);
 * the node's Go userland, built from the pinned modules of ``rootfs/k4s`` by
   ``rootfs/k4s/gobuild.py`` (``userland``): the k4s multicall binary at
-  ``/bbin/k4s``, u-root style, with a symlink ``/bbin/<role> -> k4s`` per role
+  ``/bbin/k4s`` beside u-root's ``bb``, with a symlink ``/bbin/<role> -> k4s`` per role
   (kine, etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubelet,
   kube-proxy, kubectl, containerd, ctr, coredns), containerd's shim and runc in
   ``/usr/bin``, the CNI plugins in ``/opt/cni/bin``, and Kubernetes' pause as the
@@ -32,21 +39,25 @@ Kubernetes node image. The image holds:
   ``images`` oneshot imports into containerd: ``pause.tar`` (Kubernetes'
   pause, built from its source) and ``busybox.tar``, ``k4sinit.local/busybox:1``
   (busybox-static with every applet: sh, wget, httpd, nc, ...), for pods that
-  need no registry (see ``oci.py``).
+  need no registry (see ``oci.py``). That is the only busybox in the image: a
+  container image's layer, not the node's userland.
 
-The tree is staged in ``OUT/rootfs`` (kept, for inspection), checked under
-``chroot`` (k4sinit and its dependencies import from bytecode; ``/bbin/k4s``
-runs and lists its roles, runc and a CNI plugin run), and packed
-to ``OUT/k4sinit.cpio.gz``. A build whose inputs did not change since the last
-one returns at once. Needs root (chroot) and the Debian packages listed in
-``scripts/vm-deps``. See ``rootfs/README.md`` for the layout and for putting the
-image on top of a u-root initramfs.
+The tree is staged in ``OUT/rootfs`` and compiled, packed as the base archive, and
+the u-root tool makes the image from it (``urootbuild.make_image``: ``-base``,
+``-useinit``, u-root's ``/bbin``). The image is then unpacked back into
+``OUT/rootfs`` (kept, for inspection) and checked there under ``chroot``: k4sinit
+and its dependencies import from bytecode; ``/bbin/k4s`` runs and lists its roles,
+runc and a CNI plugin run; every command k4sinit and the roles run resolves on
+their ``PATH`` and runs (:data:`NEEDED_COMMANDS`). It is written to
+``OUT/k4sinit.cpio.gz`` (gzipped here, level 6). A build whose inputs did not change
+since the last one returns at once. Needs root (chroot) and the Debian packages
+listed in ``scripts/vm-deps``. See ``rootfs/README.md`` for the layout.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -58,24 +69,39 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from packaging.requirements import Requirement
+
+from k4sinit.config import ConfigErrors, load_config
+from k4sinit.core.paths import DEFAULT_PATH, SHELL
+from k4sinit.host.system import module_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "k4s"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "uroot"))
 import gobuild  # rootfs/k4s/gobuild.py: the Go userland
-import oci  # rootfs/ is a directory of scripts, not a package
+import newc  # rootfs/ is a directory of scripts, not a package
+import oci
+import urootbuild  # rootfs/uroot/urootbuild.py: u-root's tool and commands
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_NAME = "k4sinit.cpio.gz"
 
 PYTHON = "/usr/bin/python3.11"
 STDLIB = Path("/usr/lib/python3.11")
+#: busybox-static: only for the air-gap ``k4sinit.local/busybox:1`` pod image.
 BUSYBOX = "/bin/busybox"
 SITE = "/usr/lib/k4sinit/site-packages"  # in the image
+#: The image's ``/bin/sh`` (k4sinit's :data:`SHELL`: the cgroup join before a
+#: service's program, the images oneshot, the emergency shell; the kernel's last
+#: resort): Debian's dash, copied from here.
+DASH = "/bin/dash"
+#: Debian's kmod, at this path in the image, with ``/sbin/modprobe`` linked to it.
+KMOD = "/usr/bin/kmod"
+MODPROBE = "/sbin/modprobe"
 
 #: Loaded by k4sinit at boot in this order (FACTS: the virtio NIC chain; the bridge
 #: chain for br_netfilter), plus overlay, veth and the virtio RNG qemu provides.
@@ -203,9 +229,31 @@ from k4sinit.cli import entry
 entry()
 """
 
-#: Applets not linked: busybox itself, and its init, which the kernel would run
-#: (from /bin/init) if /init failed; then it falls back to /bin/sh on the console.
-BUSYBOX_SKIP = frozenset({"busybox", "init", "linuxrc"})
+#: What k4sinit, its services, the roles and an operator run by name, and who: each
+#: must resolve on k4sinit's PATH in the image to the path given, and run (checked
+#: under chroot before the image is written; tests/test_image.py lists them too).
+NEEDED_COMMANDS = {
+    "sh": (SHELL, "k4sinit's spawns into a cgroup, the images oneshot, the emergency shell"),
+    "modprobe": (MODPROBE, "the kernel's own module requests (request_module)"),
+    "mount": ("/bbin/mount", "kubelet: tmpfs for secrets and projected volumes"),
+    "umount": ("/bbin/umount", "kubelet"),
+    "python3.11": (PYTHON, "k4sinit itself"),
+    "k4sinit": ("/usr/bin/k4sinit", "services and operators: status, poweroff"),
+    **{name: (f"/bbin/{name}", "an operator on the console") for name in ("ls", "cat", "ip")},
+    **{name: (f"/bbin/{name}", "an operator on the console") for name in ("ps", "dmesg", "grep")},
+}
+#: With Debian's iptables among the binaries: what runs it.
+NEEDED_WITH_IPTABLES = {
+    "iptables": ("/usr/sbin/iptables", "kube-proxy, the CNI bridge's masquerade, portmap"),
+    "iptables-restore": ("/usr/sbin/iptables-restore", "kube-proxy"),
+    "ip6tables": ("/usr/sbin/ip6tables", "kube-proxy"),
+}
+#: With a userland: what containerd and the images oneshot run.
+NEEDED_WITH_USERLAND = {
+    "ctr": ("/bbin/ctr", "the images oneshot"),
+    "containerd-shim-runc-v2": ("/usr/bin/containerd-shim-runc-v2", "containerd"),
+    "runc": ("/usr/bin/runc", "the shim"),
+}
 
 ETC_FILES = {
     "/etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
@@ -214,7 +262,7 @@ ETC_FILES = {
     # kubelet reports PRETTY_NAME as the node's OS image.
     "/etc/os-release": 'NAME="k4sinit"\nID=k4sinit\nPRETTY_NAME="k4sinit diskless node"\n',
 }
-EMPTY_DIRS = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var", "/root", "/mnt", "/bbin")
+EMPTY_DIRS = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var", "/root", "/mnt", "/bbin", "/bin")
 IMAGES_DIR = "/var/lib/k4sinit/images"  # the node's imagesDir: air-gap archives
 
 ExtraFiles = Mapping[str, "str | bytes | os.PathLike[str]"]
@@ -222,6 +270,33 @@ ExtraFiles = Mapping[str, "str | bytes | os.PathLike[str]"]
 
 class BuildError(RuntimeError):
     """The image cannot be built; the message says what is missing and how to fix it."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One build's inputs, resolved and checked (:func:`_plan`), and where it goes."""
+
+    config: Path
+    out: Path
+    kver: str
+    modules: list[str]  # the caller's and the config's, in that order
+    origin: dict[str, str]  # module name -> where the config asked for it
+    extra: dict[str, str | bytes | os.PathLike[str]]
+    dists: list[importlib.metadata.Distribution]
+    binaries: list[str]
+    userland: gobuild.Outputs | None
+    uroot: urootbuild.Outputs
+    busybox_image: bool
+    image: Path
+    key: str
+
+    @property
+    def key_file(self) -> Path:
+        return self.image.with_name(self.image.name + ".key")
+
+    @property
+    def tree(self) -> Path:
+        return self.out / "rootfs"
 
 
 # --- public entry point -----------------------------------------------------------
@@ -245,13 +320,15 @@ def build(
 
     ``userland`` is a build of ``rootfs/k4s`` (:func:`gobuild.build`): k4s and its
     role links, the shim, runc, the CNI plugins and the pause image go in; None
-    makes an image of k4sinit alone (no Kubernetes, no containerd).
-    ``modules`` and the config's own ``modules:`` list (read from the file) are
-    all in the image, with their dependencies. ``extra_files`` maps absolute
-    paths in the image to their content: ``str`` or ``bytes`` (mode 0755 if it
-    starts with ``#!``, else 0644) or a host path to copy (its mode kept). They
-    are written last, so they may replace anything, ``/init`` included.
-    ``compress=False`` writes a plain ``k4sinit.cpio``.
+    makes an image of k4sinit alone (no Kubernetes, no containerd). u-root's tool
+    and commands are built first if out of date (``urootbuild.build``).
+    ``modules`` and the config's own ``modules:`` list (read by k4sinit's config
+    loader, which also validates the rest) are all in the image, with their
+    dependencies. ``extra_files`` maps absolute paths in the image to their
+    content: ``str`` or ``bytes`` (mode 0755 if it starts with ``#!``, else 0644)
+    or a host path to copy (its mode kept). They are written last, so they may
+    replace anything, ``/init`` included. ``compress=False`` writes a plain
+    ``k4sinit.cpio``.
 
     ``binaries`` are host executables copied to the same paths in the image (a
     symlink's target's content), with every shared library they load.
@@ -259,40 +336,102 @@ def build(
     (with a userland; see ``oci.py``).
 
     Raises :class:`BuildError` when an input is missing (run ``scripts/vm-deps``),
-    a module is not in the kernel, or a check in the built tree fails. Skips the
-    work when a previous build in ``out_dir`` had the same inputs, unless ``force``.
+    the config is not valid, a module is not in the kernel, or a check in the
+    image fails; :class:`gobuild.GoBuildError` when a Go build or the u-root tool
+    fails, naming the step. Skips the work when a previous build in ``out_dir``
+    had the same inputs, unless ``force``.
     """
-    say = (lambda *a: None) if quiet else _say
+    say: Callable[[str], None] = (lambda line: None) if quiet else _say
     started = time.monotonic()
-    config = Path(config_path)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    extra = dict(extra_files or {})
-    kver = kernel_version or debian_kernel_version()
-    image = out / (IMAGE_NAME if compress else IMAGE_NAME.removesuffix(".gz"))
-    key_file = image.with_name(image.name + ".key")
+    plan = _plan(
+        Path(config_path),
+        Path(out_dir),
+        modules,
+        dict(extra_files or {}),
+        userland=userland,
+        binaries=list(binaries),
+        busybox_image=busybox_image,
+        kernel_version=kernel_version,
+        compress=compress,
+        say=say,
+    )
+    if not force and (previous := _previous_build(plan)) is not None:
+        say(f"build: {plan.image} is up to date: {_sizes(previous, plan.image)}")
+        return plan.image
+    description, module_files = _stage(plan)
+    say(f"build: staged in {time.monotonic() - started:.1f}s, compiling")
+    _compile(plan.tree)
+    raw = _assemble(plan, say)
+    say(f"build: the u-root tool made {raw.name} ({time.monotonic() - started:.1f}s); checking it")
+    _check_image(plan)
+    raw_size = raw.stat().st_size
+    if compress:
+        tmp = plan.image.with_name(plan.image.name + ".tmp")
+        newc.gzip_file(raw, tmp)
+        tmp.replace(plan.image)
+        raw.unlink()
+    else:
+        raw.replace(plan.image)
+    plan.key_file.write_text(json.dumps({"key": plan.key, "cpio_bytes": raw_size}))
+    versions = description.get("versions") or {}
+    assert isinstance(versions, dict)  # _install_userland's, or none
+    say(
+        f"build: {plan.image} (u-root {plan.uroot.version}, {module_files} modules for "
+        f"{plan.kver}; {', '.join(f'{k} {v}' for k, v in versions.items()) or 'no Kubernetes'}"
+        f"): {_sizes(raw_size, plan.image)} in {time.monotonic() - started:.1f}s"
+    )
+    return plan.image
 
+
+def _plan(
+    config: Path,
+    out: Path,
+    modules: Sequence[str],
+    extra: dict[str, str | bytes | os.PathLike[str]],
+    *,
+    userland: gobuild.Outputs | None,
+    binaries: list[str],
+    busybox_image: bool,
+    kernel_version: str | None,
+    compress: bool,
+    say: Callable[[str], None],
+) -> _Plan:
+    """Check the inputs, build u-root's part if out of date, and compute the key."""
+    out.mkdir(parents=True, exist_ok=True)
+    kver = kernel_version or debian_kernel_version()
     _require_inputs(kver, binaries, userland)
     from_config = config_modules(config)
-    wanted_modules = list(dict.fromkeys([*modules, *from_config]))
-    dists = distributions()
-    key = _input_key(
-        config,
-        wanted_modules,
-        extra,
-        kver,
-        dists,
+    uroot = urootbuild.build(say=say)
+    plan = _Plan(
+        config=config,
+        out=out,
+        kver=kver,
+        modules=list(dict.fromkeys([*modules, *from_config])),
+        origin={name: f"{config.name}'s modules" for name in from_config},
+        extra=extra,
+        dists=distributions(),
         binaries=binaries,
         userland=userland,
-        images=(busybox_image,),
+        uroot=uroot,
+        busybox_image=busybox_image,
+        image=out / (IMAGE_NAME if compress else IMAGE_NAME.removesuffix(".gz")),
+        key="",
     )
-    if not force and image.exists() and key_file.exists():
-        previous = json.loads(key_file.read_text())
-        if previous.get("key") == key:
-            say(f"build: {image} is up to date: {_sizes(previous['cpio_bytes'], image)}")
-            return image
+    return dataclasses.replace(plan, key=_input_key(plan))
 
-    tree = out / "rootfs"
+
+def _previous_build(plan: _Plan) -> int | None:
+    """The cpio size of the image in place, if it was built from the same inputs."""
+    if not (plan.image.exists() and plan.key_file.exists()):
+        return None
+    previous = json.loads(plan.key_file.read_text())
+    return int(previous["cpio_bytes"]) if previous.get("key") == plan.key else None
+
+
+def _stage(plan: _Plan) -> tuple[dict[str, object], int]:
+    """Lay out everything of ours in ``plan.tree`` (u-root's part comes with the
+    u-root tool); returns image.json's content and the number of module files."""
+    tree = plan.tree
     if tree.exists():
         shutil.rmtree(tree)
     tree.mkdir()
@@ -300,57 +439,52 @@ def build(
         _mkdir(tree, d)
     (tree / "tmp").chmod(0o1777)
     (tree / "root").chmod(0o700)
-
     _copy_file(Path(PYTHON), tree / PYTHON[1:])
     copied_stdlib = _copy_stdlib(tree)
-    _copy_site_packages(tree, dists)
-    for binary in binaries:
+    _copy_site_packages(tree, plan.dists)
+    for binary in plan.binaries:
         _copy_file(Path(binary).resolve(), tree / binary.lstrip("/"))
-    xtables = _install_iptables(tree) if IPTABLES in binaries else []
-    _copy_ldd_closure(
-        tree,
-        [PYTHON, *copied_stdlib, *_shared_objects(tree / SITE[1:]), *binaries, *xtables],
-    )
-    _install_busybox(tree)
+    xtables = _install_iptables(tree) if IPTABLES in plan.binaries else []
+    _install_shell_and_modprobe(tree)
+    loaders = [PYTHON, *copied_stdlib, *_shared_objects(tree / SITE[1:]), *plan.binaries]
+    _copy_ldd_closure(tree, [*loaders, *xtables, DASH, KMOD])
     _mkdir(tree, IMAGES_DIR)
     description: dict[str, object] = {
         "builtBy": "rootfs/build.py",
         "k4sinit": importlib.metadata.version("k4sinit"),
-        "kernel": kver,
+        "kernel": plan.kver,
+        "uroot": {"version": plan.uroot.version, "commands": plan.uroot.names()},
     }
-    if userland is not None:
-        description |= _install_userland(tree, userland, busybox_image=busybox_image)
+    if plan.userland is not None:
+        description |= _install_userland(tree, plan.userland, busybox_image=plan.busybox_image)
     for path in ("/init", "/usr/bin/k4sinit"):
         _write(tree, path, LAUNCHER, 0o755)
-    _write(tree, "/etc/k4sinit/config.yaml", config.read_bytes(), 0o644)
+    _write(tree, "/etc/k4sinit/config.yaml", plan.config.read_bytes(), 0o644)
     for path, text in ETC_FILES.items():
         _write(tree, path, text, 0o644)
-    origin = {name: f"{config.name}'s modules" for name in from_config}
-    installed = _install_modules(tree, kver, wanted_modules, origin)
-    description |= {"modules": wanted_modules, "binaries": list(binaries)}
+    installed = _install_modules(tree, plan.kver, plan.modules, plan.origin)
+    description |= {"modules": plan.modules, "binaries": plan.binaries}
     _write(tree, IMAGE_JSON, json.dumps(description, indent=2) + "\n", 0o644)
-    for path, content in extra.items():
+    for path, content in plan.extra.items():
         _write_extra(tree, path, content)
-    say(f"build: staged in {time.monotonic() - started:.1f}s, compiling")
+    return description, len(installed)
 
-    _compile(tree)
-    _check_imports(tree)
-    if userland is not None:
-        _check_userland(tree)
-    say(f"build: checks in the tree passed ({time.monotonic() - started:.1f}s); packing")
 
-    tmp = image.with_name(image.name + ".tmp")
-    raw_size = pack(tree, tmp, compress=compress)
-    tmp.replace(image)
-    key_file.write_text(json.dumps({"key": key, "cpio_bytes": raw_size}))
-    versions = description.get("versions") or {}
-    assert isinstance(versions, dict)  # _install_userland's, or none
-    say(
-        f"build: {image} ({len(installed)} modules for {kver}; "
-        f"{', '.join(f'{k} {v}' for k, v in versions.items()) or 'no Kubernetes'}): "
-        f"{_sizes(raw_size, image)} in {time.monotonic() - started:.1f}s"
-    )
-    return image
+def _assemble(plan: _Plan, say: Callable[[str], None]) -> Path:
+    """Pack the tree as the base archive, have the u-root tool make the image from
+    it, and unpack the image into the tree (what the checks see is the image).
+    Returns the plain cpio."""
+    base = plan.out / "base.cpio"
+    raw = plan.out / "image.cpio"
+    newc.pack(plan.tree, base, compress=False)
+    try:
+        urootbuild.make_image(plan.uroot, base, raw, say)
+    finally:
+        base.unlink()
+    shutil.rmtree(plan.tree)
+    plan.tree.mkdir()
+    newc.unpack(raw, plan.tree)
+    return raw
 
 
 def _sizes(cpio_bytes: int, image: Path) -> str:
@@ -387,7 +521,7 @@ def _require_inputs(
     relative = [b for b in binaries if not b.startswith("/")]
     if relative:
         raise BuildError(f"binaries must be absolute paths: {', '.join(relative)}")
-    required = [PYTHON, BUSYBOX, str(STDLIB / "os.py"), *binaries]
+    required = [PYTHON, BUSYBOX, DASH, KMOD, str(STDLIB / "os.py"), *binaries]
     if userland is not None:
         required += map(str, _userland_files(userland))
     missing = [p for p in required if not Path(p).exists()]
@@ -428,21 +562,16 @@ def _canonical(name: str) -> str:
 
 
 def config_modules(config: Path) -> list[str]:
-    """The ``modules:`` list of the k4sinit config at ``config`` (empty without one).
+    """The ``modules:`` list of the k4sinit config at ``config``, read by k4sinit's own
+    loader (the one ``k4sinit check`` uses), so an image is never built around a
+    config its k4sinit would refuse.
 
-    Raises :class:`BuildError` when the file is not YAML or the list is not a
-    list of names; the rest of the config is k4sinit's to validate.
+    Raises :class:`BuildError` with the loader's errors (file, line, field).
     """
     try:
-        doc = yaml.safe_load(config.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise BuildError(f"config {config}: {exc}") from exc
-    names = doc.get("modules") if isinstance(doc, dict) else None
-    if names is None:
-        return []
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise BuildError(f"config {config}: modules must be a list of module names")
-    return names
+        return list(load_config(config).system.modules)
+    except ConfigErrors as exc:
+        raise BuildError(f"the config is not valid: {exc}") from exc
 
 
 def _k4sinit_sources() -> Iterator[Path]:
@@ -452,17 +581,7 @@ def _k4sinit_sources() -> Iterator[Path]:
             yield path
 
 
-def _input_key(
-    config: Path,
-    modules: Sequence[str],
-    extra: dict[str, str | bytes | os.PathLike[str]],
-    kver: str,
-    dists: list[importlib.metadata.Distribution],
-    *,
-    binaries: Sequence[str] = (),
-    userland: gobuild.Outputs | None = None,
-    images: tuple[bool, ...] = (),
-) -> str:
+def _input_key(plan: _Plan) -> str:
     """A digest of everything the image is made of: equal keys, equal images."""
     h = hashlib.sha256()
 
@@ -473,19 +592,23 @@ def _input_key(
         st = path.stat()
         add(str(path), st.st_size, st.st_mtime_ns)
 
-    add(Path(__file__).read_bytes(), config.read_bytes(), list(modules), kver)
-    add(Path(oci.__file__).read_bytes(), list(binaries), images)
-    for path in (PYTHON, BUSYBOX, f"/lib/modules/{kver}/modules.dep"):
-        add_file(Path(path))
+    add(Path(__file__).read_bytes(), plan.config.read_bytes(), plan.modules, plan.kver)
+    add(Path(oci.__file__).read_bytes(), Path(newc.__file__).read_bytes())
+    add(plan.binaries, plan.busybox_image)
+    for path in (PYTHON, BUSYBOX, DASH, KMOD, f"/lib/modules/{plan.kver}/modules.dep"):
+        add_file(Path(path).resolve())
+    binaries = [*plan.binaries, DASH, KMOD]
     for path in (*binaries, *ldd_closure(binaries)):  # a package upgrade changes these
         add_file(Path(path).resolve())
-    if userland is not None:
-        for file in _userland_files(userland):
+    if plan.userland is not None:
+        for file in _userland_files(plan.userland):
             add_file(file)
-    add([(d.metadata["Name"], d.version) for d in dists])
+    for file in (plan.uroot.tool, plan.uroot.archive):
+        add_file(file)
+    add([(d.metadata["Name"], d.version) for d in plan.dists])
     for src in _k4sinit_sources():
         add_file(src)
-    for path, content in sorted(extra.items()):
+    for path, content in sorted(plan.extra.items()):
         add(path, content if isinstance(content, str | bytes) else Path(content).read_bytes())
     return h.hexdigest()
 
@@ -672,24 +795,18 @@ def _install_iptables(tree: Path) -> list[str]:
     return [str(ext) for ext in extensions]
 
 
-def _install_busybox(tree: Path) -> None:
-    _copy_file(Path(BUSYBOX), tree / "bin/busybox")
-    applets = subprocess.run(
-        [BUSYBOX, "--list"], capture_output=True, text=True, check=True
-    ).stdout.split()
-    for name in applets:
-        link = tree / "bin" / name
-        if name not in BUSYBOX_SKIP and not link.exists():
-            link.symlink_to("busybox")
-    env = tree / "usr/bin/env"
-    env.parent.mkdir(parents=True, exist_ok=True)
-    env.symlink_to("/bin/busybox")
+def _install_shell_and_modprobe(tree: Path) -> None:
+    """Debian's dash as ``/bin/sh`` and its kmod with ``/sbin/modprobe`` linked to it
+    (the module docstring says why not u-root's)."""
+    _copy_file(Path(DASH).resolve(), tree / SHELL.lstrip("/"))
+    _copy_file(Path(KMOD).resolve(), tree / KMOD.lstrip("/"))
     # The kernel's own module requests (request_module: a crypto algorithm, an
     # nf_tables expression, an xtables target) run /sbin/modprobe, its built-in
-    # modprobe_path; busybox's reads the image's modules.dep and modules.alias.
-    modprobe = tree / "sbin/modprobe"
+    # modprobe_path, as "modprobe -q -- ALIAS"; kmod resolves the alias through the
+    # image's modules.alias and loads what modules.dep says.
+    modprobe = tree / MODPROBE.lstrip("/")
     modprobe.parent.mkdir(parents=True, exist_ok=True)
-    modprobe.symlink_to("/bin/busybox")
+    modprobe.symlink_to(KMOD)
 
 
 def module_closure(
@@ -707,8 +824,8 @@ def module_closure(
     for line in (base / "modules.dep").read_text().splitlines():
         path, _, rest = line.partition(":")
         deps[path] = rest.split()
-        by_name[_module_name(path)] = path
-    builtin = {_module_name(p) for p in (base / "modules.builtin").read_text().split()}
+        by_name[module_name(path)] = path
+    builtin = {module_name(p) for p in (base / "modules.builtin").read_text().split()}
     aliases: dict[str, list[str]] = {}
     for line in _read_lines(base / "modules.alias"):
         parts = line.split()
@@ -729,7 +846,7 @@ def module_closure(
         visiting.add(path)
         for dep in deps[path]:
             visit(dep)
-        for soft in softdeps.get(_module_name(path), ()):
+        for soft in softdeps.get(module_name(path), ()):
             for provider in [soft, *aliases.get(soft, ())]:
                 if provider.replace("-", "_") in by_name:
                     visit(by_name[provider.replace("-", "_")])
@@ -750,10 +867,6 @@ def module_closure(
 
 def _read_lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
-
-
-def _module_name(path: str) -> str:
-    return Path(path).name.split(".ko")[0].replace("-", "_")
 
 
 def _install_modules(
@@ -830,13 +943,37 @@ print(len(sys.modules), "modules imported")
 
 
 def _chroot(tree: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` in ``tree`` by chroot, with k4sinit's PATH."""
     return subprocess.run(
         [shutil.which("chroot") or "/usr/sbin/chroot", str(tree), *argv],
         capture_output=True,
         text=True,
         check=False,
-        env={"PATH": "/bin:/usr/bin", "HOME": "/"},
+        env={"PATH": DEFAULT_PATH, "HOME": "/"},
     )
+
+
+def _run_in(tree: Path, *argv: str) -> str:
+    """:func:`_chroot`; its output, or :class:`BuildError` naming the command."""
+    proc = _chroot(tree, *argv)
+    if proc.returncode != 0:
+        raise BuildError(
+            f"{' '.join(argv)} in the image failed (exit {proc.returncode}):\n"
+            f"{proc.stdout}{proc.stderr}"
+        )
+    return proc.stdout
+
+
+def _check_image(plan: _Plan) -> None:
+    """Everything :func:`_check_imports`, :func:`_check_userland` (with a userland)
+    and :func:`_check_commands` check, in the image as the u-root tool wrote it."""
+    _check_imports(plan.tree)
+    if plan.userland is not None:
+        _check_userland(plan.tree)
+    needed = NEEDED_COMMANDS | (NEEDED_WITH_USERLAND if plan.userland is not None else {})
+    if IPTABLES in plan.binaries:
+        needed |= NEEDED_WITH_IPTABLES
+    _check_commands(plan.tree, plan.kver, needed)
 
 
 def _check_imports(tree: Path) -> None:
@@ -858,63 +995,45 @@ def _check_userland(tree: Path) -> None:
         [RUNC_PATH, "--version"],
         [f"{CNI_BIN_DIR}/bridge", "--version"],
     ):
-        proc = _chroot(tree, *argv)
-        if proc.returncode != 0:
-            raise BuildError(
-                f"{' '.join(argv)} in the image failed (exit {proc.returncode}):\n"
-                f"{proc.stdout}{proc.stderr}"
-            )
+        _run_in(tree, *argv)
 
 
-# --- cpio ------------------------------------------------------------------------
+#: process.py's way into a cgroup before exec ($0: the cgroup.procs file).
+_JOIN = 'echo 0 > "$0" && exec "$@"'
 
 
-def _cpio_header(ino: int, mode: int, size: int, nlink: int, name: bytes) -> bytes:
-    fields = (ino, mode, 0, 0, nlink, 0, size, 0, 0, 0, 0, len(name) + 1, 0)
-    head = b"070701" + b"".join(b"%08X" % f for f in fields) + name + b"\0"
-    return head + b"\0" * (-len(head) % 4)
-
-
-def cpio_entries(tree: Path) -> Iterator[tuple[str, int, bytes]]:
-    """``(path, mode, data)`` for everything under ``tree``, parents first, sorted;
-    symlinks carry their target as data."""
-    for dirpath, dirnames, filenames in os.walk(tree):
-        dirnames.sort()
-        rel = Path(dirpath).relative_to(tree)
-        if rel != Path("."):
-            st = os.lstat(dirpath)
-            yield str(rel), st.st_mode, b""
-        for name in sorted(filenames + [d for d in dirnames if Path(dirpath, d).is_symlink()]):
-            path = Path(dirpath, name)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                data = os.readlink(path).encode()
-            elif stat.S_ISREG(st.st_mode):
-                data = path.read_bytes()
-            else:
-                continue
-            yield str(rel / name), st.st_mode, data
-
-
-def pack(tree: Path, out: Path, *, compress: bool = True) -> int:
-    """Write ``tree`` as a newc cpio (gzip level 6 if ``compress``), owned by root,
-    mtime 0, so equal trees give equal images. Returns the uncompressed size."""
-    size = 0
-    with open(out, "wb") as raw:
-        f = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) if compress else raw
-        with f:
-            ino = 1
-            for path, mode, data in cpio_entries(tree):
-                nlink = 2 if stat.S_ISDIR(mode) else 1
-                chunk = _cpio_header(ino, mode, len(data), nlink, path.encode())
-                chunk += data + b"\0" * (-len(data) % 4)
-                f.write(chunk)
-                size += len(chunk)
-                ino += 1
-            trailer = _cpio_header(0, 0, 0, 1, b"TRAILER!!!")
-            f.write(trailer)
-            size += len(trailer)
-    return size
+def _check_commands(tree: Path, kver: str, needed: Mapping[str, tuple[str, str]]) -> None:
+    """Each command in ``needed`` (name -> (path, who runs it)) resolves on k4sinit's
+    PATH to its path, by the image's own ``sh``; then they run: ``sh`` joins "a
+    cgroup" (a file here) and execs a u-root command as k4sinit's spawns do, u-root's
+    ``ls`` lists ``/bbin``, ``modprobe`` resolves a module alias through the image's
+    ``modules.alias``, ``iptables`` says its version. Raises :class:`BuildError`
+    naming each command that is wrong."""
+    script = 'for c in "$@"; do echo "$c=$(command -v "$c")"; done'
+    out = _run_in(tree, SHELL, "-c", script, "sh", *needed)
+    found = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    wrong = [
+        f"{name}: {found.get(name) or 'not found'}, expected {path} (for {who})"
+        for name, (path, who) in needed.items()
+        if found.get(name) != path
+    ]
+    if wrong:
+        raise BuildError("commands in the image:\n" + "\n".join(wrong))
+    joined = tree / "tmp/k4sinit-build-check"
+    try:
+        _run_in(tree, SHELL, "-c", _JOIN, "/" + str(joined.relative_to(tree)), "/bbin/true")
+        if joined.read_text() != "0\n":
+            raise BuildError(f"{SHELL} -c {_JOIN!r} wrote {joined.read_text()!r}, not '0'")
+    finally:
+        joined.unlink(missing_ok=True)
+    if "bb" not in _run_in(tree, "/bbin/ls", "/bbin").split():
+        raise BuildError("/bbin/ls /bbin in the image does not list bb")
+    if any((tree / "lib/modules" / kver).rglob("overlay.ko")):
+        shown = _run_in(tree, MODPROBE, "-S", kver, "--show-depends", "fs-overlay")
+        if "overlay.ko" not in shown:
+            raise BuildError(f"modprobe -S {kver} --show-depends fs-overlay said {shown!r}")
+    if "iptables" in needed:
+        _run_in(tree, "iptables", "--version")
 
 
 # --- command line ----------------------------------------------------------------

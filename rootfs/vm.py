@@ -50,6 +50,7 @@ from k4sinit.control.port import PORT_NAME
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build
+import newc
 from relay import HostRelay
 
 QEMU = "qemu-system-x86_64"
@@ -513,7 +514,7 @@ def probe_kvm(kernel: str, timeout: float = 20) -> bool:
         )
         init.chmod(0o755)
         image = Path(tmp, "probe.cpio.gz")
-        build.pack(tree, image)
+        newc.pack(tree, image)
         vm = VM(image, accel=KVM, memory_mb=256, cpus=1, log_path=Path(tmp, "console"))
         with vm:
             try:

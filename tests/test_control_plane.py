@@ -164,7 +164,9 @@ def _claim_host_dirs() -> None:
             pytest.skip(f"{directory} exists and is not this test's; not touching it")
         _remove_host_dir(directory)  # a crashed earlier run's
         directory.mkdir(mode=0o711, parents=True)
-        (directory / MARKER).write_text("made by tests/test_control_plane.py; removed after the test\n")
+        (directory / MARKER).write_text(
+            "made by tests/test_control_plane.py; removed after the test\n"
+        )
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,12 @@
 """What the node image holds: ``/etc/k4sinit/image.json`` as rootfs/build.py writes it,
-as k4sinit reads it (k4sinit/core/imageinfo.py), and as ``k4sinit status`` and the daemon show it.
+as k4sinit reads it (k4sinit/core/imageinfo.py), and as ``k4sinit status`` and the daemon show it;
+and the node image itself, as the u-root tool made it.
 
-Pure and fast: no image is built, no VM booted (tests/test_vm.py does that). The
-build side is exercised on a scratch tree: the ``/bbin`` layout and the description
-it returns, which k4sinit then reads back.
+The first parts are pure and fast. The build side is exercised on a scratch tree:
+the ``/bbin`` layout and the description it returns, which k4sinit then reads back.
+The last part lists the node image ``scripts/run-node`` boots (built by
+``rootfs/node.py`` when out of date: minutes; cached after) and a u-root build
+that must fail. No VM is booted (tests/test_vm.py and tests/test_e2e.py do that).
 """
 
 from __future__ import annotations
@@ -33,7 +36,10 @@ from k4sinit.daemon import Daemon
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "rootfs"))  # build.py and oci.py: scripts, not a package
 import build  # noqa: E402
+import gobuild  # noqa: E402 (rootfs/k4s/gobuild.py: build.py puts it on the path)
+import newc  # noqa: E402
 import oci  # noqa: E402
+import urootbuild  # noqa: E402 (rootfs/uroot/urootbuild.py)
 
 VERSIONS = {
     "kubernetes": "v1.37.2",
@@ -225,9 +231,20 @@ def test_the_configs_modules_go_into_the_image(tmp_path: Path) -> None:
     assert build.config_modules(config) == ["nf_tables", "xt_MASQUERADE"]
     config.write_text("services: {}\n")
     assert build.config_modules(config) == []
-    config.write_text("modules: nf_tables\n")
-    with pytest.raises(build.BuildError, match="modules must be a list"):
+
+
+def test_a_config_k4sinit_would_refuse_builds_no_image(tmp_path: Path) -> None:
+    """The build reads the config with k4sinit's own loader: the same errors as
+    ``k4sinit check`` (file, line, field), before anything is staged."""
+    config = tmp_path / "config.yaml"
+    config.write_text("modules: nf_tables\nservices: {}\n")
+    with pytest.raises(build.BuildError) as caught:
         build.config_modules(config)
+    assert str(caught.value) == (
+        f"the config is not valid: 1 error in {config}\n"
+        f"{config}:1: field modules: expected a list of strings, got a string "
+        "('nf_tables'), write a YAML list, one item per argument"
+    )
 
 
 def test_a_module_the_kernel_lacks_is_named(vm_tools: None) -> None:
@@ -269,6 +286,21 @@ def read_archive(
     return manifest, config, members
 
 
+def wait_for_handler(pid: int, sig: int, timeout: float = 30) -> None:
+    """Until process ``pid`` catches ``sig`` (its SigCgt mask in /proc), so a signal
+    sent next meets its handler and not the default action."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(
+            next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16
+        )
+        if caught & (1 << (sig - 1)):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"pid {pid} did not install a handler for signal {sig} in {timeout}s")
+
+
 def test_the_pause_image_is_kubernetes_pause_as_upstream_runs_it(userland: Any) -> None:
     ref = oci.pause_ref(userland.versions["pause"])
     archive = oci.pause_archive(userland.pause, ref)
@@ -283,7 +315,7 @@ def test_the_pause_image_is_kubernetes_pause_as_upstream_runs_it(userland: Any) 
     assert out.stdout.strip() == f"pause.c v{userland.versions['pause']}"
     proc = subprocess.Popen([str(userland.pause)])
     try:
-        time.sleep(0.2)
+        wait_for_handler(proc.pid, signal.SIGTERM)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
@@ -302,3 +334,114 @@ def test_the_busybox_image_has_every_applet_a_debugging_pod_wants() -> None:
         assert members[f"bin/{applet}"].issym() and members[f"bin/{applet}"].linkname == "busybox"
     assert "bin/init" not in members
     assert members["tmp"].isdir() and members["tmp"].mode == 0o1777
+
+
+# --- the node image, as the u-root tool made it ---------------------------------------------
+
+IMAGES = "var/lib/k4sinit/images/"
+
+
+@pytest.fixture(scope="module")
+def node_image(vm_tools: None, userland: Any) -> dict[str, newc.Entry]:
+    """The members of the image ``scripts/run-node`` boots, by path."""
+    import node  # rootfs/node.py
+
+    return {entry.path: entry for entry in newc.read(node.build_image(quiet=True))}
+
+
+def resolve(files: dict[str, newc.Entry], path: str) -> newc.Entry:
+    """The member ``path`` names in the image, its symlinks followed."""
+    for _ in range(10):
+        entry = files[path.lstrip("/")]
+        if not entry.is_symlink:
+            return entry
+        target = entry.data.decode()
+        path = target if target.startswith("/") else os.path.join(os.path.dirname(path), target)
+        path = os.path.normpath("/" + path.lstrip("/"))
+    raise AssertionError(f"{path}: too many symlinks")
+
+
+def test_bbin_holds_u_roots_core_commands_and_the_roles_beside_them(
+    node_image: dict[str, newc.Entry], userland: Any
+) -> None:
+    bbin = {p.removeprefix("bbin/"): e for p, e in node_image.items() if p.startswith("bbin/")}
+    assert bbin["bb"].is_file and bbin["bb"].mode & 0o111
+    # every command tools.go names, but bind (its build constraints: plan9 only)
+    core = {package.rpartition("/")[2] for package in urootbuild.commands()} - {"bind"}
+    to_bb = {name for name, entry in bbin.items() if entry.is_symlink and entry.data == b"bb"}
+    assert to_bb == core
+    assert {"ls", "cat", "ip", "mount", "umount", "ps", "dmesg", "grep", "gosh"} <= to_bb
+    roles = set(userland.roles())
+    to_k4s = {name for name, entry in bbin.items() if entry.is_symlink and entry.data == b"k4s"}
+    assert to_k4s == roles and not roles & core
+    assert bbin["k4s"].data == userland.k4s.read_bytes()
+    assert set(bbin) == {"bb", "k4s", *core, *roles}
+    description = json.loads(node_image["etc/k4sinit/image.json"].data)
+    assert description["uroot"] == {
+        "version": urootbuild.required_version(),
+        "commands": sorted(core),
+    }
+
+
+def test_no_busybox_is_left_in_the_nodes_userland(node_image: dict[str, newc.Entry]) -> None:
+    assert "bin/busybox" not in node_image
+    with_busybox = [
+        path
+        for path, entry in node_image.items()
+        if entry.is_file and b"BusyBox v" in entry.data and not path.startswith(IMAGES)
+    ]
+    assert with_busybox == []
+    # the one busybox left is the debugging pod image's layer, not the node's
+    assert b"BusyBox v" in node_image[IMAGES + "busybox.tar"].data
+
+
+def test_everything_k4sinit_and_the_roles_run_is_in_the_image(
+    node_image: dict[str, newc.Entry],
+) -> None:
+    from k4sinit.core import paths
+    from k4sinit.core.config import SystemSpec
+    from k4sinit.pid1 import boot
+
+    needed = build.NEEDED_COMMANDS | build.NEEDED_WITH_USERLAND | build.NEEDED_WITH_IPTABLES
+    for name, (path, who) in needed.items():
+        entry = resolve(node_image, path)
+        assert entry.is_file and entry.mode & 0o111, (name, path, who)
+    init = node_image["init"]  # k4sinit's launcher, kept by -useinit (not u-root's init)
+    assert init.is_file and init.data.startswith(b"#!/usr/bin/python3.11 ")
+    # the spawns' cgroup join, the images oneshot, the emergency shell: Debian's dash
+    assert paths.SHELL == SystemSpec().shell[0] == "/bin/sh"
+    assert node_image["bin/sh"].data == Path(build.DASH).resolve().read_bytes()
+    # the kernel's request_module runs /sbin/modprobe: Debian's kmod
+    assert resolve(node_image, "/sbin/modprobe").data == Path(build.KMOD).resolve().read_bytes()
+    # the switch root's copy: no cp on boot.CP_PATH (u-root's cp has no -a) -> in Python
+    assert not [d for d in boot.CP_PATH.split(":") if f"{d.lstrip('/')}/cp" in node_image]
+    # k4sinit's DHCP is its own (pyroute2): no udhcpc
+    assert not [path for path in node_image if path.endswith("/udhcpc")]
+
+
+def test_a_broken_u_root_build_fails_the_image_build_naming_the_step(
+    vm_tools: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A command u-root cannot build: the image build stops there, says so, and writes
+    no image (there is nothing to fall back to)."""
+    module = tmp_path / "uroot"
+    module.mkdir()
+    for name in ("go.mod", "go.sum"):
+        (module / name).write_bytes((urootbuild.HERE / name).read_bytes())
+    (module / "tools.go").write_text(
+        "//go:build tools\n\npackage uroot\n\nimport (\n"
+        '\t_ "github.com/u-root/u-root/cmds/core/ls"\n'
+        '\t_ "github.com/u-root/u-root/cmds/core/nosuchcommand"\n)\n'
+    )
+    monkeypatch.setattr(urootbuild, "HERE", module)
+    monkeypatch.setattr(urootbuild, "DEFAULT_OUT", tmp_path / "uroot-out")
+    monkeypatch.setattr(gobuild, "ROOT", Path("/"))  # files_key's paths, outside the repo
+    out = tmp_path / "image"
+    assert build.main(["--no-userland", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "build: u-root core commands (gobusybox) failed" in err, err
+    assert "nosuchcommand" in err, err
+    assert not list(out.glob("k4sinit.cpio*"))

@@ -1,17 +1,20 @@
 """The node image booted in qemu: the real ``/init`` (k4sinit as PID 1) from power-on
 to a clean power-off.
 
-One image is built and booted once per module (TCG: ~35 s); the tests then read
-that boot's console. The services: ``hello`` prints a line and sleeps; ``probe``
-(after hello is Ready) runs ``k4sinit status`` and prints what PID 1 set up;
+One image (made by the u-root tool: u-root's commands in /bbin, Debian's dash as
+/bin/sh) is built and booted once per module (TCG: ~35 s); the tests then read
+that boot's console. The services, in dash with u-root's commands: ``hello`` prints
+a line and sleeps; ``probe`` (after hello is Ready) runs ``k4sinit status`` and
+prints what PID 1 set up and where the commands it needs resolve;
 ``containerd`` (the k4s build's containerd 2, with runc and the shim beside it,
 ready when its socket accepts) and ``ctr-run`` (after containerd is Ready: imports
 the image's ``busybox.tar`` and runs an echo in it with ``ctr run --rm``, whose
 output is the service's); ``poweroff`` (after all of them) runs ``k4sinit
 poweroff``, which must end qemu with exit code 0 after the kernel's power-off
-message. Needs root, qemu, Debian's kernel, busybox-static: installed by
-``scripts/vm-deps`` when missing, else skipped; and the Go userland
-(rootfs/k4s/gobuild.py), built when out of date.
+message. Needs root, qemu, Debian's kernel, busybox-static (for the pod image):
+installed by ``scripts/vm-deps`` when missing, else skipped; and the Go userland
+(rootfs/k4s/gobuild.py) and u-root (rootfs/uroot/urootbuild.py), built when out
+of date.
 """
 
 from __future__ import annotations
@@ -47,16 +50,21 @@ services:
     command: [sh, -c]
     args:
       - |
+        say() { while IFS= read -r line; do echo "probe: $1$line"; done; }
         k4sinit status
         echo "probe: hostname=$(hostname)"
         iptables -t nat -A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j MASQUERADE &&
-          iptables -t nat -S POSTROUTING | sed "s/^/probe: iptables: /"
-        grep " / / " /proc/self/mountinfo | sed "s/^/probe: root mount: /"
+          iptables -t nat -S POSTROUTING | say "iptables: "
+        grep " / / " /proc/self/mountinfo | say "root mount: "
         sh -c 'echo $$ > /sys/fs/cgroup/shims/cgroup.procs' && echo "probe: shims takes a process"
         echo "probe: hello's cpu.weight $(cat /sys/fs/cgroup/services/hello/cpu.weight)"
-        ip -4 -o addr show eth0 | awk '{print "probe: eth0 " $4}'
-        ip -4 route show default | sed "s/^/probe: route /"
-        sed "s/^/probe: resolv.conf: /" /etc/resolv.conf
+        ip -4 addr show eth0 | grep inet | while read -r _ address _; do echo "probe: eth0 $address"; done
+        # the kernel's default route (u-root's ip shows no gateway and no "show default")
+        while read -r dev to via _; do
+          [ "$to" = 00000000 ] && echo "probe: route default via $via dev $dev"
+        done < /proc/net/route
+        say "resolv.conf: " < /etc/resolv.conf
+        echo "probe: commands" $(for c in mount umount ls cat modprobe sh; do command -v $c; done)
         k4sinit status network
         for m in virtio_net br_netfilter overlay veth; do
           grep -q "^$m " /proc/modules && echo "probe: module $m loaded"
@@ -84,7 +92,8 @@ services:
         time.sleep(1000)
     resources: {limits: {pids: 10}}
   hog:
-    command: [sh, -c, 'echo hog allocating; dd if=/dev/zero of=/dev/null bs=256M count=1']
+    # 256 MiB written (u-root's dd streams its blocks: it would stay within the limit)
+    command: [sh, -c, 'echo hog allocating; exec python3.11 -c "x = b\\"x\\" * (256 << 20)"']
     resources: {limits: {memory: 32Mi}}
     restartBackoff: {initialSeconds: 0.5, crashLoopLimit: 2}
   limits:
@@ -123,7 +132,7 @@ services:
 NETONLY = """\
 services:
   probe:
-    command: [sh, -c, 'ip -4 addr show eth0; ip -4 route show default; cat /etc/resolv.conf; hostname']
+    command: [sh, -c, 'ip -4 addr show eth0; cat /proc/net/route /etc/resolv.conf; hostname']
     dependsOn: [network]
     restartPolicy: Never
   poweroff:
@@ -204,13 +213,14 @@ def test_image_holds_the_runtime_and_the_config(image: Path) -> None:
     for path in (
         "usr/bin/python3.11",
         "lib64/ld-linux-x86-64.so.2",
-        "bin/busybox",
-        "usr/lib/k4sinit/site-packages/k4sinit/__pycache__/boot.cpython-311.pyc",
+        "bbin/bb",
+        "usr/lib/k4sinit/site-packages/k4sinit/pid1/__pycache__/boot.cpython-311.pyc",
         "usr/lib/k4sinit/site-packages/trio/__pycache__/__init__.cpython-311.pyc",
         "usr/lib/python3.11/lib-dynload/_sqlite3.cpython-311-x86_64-linux-gnu.so",
     ):
         assert path in files, path
-    assert files["bin/sh"][1] == b"busybox"
+    assert files["bin/sh"][1] == Path(build.DASH).resolve().read_bytes()  # Debian's dash
+    assert "bin/busybox" not in files and files["bbin/ls"][1] == b"bb"  # u-root's
     for binary in build.DEFAULT_BINARIES:
         mode, data = files[binary.lstrip("/")]
         assert mode & 0o111 and data == Path(binary).resolve().read_bytes(), binary
@@ -246,7 +256,7 @@ def test_image_holds_the_go_userland_and_the_pause_image(image: Path, userland: 
     assert description["versions"] == userland.versions
     pause = oci.pause_archive(userland.pause, oci.pause_ref(userland.versions["pause"]))
     assert files["var/lib/k4sinit/images/pause.tar"][1] == pause
-    assert files["sbin/modprobe"][1] == b"/bin/busybox"
+    assert files["sbin/modprobe"][1] == build.KMOD.encode()
     assert not any(p.startswith("usr/lib/k4sinit/standins") for p in files)  # no stand-ins
 
 
@@ -264,6 +274,9 @@ def test_services_reach_ready_and_their_output_is_on_the_console(booted: vm.VM) 
 
 def test_status_and_system_setup_inside_the_vm(booted: vm.VM) -> None:
     console = booted.console
+    # kubelet's mount and umount are u-root's; the shell and modprobe Debian's
+    commands = "/bbin/mount /bbin/umount /bbin/ls /bbin/cat /sbin/modprobe /bin/sh"
+    assert f"probe: commands {commands}" in console
     assert re.search(r"hello\s+running\s+yes\s+\d+", console), "k4sinit status table"
     assert "probe: hostname=k4s-vm-test" in console
     for module in ("virtio_net", "br_netfilter", "overlay", "veth"):
@@ -375,7 +388,8 @@ def test_a_static_ip_option_configures_the_node(image: Path) -> None:
             pytest.fail(f"the VM did not power off (console in {machine.log_path}): {exc}")
         console = machine.console
     assert re.search(r"inet 10\.0\.2\.42/24 .*service=probe", console)
-    assert re.search(r"default via 10\.0\.2\.2 dev eth0.*service=probe", console)
+    # the default route as the kernel lists it: to 0.0.0.0 via 10.0.2.2 (little-endian hex)
+    assert re.search(r"eth0\s+00000000\s+0202000A\s.*service=probe", console)
     assert re.search(r"nameserver 10\.0\.2\.3.*service=probe", console)
     assert re.search(r"k4s-static.*service=probe", console)
     # netonly.yaml names no module: coldplug loaded the NIC's bus driver, then the NIC's.

@@ -226,7 +226,7 @@ class ModuleLoader:
         if not chain:
             return f"module {name}: not found in {self.base}"
         for path in chain:
-            module = _module_name(path)
+            module = module_name(path)
             if module in self._loaded:
                 continue
             error = _finit_module(self.base / path)
@@ -242,11 +242,11 @@ def _modules_dep(path: Path) -> dict[str, list[str]]:
     with contextlib.suppress(OSError):
         for line in path.read_text().splitlines():
             target, _, rest = line.partition(":")
-            deps[_module_name(target)] = [target, *rest.split()]
+            deps[module_name(target)] = [target, *rest.split()]
     return deps
 
 
-def _module_name(path: str) -> str:
+def module_name(path: str) -> str:
     """A module's name from its file (``kernel/drivers/net/dummy-net.ko``) or name."""
     return Path(path).name.split(".")[0].replace("-", "_")
 
@@ -348,18 +348,18 @@ class ModuleAliases:
         for line in (base / "modules.alias").read_text(errors="replace").splitlines():
             fields = line.split()
             if len(fields) == 3 and fields[0] == "alias":
-                aliases.append((fields[1], _module_name(fields[2])))
+                aliases.append((fields[1], module_name(fields[2])))
         builtin: set[str] = set()
         with contextlib.suppress(OSError):
             names = (base / "modules.builtin").read_text(errors="replace").split()
-            builtin.update(_module_name(p) for p in names)
+            builtin.update(module_name(p) for p in names)
         with contextlib.suppress(OSError):
             for entry in (base / "modules.builtin.modinfo").read_bytes().split(b"\0"):
                 key, _, value = entry.decode(errors="replace").partition("=")
                 module, _, field = key.partition(".")
                 if field == "alias" and value:
-                    aliases.append((value, _module_name(module)))
-                    builtin.add(_module_name(module))
+                    aliases.append((value, module_name(module)))
+                    builtin.add(module_name(module))
         return cls(aliases, _modules_dep(base / "modules.dep"), builtin)
 
     def match(self, modalias: str) -> list[str]:

@@ -51,7 +51,7 @@ import threading
 import time
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,25 +214,50 @@ def _tool_version(argv: Sequence[str]) -> str:
 
 def input_key(go: str) -> str:
     """The cache key: every input file, the toolchain, gcc and libseccomp."""
-    h = hashlib.sha256()
-    for path in _inputs():
-        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
-    for tool in (
+    tools = (
         [go, "env", "GOVERSION"],
         ["gcc", "--version"],
         ["pkg-config", "--modversion", "libseccomp"],
-    ):
+    )
+    return files_key(_inputs(), tools, K4S_TAGS, RUNC_TAGS)
+
+
+def files_key(files: Iterable[Path], tools: Iterable[Sequence[str]], *extra: str) -> str:
+    """A build's cache key: each file's path (under the repository) and content, the
+    first line each tool prints about its version (``missing`` if it cannot run),
+    and ``extra`` (build tags, command lists)."""
+    h = hashlib.sha256()
+    for path in files:
+        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for tool in tools:
         h.update(_tool_version(tool).encode() + b"\0")
-    h.update(f"{K4S_TAGS}\0{RUNC_TAGS}".encode())
+    for item in extra:
+        h.update(item.encode() + b"\0")
     return h.hexdigest()
 
 
-class _Steps:
-    """Runs the build's commands, prints progress, names the step that failed."""
+def up_to_date(record: Path, key: str, *outputs: Path) -> bool:
+    """Whether ``record`` (a build's ``build.json``) holds ``key`` and every output exists."""
+    if not record.exists():
+        return False
+    previous = json.loads(record.read_text())
+    return bool(previous.get("key") == key and all(path.exists() for path in outputs))
 
-    def __init__(self, go: str, say: Callable[[str], None]) -> None:
+
+def write_record(record: Path, key: str, steps: Steps) -> None:
+    """Record a finished build: its key and how long it took."""
+    seconds = round(time.monotonic() - steps.started)
+    record.write_text(json.dumps({"key": key, "seconds": seconds}))
+
+
+class Steps:
+    """Runs the build's commands, prints progress (each line starting with ``prefix:``),
+    names the step that failed."""
+
+    def __init__(self, go: str, say: Callable[[str], None], prefix: str = "gobuild") -> None:
         self.go = go
         self.say = say
+        self.prefix = prefix
         self.started = time.monotonic()
         self.env = {
             **os.environ,
@@ -254,7 +279,7 @@ class _Steps:
     ) -> str:
         """Run one command; with ``total`` (packages), print progress from ``go build -v``."""
         step_started = time.monotonic()
-        self.say(f"gobuild: {step} ...")
+        self.say(f"{self.prefix}: {step} ...")
         lines: list[str] = []
         done = threading.Event()
 
@@ -263,7 +288,7 @@ class _Steps:
                 count = sum(1 for line in lines if _is_package_line(line))
                 of = f"/{total}" if total else ""
                 self.say(
-                    f"gobuild: {step}: {count}{of} packages compiled, "
+                    f"{self.prefix}: {step}: {count}{of} packages compiled, "
                     f"{_duration(time.monotonic() - step_started)}"
                 )
 
@@ -287,7 +312,7 @@ class _Steps:
                 done.set()
         if code != 0:
             raise GoBuildError(_failure(step, lines, cwd))
-        self.say(f"gobuild: {step}: done in {_duration(time.monotonic() - step_started)}")
+        self.say(f"{self.prefix}: {step}: done in {_duration(time.monotonic() - step_started)}")
         return "\n".join(lines)
 
     def package_count(self, cwd: Path, packages: Sequence[str], env: dict[str, str]) -> int:
@@ -350,12 +375,10 @@ def build(
     go = go_command(say)
     key = input_key(go)
     record = out.dir / "build.json"
-    if not force and record.exists():
-        previous = json.loads(record.read_text())
-        if previous.get("key") == key and out.k4s.exists():
-            say(f"gobuild: {out.dir} is up to date (k4s {_mib(out.k4s)})")
-            return out
-    steps = _Steps(go, say)
+    if not force and up_to_date(record, key, out.k4s):
+        say(f"gobuild: {out.dir} is up to date (k4s {mib(out.k4s)})")
+        return out
+    steps = Steps(go, say)
     say(f"gobuild: building into {out.dir} with {_tool_version([go, 'version'])}")
     static = {"CGO_ENABLED": "0"}
     flags = ["-trimpath", "-ldflags=-s -w -buildid="]
@@ -406,10 +429,10 @@ def build(
     pause = _build_pause(steps, out)
     versions = _read_versions(go, out) | {"pause": pause}
     (out.dir / "versions.json").write_text(json.dumps(versions, indent=2) + "\n")
-    record.write_text(json.dumps({"key": key, "seconds": round(time.monotonic() - steps.started)}))
+    write_record(record, key, steps)
     say(
-        f"gobuild: done in {steps.elapsed()}: k4s {_mib(out.k4s)}, shim {_mib(out.shim)}, "
-        f"runc {_mib(out.runc)}; " + ", ".join(f"{k} {v}" for k, v in versions.items())
+        f"gobuild: done in {steps.elapsed()}: k4s {mib(out.k4s)}, shim {mib(out.shim)}, "
+        f"runc {mib(out.runc)}; " + ", ".join(f"{k} {v}" for k, v in versions.items())
     )
     return out
 
@@ -440,7 +463,8 @@ def version_flags() -> str:
     return " ".join(f"-X {name}={value}" for name, value in stamps.items())
 
 
-def _mib(path: Path) -> str:
+def mib(path: Path) -> str:
+    """A file's size in MiB, for progress lines."""
     return f"{path.stat().st_size / 2**20:.1f} MiB"
 
 
@@ -465,7 +489,7 @@ def _module_dir(go: str, cwd: Path, module: str, env: dict[str, str]) -> Path:
     return Path(out.stdout.strip())
 
 
-def _build_pause(steps: _Steps, out: Outputs) -> str:
+def _build_pause(steps: Steps, out: Outputs) -> str:
     """Kubernetes' pause, compiled as its build/pause Makefile does (static, -Os);
     returns its version (the Makefile's TAG)."""
     kubernetes = _module_dir(steps.go, HERE, "k8s.io/kubernetes", steps.env)
