@@ -68,10 +68,14 @@ def before_uroot() -> str:
 
 
 def build_old(rev: str) -> Path:
-    """The old image, built by ``rev``'s own rootfs/node.py in a worktree of it."""
-    if OLD_TREE.exists():
+    """The old image, built by ``rev``'s own rootfs/node.py in a worktree of it (kept
+    between runs, with its Go userland's cache, while it is at ``rev``)."""
+    wanted = _commit(ROOT, rev)
+    if OLD_TREE.exists() and _commit(OLD_TREE, "HEAD") != wanted:
         subprocess.run(["git", "worktree", "remove", "--force", str(OLD_TREE)], cwd=ROOT)
-    subprocess.run(["git", "worktree", "add", "--detach", str(OLD_TREE), rev], cwd=ROOT, check=True)
+    if not OLD_TREE.exists():
+        add = ["git", "worktree", "add", "--detach", str(OLD_TREE), wanted]
+        subprocess.run(add, cwd=ROOT, check=True)
     env = {**os.environ, "PYTHONPATH": str(OLD_TREE)}  # its k4sinit, not this tree's
     out = subprocess.run(
         [sys.executable, "rootfs/node.py", "--build-only", "--out", str(OLD_OUT)],
@@ -82,6 +86,18 @@ def build_old(rev: str) -> Path:
         check=True,
     )
     return Path(out.stdout.strip().splitlines()[-1])
+
+
+def _commit(tree: Path, rev: str) -> str:
+    """The commit ``rev`` names in ``tree``'s repository ("" if none)."""
+    out = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout.strip()
 
 
 def gzipped_size(chunks: Iterable[bytes]) -> int:
