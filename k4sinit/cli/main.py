@@ -38,6 +38,7 @@ Commands and exit codes:
                                    unknown SERVICE
 ``analyze plot``                   the boot as an SVG timeline on stdout
 ``apply-manifests ...``            the manifests role's program (k4sinit.node.applier)
+``pod-network ...``                the pod-network role's program (k4sinit.node.routes)
 =================================  ==================================================
 
 Client commands (cli/remote.py) take ``--socket PATH`` (after the command name) or
@@ -74,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from k4sinit.node import applier  # a program of its own, with its own options
 
         return applier.main(argv[1:])
+    if argv[:1] == ["pod-network"]:
+        from k4sinit.node import routes  # the pod-network role's program
+
+        return routes.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "init":
         return cmd_init(args)

@@ -123,6 +123,11 @@ def _add_client_commands(commands: Commands) -> None:
         help="apply a directory of manifests, again on change (the manifests role)",
         add_help=False,
     )
+    commands.add_parser(
+        "pod-network",
+        help="a host-gateway pod network: CNI config and routes (the pod-network role)",
+        add_help=False,
+    )
 
     for name in POWER_OPS:
         _client(

@@ -81,7 +81,7 @@ def read_services(top: Reader, node: NodeSpec | None) -> dict[str, ServiceSpec]:
 
 def _active_roles(node: NodeSpec) -> frozenset[str]:
     """The role services ``node`` runs: its profile's roles minus the disabled ones."""
-    roles = profile_roles(node.profile, node.datastore)
+    roles = profile_roles(node.profile, node.datastore, node.pod_network)
     return frozenset(role for role in roles if not node.override(role).disabled)
 
 

@@ -51,6 +51,7 @@ from k4sinit.core.nodespec import (
     NodeSpec,
     Profile,
     RoleOverride,
+    default_pod_network,
     profile_roles,
 )
 from k4sinit.core.spec import (
@@ -125,7 +126,7 @@ def _resolve(config: Config, node: NodeSpec, hostname: str | None) -> NodeSettin
     pki_dir = node.pki_dir or f"{node.data_dir}/{PKI_DIR_NAME}"
     roles = tuple(
         role
-        for role in profile_roles(node.profile, node.datastore)
+        for role in profile_roles(node.profile, node.datastore, node.pod_network)
         if not node.override(role).disabled
     )
     return NodeSettings(
@@ -152,6 +153,7 @@ def _resolve(config: Config, node: NodeSpec, hostname: str | None) -> NodeSettin
         pause_image=node.pause_image,
         cni_bin_dir=node.cni_bin_dir,
         cni_conf_dir=node.cni_conf_dir,
+        pod_network=node.pod_network or default_pod_network(node.profile),
     )
 
 
