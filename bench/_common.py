@@ -45,8 +45,14 @@ class DaemonRun:
     """
 
     def __init__(
-        self, config: str | Callable[[Path], str], *, prefix: str = "k4sinit-bench-"
+        self,
+        config: str | Callable[[Path], str],
+        *,
+        prefix: str = "k4sinit-bench-",
+        source: Path | None = None,
     ) -> None:
+        """``source``: another checkout whose k4sinit runs (an older revision), not this one."""
+        self.source = source
         self.tmp = Path(tempfile.mkdtemp(prefix=prefix))
         self.config = self.tmp / "config.yaml"
         self.config.write_text(config(self.tmp) if callable(config) else config)
@@ -70,10 +76,18 @@ class DaemonRun:
     def start(self) -> None:
         argv = [PYTHON, "-m", "k4sinit", "run", "--config", str(self.config)]
         argv += ["--socket", self.socket, "--log-format", "json"]
+        env = dict(os.environ)
+        if self.source is not None:  # first on sys.path: before this tree's editable install
+            env["PYTHONPATH"] = str(self.source)
         with open(self.log_path, "wb") as log:
             self.spawned_wall, self.spawned = time.time(), time.perf_counter()
             self.proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.source or ROOT,
+                env=env,
+                start_new_session=True,
             )
         self.ps = psutil.Process(self.proc.pid)
 

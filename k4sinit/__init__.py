@@ -5,7 +5,8 @@ below it (``tests/test_layers.py`` checks every import against this list):
 
 * ``core/``: pure types and decisions, no trio: the service, network, node and
   whole-config specs, service state, the dependency graph and its one check,
-  the restart policy, the kernel command line, the image's info, logging
+  the restart policy, the kernel command line, the image's info, logging, the
+  boot's timeline and its analysis (``k4sinit analyze``)
 * ``host/``: the kernel's interfaces PID 1 uses directly: mounts, modules and
   coldplug, sysctls, hostname
 * ``config/``: the YAML reader, line-numbered errors with suggestions
@@ -26,4 +27,9 @@ below it (``tests/test_layers.py`` checks every import against this list):
 * ``cli/``: the ``k4sinit`` command
 """
 
+import time as _time
+
 __version__ = "0.1.0"
+#: CLOCK_MONOTONIC when the package was first imported: the interpreter has
+#: started, k4sinit's own imports have not (the first stages, core/timeline.py).
+IMPORTED_AT = _time.monotonic()

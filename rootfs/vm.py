@@ -83,6 +83,10 @@ def qemu_command(
     terminal: bool = False,
     control_port: str | os.PathLike[str] | None = None,
     forward: Sequence[tuple[int, int]] = (),
+    tap: str | None = None,
+    mac: str | None = None,
+    netns: str | None = None,
+    disks: Sequence[str | os.PathLike[str]] = (),
     extra: Sequence[str] = (),
 ) -> list[str]:
     """The qemu command line (see the module docstring). The serial console is
@@ -91,10 +95,27 @@ def qemu_command(
     unix socket path at which qemu serves k4sinit's control port (a virtio-serial
     port named ``org.k4sinit.control``; see k4sinit/control/port.py). ``forward``:
     ``(host port, guest port)`` pairs of TCP ports forwarded from the host's
-    loopback into the guest (the apiserver, for kubectl on the host). ``extra``: more
-    arguments, last (``-device i6300esb -action watchdog=reset``: a watchdog)."""
+    loopback into the guest (the apiserver, for kubectl on the host).
+
+    For a lab of several VMs (rootfs/lab.py): ``tap`` puts the NIC on that tap
+    device instead of the user-mode network (``forward`` then has nothing to
+    forward), ``mac`` gives it its address (qemu's default is the same for
+    every VM), ``netns`` runs qemu in that network namespace (a path such as
+    ``/run/netns/NAME``, through ``nsenter``, which execs qemu: the pid stays
+    qemu's), and each of ``disks`` is a raw image on a virtio disk
+    (``/dev/vda``, ``/dev/vdb``, ...). ``extra``: more arguments, last (``-device
+    i6300esb -action watchdog=reset``: a watchdog)."""
+    if tap is not None and forward:
+        raise ValueError("forward needs the user-mode network, not a tap device")
     cmdline = " ".join(p for p in (BASE_APPEND, "quiet" if quiet else "", append) if p)
+    netdev = (
+        f"tap,id=n0,ifname={tap},script=no,downscript=no"
+        if tap is not None
+        else "user,id=n0,restrict=on"
+        + "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in forward)
+    )
     return [
+        *(["nsenter", f"--net={netns}"] if netns is not None else []),
         QEMU,
         *(accel if accel is not None else accelerator()),
         "-m",
@@ -121,10 +142,11 @@ def qemu_command(
             ]
         ),
         "-netdev",
-        "user,id=n0,restrict=on"
-        + "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in forward),
+        netdev,
         "-device",
-        "virtio-net-pci,netdev=n0,romfile=",  # no iPXE ROM: nothing boots from the net
+        # no iPXE ROM: nothing boots from the net
+        "virtio-net-pci,netdev=n0,romfile=" + (f",mac={mac}" if mac else ""),
+        *(a for disk in disks for a in ("-drive", f"file={disk},if=virtio,format=raw")),
         "-device",
         "virtio-rng-pci",
         *(
@@ -156,6 +178,10 @@ class QemuOptions(TypedDict, total=False):
     quiet: bool
     terminal: bool
     forward: Sequence[tuple[int, int]]
+    tap: str | None
+    mac: str | None
+    netns: str | None
+    disks: Sequence[str | os.PathLike[str]]
     extra: Sequence[str]
 
 
@@ -170,7 +196,9 @@ class VM:
     With ``control_socket`` the guest's control port is relayed to that host path
     (mode 0600; :class:`relay.HostRelay` in a thread): ``k4sinit
     status --socket PATH`` on the host talks to PID 1 in the VM; see :meth:`request`
-    and :meth:`k4sinit`.
+    and :meth:`k4sinit`. ``new_session`` starts qemu in a session of its own, so a
+    Ctrl-C on the terminal reaches only the caller, which may then power the guest
+    off in order (rootfs/lab.py does).
     """
 
     def __init__(
@@ -179,9 +207,11 @@ class VM:
         *,
         log_path: str | os.PathLike[str] | None = None,
         control_socket: str | os.PathLike[str] | None = None,
+        new_session: bool = False,
         **qemu_args: Unpack[QemuOptions],
     ) -> None:
         self.image = Path(image)
+        self.new_session = new_session
         self.control_socket = str(control_socket) if control_socket else None
         self._port_dir = tempfile.mkdtemp(prefix="k4sinit-vm-port-") if control_socket else None
         port = os.path.join(self._port_dir, "port.sock") if self._port_dir else None
@@ -216,6 +246,7 @@ class VM:
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 preexec_fn=_die_with_parent,
+                start_new_session=self.new_session,
             )
         finally:
             stderr.close()

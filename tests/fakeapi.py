@@ -141,17 +141,27 @@ def _handler(fake: FakeAPIServer) -> type[BaseHTTPRequestHandler]:
 def fake_apiserver(directory: Path) -> Iterator[FakeAPIServer]:
     """A started :class:`FakeAPIServer`; shut down (its thread joined) on exit."""
     fake = FakeAPIServer(directory)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    with https_server(_handler(fake), fake.serving, fake.ca.cert_file) as url:
+        fake.url = url
+        yield fake
+
+
+@contextmanager
+def https_server(
+    handler: type[BaseHTTPRequestHandler], serving: CertFiles, ca_file: str
+) -> Iterator[str]:
+    """``handler`` served over HTTPS on 127.0.0.1 from a thread; its URL. A client
+    certificate of ``ca_file`` is asked for, not required. Shut down on exit."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(fake.serving.cert, fake.serving.key)
-    ctx.load_verify_locations(fake.ca.cert_file)
+    ctx.load_cert_chain(serving.cert, serving.key)
+    ctx.load_verify_locations(ca_file)
     ctx.verify_mode = ssl.CERT_OPTIONAL
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    fake.url = f"https://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
-        yield fake
+        yield f"https://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         thread.join()

@@ -8,6 +8,7 @@ from k4sinit.core.spec import (
     ExecAction,
     FileAction,
     HTTPGetAction,
+    NotifyAction,
     Probe,
     TCPSocketAction,
     TLSConfig,
@@ -111,7 +112,7 @@ def test_probe_errors() -> None:
         (16, "startupProbe.httpGet.pth", "unknown key 'pth'"),
         (17, "startupProbe.sucessThreshold", "unknown key 'sucessThreshold'"),
     ]
-    assert errors[0].hint == "add one of exec, httpGet, tcpSocket, unixSocket, file"
+    assert errors[0].hint == "add one of exec, httpGet, tcpSocket, unixSocket, file, notify"
     assert errors[7].hint == "named ports are not supported, give the number"
     assert errors[8].hint == "did you mean 'path'?"
     assert errors[9].hint == "did you mean 'successThreshold'?"
@@ -215,3 +216,66 @@ def test_http_get_hosts_and_paths_that_are_fine() -> None:
         action = probe(f"httpGet: {{port: 1, host: '{host}', path: '/a%20b?x=1&y=~'}}")
         assert action is not None and isinstance(action.action, HTTPGetAction)
         assert (action.action.host, action.action.path) == (host, "/a%20b?x=1&y=~")
+
+
+def test_notify_probes() -> None:
+    assert probe("notify: {}") == Probe(NotifyAction())
+    liveness = probe("{notify: {}, periodSeconds: 5, failureThreshold: 2}", "livenessProbe")
+    assert liveness == Probe(NotifyAction(), period=5.0, failure_threshold=2)
+    spec = one_service("command: [x]\nlivenessProbe: {notify: {}}")
+    assert spec.uses_notify_socket and spec.readiness_probe is None
+
+
+def test_notify_probe_errors() -> None:
+    errors = errors_of("""
+        services:
+          s:
+            command: [x]
+            readinessProbe: {notify: {}, periodSeconds: 2}
+            livenessProbe: {notify: {}, timeoutSeconds: 2}
+            startupProbe: {notify: {when: now}}
+    """)
+    assert [(e.line, e.field, e.message, e.hint) for e in errors] == [
+        (
+            4,
+            "readinessProbe.periodSeconds",
+            "has no meaning with notify: READY=1 makes the service ready, nothing is polled",
+            "remove periodSeconds",
+        ),
+        (
+            5,
+            "livenessProbe.timeoutSeconds",
+            "has no meaning with notify: WATCHDOG=1 must come every periodSeconds",
+            "remove timeoutSeconds",
+        ),
+        (
+            6,
+            "startupProbe.notify.when",
+            "unknown key 'when'",
+            "notify takes no options: write notify: {}",
+        ),
+        (
+            6,
+            "startupProbe.notify",
+            "notify is not a startupProbe handler",
+            "use it as readinessProbe (READY=1) or livenessProbe (WATCHDOG=1)",
+        ),
+    ]
+
+
+def test_notification_fd() -> None:
+    assert one_service("command: [x]\nnotificationFd: 3").notification_fd == 3
+    errors = errors_of("""
+        services:
+          s:
+            command: [x]
+            notificationFd: 12
+          t:
+            command: [x]
+            notificationFd: 4
+            readinessProbe: {file: {path: /x}}
+    """)
+    assert [(e.line, e.service, e.field, e.message) for e in errors] == [
+        (4, "s", "notificationFd", "must be between 3 and 9, got 12"),
+        (7, "t", "notificationFd", "notificationFd and readinessProbe both say when it is ready"),
+    ]

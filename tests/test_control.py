@@ -135,7 +135,7 @@ def test_fifty_simultaneous_clients_all_get_answers(daemon: Served) -> None:
         ([1, 2], "request must be a JSON object, got list"),
         (
             {"op": "frobnicate"},
-            "unknown op 'frobnicate'; expected one of status, logs, start, stop, restart, kill, stop_all, reboot, poweroff, halt, kubeconfig, token_create, token_list, token_revoke",
+            "unknown op 'frobnicate'; expected one of status, logs, start, stop, restart, kill, stop_all, reboot, poweroff, halt, kubeconfig, token_create, token_list, token_revoke, timeline, reload",
         ),
         ({"op": "stop"}, "op 'stop' needs a service 'name'"),
         ({"op": "stop", "name": 7}, "'name' must be a string"),
@@ -427,7 +427,7 @@ def test_the_cli_points_the_kubeconfig_at_another_server() -> None:
             b'{"op": ' + b"[" * 900 + b"]" * 900 + b"}",
             "unknown op (a JSON array); expected one of status, logs, start, stop, restart, "
             "kill, stop_all, reboot, poweroff, halt, kubeconfig, token_create, token_list, "
-            "token_revoke",
+            "token_revoke, timeline, reload",
         ),
     ],
     ids=["deep-array", "long-int", "deep-op"],

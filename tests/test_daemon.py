@@ -94,6 +94,7 @@ def test_run_asks_for_a_subreaper_on_this_machine(tmp_path: Path) -> None:
     options = Options.run(str(tmp_path / "sock"))
     assert options.socket == str(tmp_path / "sock")
     assert options.signals == RUN_SIGNALS and not options.power
+    assert options.reload_signals == (signal.SIGHUP,) and signal.SIGHUP not in RUN_SIGNALS
     assert options.cgroups and options.control_port is None
     assert options.etc_files is EtcFiles.IF_CONFIGURED
     assert not options.dhcp_hostname and not options.preflight_stops_boot
@@ -105,6 +106,7 @@ def test_init_asks_for_power_the_control_port_and_the_kernels_choices() -> None:
     kernel = cmdline.parse("k4sinit.role=worker k4sinit.hostname=node-7")
     options = Options.init(None, kernel, container=False, named=False)
     assert options.signals == INIT_SIGNALS and options.power
+    assert options.reload_signals == ()  # SIGHUP keeps its meaning: reload by request only
     assert options.cgroups and options.control_port == PORT_NAME
     assert options.etc_files is EtcFiles.ALWAYS
     assert options.dhcp_hostname and options.preflight_stops_boot

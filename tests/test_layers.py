@@ -181,6 +181,7 @@ def test_the_control_client_loads_no_event_loop() -> None:
         ["status", "--socket", "/nonexistent/k4sinit/control.sock"],
         ["logs", "a", "--socket", "/nonexistent/k4sinit/control.sock"],
         ["stop", "--all", "--socket", "/nonexistent/k4sinit/control.sock"],
+        ["analyze", "plot", "--socket", "/nonexistent/k4sinit/control.sock"],
     ],
 )
 def test_the_cli_client_commands_load_no_event_loop(argv: list[str]) -> None:

@@ -191,6 +191,67 @@ async def test_run_probe_async_callback_delays_next_check(
     assert fake.times == [0.0, 1.5, 2.5]
 
 
+async def test_fast_first_checks_double_until_the_first_success(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    fake = FakeCheck("ffffs")  # ready at the fifth check, then checked every period
+    probe = Probe(FileAction("/x"), initial_delay=1.0, period=1.0)
+    seen: list[tuple[float, bool]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(
+                run_probe,
+                probe,
+                fake,
+                lambda ok, _: seen.append((trio.current_time(), ok)),
+                fast_first=True,
+            )
+        )
+        await trio.sleep(4.0)
+        nursery.cancel_scope.cancel()
+    # 50 ms, 100 ms, 200 ms, 400 ms apart; after the success, the period again
+    assert fake.times == pytest.approx([1.0, 1.05, 1.15, 1.35, 1.75, 2.75, 3.75])
+    assert [ok for _, ok in seen] == [True]
+    assert [t for t, _ in seen] == pytest.approx([1.75])
+
+
+async def test_fast_first_intervals_stop_growing_at_the_period(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    fake = FakeCheck("f")  # never ready: 0.05, 0.1, 0.2, 0.4, then 0.5 s apart
+    probe = Probe(FileAction("/x"), period=0.5, failure_threshold=1000)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(run_probe, probe, fake, lambda ok, _: None, fast_first=True)
+        )
+        await trio.sleep(2.0)
+        nursery.cancel_scope.cancel()
+    assert fake.times == pytest.approx([0.0, 0.05, 0.15, 0.35, 0.75, 1.25, 1.75])
+
+
+async def test_fast_first_failures_count_once_a_period(autojump_clock: trio.abc.Clock) -> None:
+    # failureThreshold periods keep their meaning: the extra checks' failures
+    # are not counted, so the third failure counts at 2.55 s, not at 0.15 s.
+    fake = FakeCheck("f")
+    probe = Probe(FileAction("/x"), period=1.0, failure_threshold=3)
+    seen: list[tuple[float, bool]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(
+                run_probe,
+                probe,
+                fake,
+                lambda ok, _: seen.append((trio.current_time(), ok)),
+                fast_first=True,
+            )
+        )
+        await trio.sleep(3.0)
+        nursery.cancel_scope.cancel()
+    # checks at 0, .05, .15, .35, .75, 1.55, 2.55: counted at 0, 1.55 and 2.55
+    assert [ok for _, ok in seen] == [False]
+    assert [t for t, _ in seen] == pytest.approx([2.55])
+
+
 # --- real I/O: HTTP -------------------------------------------------------------
 
 

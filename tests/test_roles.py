@@ -25,7 +25,7 @@ from k4sinit import cli
 from k4sinit.config import ConfigError, ConfigErrors, load_config, load_config_text
 from k4sinit.core.config import Config
 from k4sinit.core.jointoken import parse_join_token
-from k4sinit.core.nodespec import Datastore, NodeSettings, Profile, profile_roles
+from k4sinit.core.nodespec import Datastore, NodeSettings, PodNetwork, Profile, profile_roles
 from k4sinit.core.spec import Condition, HTTPGetAction, Resources, TCPSocketAction
 from k4sinit.node import roles
 from k4sinit.supervision.process import SpawnError, spawn
@@ -70,6 +70,12 @@ CASES = {
           datastore: etcd
           bootstrapKubeconfig: /etc/k4sinit/bootstrap.conf
           advertiseAddress: 192.168.1.11
+        """,
+    "single-hostgw": """
+        node:
+          profile: single
+          name: node-1
+          podNetwork: hostGateway
         """,
 }
 
@@ -423,6 +429,11 @@ def test_without_a_node_section_the_config_is_unchanged() -> None:
             "give joinToken or bootstrapKubeconfig, not both",
         ),
         ("{profil: worker}", "node.profil", "unknown key 'profil'"),
+        (
+            "{podNetwork: hostgw}",
+            "node.podNetwork",
+            "expected one of bridge, hostGateway, none, got 'hostgw'",
+        ),
         ("{profile: workr}", "node.profile", "expected one of controller, worker, single"),
         ("{datastore: etc}", "node.datastore", "expected one of kine, etcd"),
         ("{name: Node_1}", "node.name", "invalid node name"),
@@ -731,6 +742,68 @@ def test_config_command_exits_1_with_the_errors(
     assert cli.main(["config", "--config", str(path)]) == 1
     err = capsys.readouterr().err
     assert "node.yaml:1: field node: profile worker needs a control plane to join" in err
+
+
+def test_the_pod_network_follows_node_pod_network() -> None:
+    def of(text: str) -> tuple[str, list[str], bool]:
+        settings = settings_of(text)
+        has_conflist = any(p.endswith("10-k4sinit.conflist") for p in roles.files(settings))
+        return settings.pod_network.value, list(settings.roles), has_conflist
+
+    # The defaults: a single node bridges its pods on the whole range; a worker waits
+    # for a CNI add-on; neither runs the pod-network role.
+    assert of("node: {profile: single}")[0::2] == ("bridge", True)
+    assert of(f"node: {{profile: worker, joinToken: '{JOIN_TOKEN}'}}")[0::2] == ("none", False)
+    # hostGateway: the role after the worker's, no conflist at boot (it waits for the Node).
+    network, single, conflist = of("node: {profile: single, podNetwork: hostGateway}")
+    assert (network, single[-2:], conflist) == ("hostGateway", ["kube-proxy", "pod-network"], False)
+    _, worker, _ = of(
+        f"node: {{profile: worker, podNetwork: hostGateway, joinToken: '{JOIN_TOKEN}'}}"
+    )
+    assert worker == ["containerd", "images", "kubelet", "kube-proxy", "pod-network"]
+    # A controller runs no pods: nothing to route for.
+    _, controller, conflist = of("node: {profile: controller, podNetwork: hostGateway}")
+    assert "pod-network" not in controller and not conflist
+    # A worker may bridge its pods alone, as a single node does.
+    assert of(f"node: {{profile: worker, podNetwork: bridge, joinToken: '{JOIN_TOKEN}'}}")[2]
+    # The kernel's role brings the pod network along.
+    kernel = settings_of(
+        "node: {podNetwork: hostGateway}",
+        role_from_kernel="worker",
+        token_from_kernel=parse_join_token(JOIN_TOKEN),
+    )
+    assert kernel.roles[-1] == "pod-network"
+
+
+def test_the_pod_network_role_watches_with_the_kubelets_identity() -> None:
+    spec = expanded("node: {profile: single, name: node-1, podNetwork: hostGateway}").services[
+        "pod-network"
+    ]
+    assert spec.command == ("k4sinit",)
+    assert spec.args == (
+        "pod-network",
+        "--kubeconfig=/var/lib/k4sinit/kubeconfigs/kubelet.conf",
+        "--node=node-1",
+        "--cluster-cidr=10.244.0.0/16",
+        "--cni-conf=/etc/cni/net.d/10-k4sinit.conflist",
+    )
+    assert dict(spec.depends_on) == {"kubelet": Condition.READY, "network": Condition.READY}
+
+
+def test_the_lab_configs_expand() -> None:
+    etc = SINGLE_YAML.parent
+    controller = roles.settings(load_config(etc / "cluster-controller.yaml"), hostname="controller")
+    assert controller is not None and controller.roles[-1] == "pod-network"
+    assert controller.data_dir == "/var/lib/k4sinit/data"
+    assert controller.images_dir == "/var/lib/k4sinit/images"  # not hidden by the disk's mount
+    worker = roles.settings(
+        load_config(etc / "cluster-worker.yaml"),
+        role_from_kernel="worker",
+        token_from_kernel=parse_join_token(JOIN_TOKEN),
+        hostname="worker-1",
+    )
+    assert worker is not None and worker.profile is Profile.WORKER
+    assert worker.pod_network is PodNetwork.HOST_GATEWAY and worker.join_token is not None
 
 
 def test_the_shipped_single_node_config_expands() -> None:

@@ -91,6 +91,7 @@ def format_detail(s: wire.ServiceDetail) -> str:
     lines = [
         f"{s['name']}: {s['state']}, {'ready' if s['ready'] else 'not ready'}, for {format_duration(s['since'])}",
         f"  reason:           {s['reason']}",
+        *([f"  status:           {s['notify_status']}"] if s.get("notify_status") else []),
         f"  pid:              {s['pid'] or '-'}",
         f"  restarts:         {s['restarts']}   last exit: {format_exit(s['last_exit'])}",
     ]
@@ -118,6 +119,41 @@ def format_detail(s: wire.ServiceDetail) -> str:
     lines.append("  last output:")
     for entry in s["logs"]:
         lines.append(f"    {entry['stream']}[{entry['pid']}]: {printable(entry['line'])}")
+    return "\n".join(lines)
+
+
+def format_reload(reply: wire.ReloadReply) -> str:
+    """``reload``: what the plan does to each service, what was refused or failed.
+
+    ``reload of FILE: applied`` (``dry run``, ``refused: nothing changed``), then a
+    line per kind of step: ``restart:  api (command changed)``.
+    """
+    plan = reply["plan"]
+    if plan is None:  # an invalid file: the errors are the answer
+        return "\n".join(reply["errors"])
+    if plan["refused"]:
+        outcome = "refused, nothing changed"
+    elif reply["dry_run"]:
+        outcome = "dry run, nothing changed"
+    elif reply["failed"]:
+        outcome = "applied, with failures"
+    else:
+        outcome = "applied"
+    lines = [f"reload of {reply['source']}: {outcome}"]
+    rows = [
+        ("start", plan["start"]),
+        ("stop", plan["stop"]),
+        ("restart", [f"{c['name']} ({', '.join(c['fields'])} changed)" for c in plan["restart"]]),
+        ("update", [f"{c['name']} ({', '.join(c['fields'])} changed)" for c in plan["update"]]),
+        ("unchanged", plan["unchanged"]),
+    ]
+    lines += [f"  {kind + ':':<11}{', '.join(names)}" for kind, names in rows if names]
+    if not any(names for kind, names in rows[:4]):
+        lines.append("  nothing to do")
+    lines += [
+        f"  refused:   {r['field']}: {r['reason']}; reboot to apply it" for r in plan["refused"]
+    ]
+    lines += [f"  failed:    {line}" for line in reply["failed"]]
     return "\n".join(lines)
 
 
@@ -155,10 +191,18 @@ def format_tokens(tokens: list[wire.TokenJSON], now: float) -> str:
 
 
 def format_daemon_line(daemon: wire.DaemonInfo) -> str:
-    """k4sinit itself: ``k4sinit 0.1.0: pid 1, up 3m12s, 41.2 MiB resident``."""
+    """k4sinit itself: ``k4sinit 0.1.0: pid 1, up 3m12s, 41.2 MiB resident``.
+
+    Dropped notify messages, if any, follow: ``; notify dropped: unknown-sender 3``.
+    """
+    dropped = daemon.get("notify_dropped") or {}
     return (
         f"k4sinit {daemon['version']}: pid {daemon['pid']}, up {format_duration(daemon['uptime'])}, "
         f"{daemon['rss_bytes'] / 2**20:.1f} MiB resident"
+    ) + (
+        "; notify dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(dropped.items()))
+        if dropped
+        else ""
     )
 
 

@@ -4,10 +4,11 @@ Commands and exit codes:
 
 =================================  ==================================================
 ``run --config FILE``              supervise until a stop signal (SIGTERM, SIGINT,
-                                   SIGHUP, SIGQUIT, SIGUSR1/2, SIGALRM) or ``stop
-                                   --all``; 0 after an orderly stop, 2 on an invalid
-                                   config, 1 if the daemon could not start (services
-                                   of a killed run at the socket still running)
+                                   SIGQUIT, SIGUSR1/2, SIGALRM) or ``stop --all``
+                                   (SIGHUP reloads the config); 0 after an orderly
+                                   stop, 2 on an invalid config, 1 if the daemon
+                                   could not start (services of a killed run at the
+                                   socket still running)
 ``check --config FILE``            0 when valid; 1 and every error otherwise
 ``config --config FILE [--profile P]``
                                    print the config with the node's roles expanded,
@@ -18,13 +19,26 @@ Commands and exit codes:
 ``logs NAME [-n N] [-f]``          the last N lines, then new ones with ``-f``
 ``start|stop|restart NAME``        operator commands; ``stop --all`` stops everything
 ``kill NAME [-s SIGNAL]``          signal a service's main process (default TERM)
+``reload [--dry-run] [--json]``    read the config again and apply it as a diff (the
+                                   plan: start, stop, restart, update in place); 0 when
+                                   applied (or planned), 1 when the file is invalid
+                                   (its errors as ``check`` prints them), a change
+                                   needs a reboot (refused: nothing changes) or a step
+                                   failed
 ``kubeconfig [--server URL]``      print the node's admin kubeconfig (root only)
 ``token create [--ttl D] [--server URL]``
                                    make a bootstrap token (default TTL 24h, 0: never
                                    expires) and print a worker's join token
 ``token list [--json]``            the cluster's bootstrap tokens, without secrets
 ``token revoke ID``                delete a bootstrap token (1 when there is none)
+``analyze blame``                  every service by the time from start to ready
+``analyze critical-chain [SERVICE]``
+                                   the dependencies that decided when SERVICE
+                                   (default: the last ready) was ready; 1 for an
+                                   unknown SERVICE
+``analyze plot``                   the boot as an SVG timeline on stdout
 ``apply-manifests ...``            the manifests role's program (k4sinit.node.applier)
+``pod-network ...``                the pod-network role's program (k4sinit.node.routes)
 =================================  ==================================================
 
 Client commands (cli/remote.py) take ``--socket PATH`` (after the command name) or
@@ -61,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from k4sinit.node import applier  # a program of its own, with its own options
 
         return applier.main(argv[1:])
+    if argv[:1] == ["pod-network"]:
+        from k4sinit.node import routes  # the pod-network role's program
+
+        return routes.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "init":
         return cmd_init(args)

@@ -102,6 +102,14 @@ def _add_client_commands(commands: Commands) -> None:
     stop.add_argument("name", nargs="?")
     stop.add_argument("--all", action="store_true", help="stop every service and end the daemon")
 
+    reload = _client(
+        commands,
+        "reload",
+        "read the config file again and apply what changed (exit 1 if invalid or refused)",
+    )
+    reload.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    reload.add_argument("--json", action="store_true", help="print the reply as JSON")
+
     kubeconfig = _client(
         commands, "kubeconfig", "print the node's admin kubeconfig (it holds a key)"
     )
@@ -109,9 +117,15 @@ def _add_client_commands(commands: Commands) -> None:
         "--server", help="the apiserver URL to write in it (default: the node's own)"
     )
     _add_token_commands(commands)
+    _add_analyze_commands(commands)
     commands.add_parser(
         "apply-manifests",
         help="apply a directory of manifests, again on change (the manifests role)",
+        add_help=False,
+    )
+    commands.add_parser(
+        "pod-network",
+        help="a host-gateway pod network: CNI config and routes (the pod-network role)",
         add_help=False,
     )
 
@@ -151,6 +165,28 @@ def _add_token_commands(commands: Commands) -> None:
     action("revoke", "delete a bootstrap token: workers can no longer join with it").add_argument(
         "id", help="the token's id (its first six characters)"
     )
+
+
+def _add_analyze_commands(commands: Commands) -> None:
+    """analyze blame|critical-chain|plot: the boot, from the daemon's timeline."""
+    analyze = _client(
+        commands, "analyze", "show how the boot went: blame, critical-chain, plot (as SVG)"
+    )
+    actions = analyze.add_subparsers(dest="analyze_command", metavar="ACTION", required=True)
+    for name, help in (
+        ("blame", "every service by the time from its start to ready, longest first"),
+        (
+            "critical-chain",
+            "the dependencies that decided when SERVICE (default: the last ready) was "
+            "ready, with k4sinit's own wait on each",
+        ),
+        ("plot", "the boot as an SVG timeline on stdout (k4sinit analyze plot > boot.svg)"),
+    ):
+        sub = actions.add_parser(name, help=help)
+        sub.add_argument("--socket", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        if name == "critical-chain":
+            sub.add_argument("name", nargs="?", metavar="SERVICE")
+    analyze.epilog = "Times are seconds since the kernel's start (a node) or k4sinit's start."
 
 
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")

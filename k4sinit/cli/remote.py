@@ -1,7 +1,7 @@
 """The client commands: ask the daemon over its control socket, show the reply.
 
 ``status``, ``logs``, ``start``/``stop``/``restart``, ``kill``, ``stop --all``,
-``kubeconfig``, ``token`` and the power commands. Each builds a :class:`~k4sinit.control.wire.Request`,
+``reload``, ``kubeconfig``, ``token``, ``analyze`` and the power commands. Each builds a :class:`~k4sinit.control.wire.Request`,
 sends it with the synchronous client (``k4sinit.control``: no trio) and prints
 the typed reply;
 exit codes are in cli/main.py's docstring.
@@ -23,6 +23,7 @@ from k4sinit.cli.format import (
     format_network,
     format_network_line,
     format_pki,
+    format_reload,
     format_table,
     format_tokens,
     printable,
@@ -35,11 +36,13 @@ from k4sinit.control.wire import (
     Op,
     PKIReply,
     PreflightReply,
+    ReloadReply,
     Request,
     ServiceDetail,
     ServiceSnapshot,
     StatusReply,
     StoppedReply,
+    TimelineJSON,
     TokenCreateReply,
     TokenListReply,
     TokenRevokeReply,
@@ -53,6 +56,8 @@ def run_client(args: argparse.Namespace) -> int:
     path = control.socket_path(args.socket)
     if args.command == "token":
         return token(path, args)
+    if args.command == "analyze":
+        return analyze(path, args)
     op = Op.STOP_ALL if args.command == "stop" and args.all else Op(args.command)
     match op:
         case Op.STATUS if args.name:
@@ -79,6 +84,8 @@ def run_client(args: argparse.Namespace) -> int:
             stopped = control.request(path, Request(Op.STOP_ALL), timeout=None)
             print(format_table(stopped["services"]))
             return 0
+        case Op.RELOAD:
+            return reload(path, dry_run=args.dry_run, as_json=args.json)
     if not args.name:
         print(f"k4sinit {args.command}: a service NAME is needed", file=sys.stderr)
         return 2
@@ -92,6 +99,20 @@ def run_client(args: argparse.Namespace) -> int:
     s: ServiceSnapshot = control.request(path, Request(op, name=args.name), timeout=None)
     print(f"{s['name']}: {s['state']}{', ready' if s['ready'] else ''} ({s['reason']})")
     return 0
+
+
+def reload(path: str, *, dry_run: bool, as_json: bool) -> int:
+    """``reload``: the plan and what was done; an invalid file's errors on stderr, as
+    ``check`` prints them. 0 when applied (or, with ``dry_run``, possible)."""
+    reply: ReloadReply = control.request(path, Request(Op.RELOAD, dry_run=dry_run), timeout=None)
+    if as_json:
+        print(json.dumps(reply, indent=2))
+    elif reply["errors"]:
+        print("\n".join(reply["errors"]), file=sys.stderr)
+    else:
+        print(format_reload(reply))
+    refused = reply["plan"] is None or reply["plan"]["refused"]
+    return 1 if reply["errors"] or refused or reply["failed"] else 0
 
 
 def token(path: str, args: argparse.Namespace) -> int:
@@ -116,6 +137,29 @@ def token(path: str, args: argparse.Namespace) -> int:
                 path, Request(Op.TOKEN_REVOKE, name=args.id)
             )
             print(f"token {revoked['id']} revoked")
+    return 0
+
+
+def analyze(path: str, args: argparse.Namespace) -> int:
+    """``analyze blame|critical-chain|plot``: from the daemon's ``timeline``; 1 for a
+    SERVICE that is no service or built-in."""
+    from k4sinit.core import analysis
+
+    timeline: TimelineJSON = control.request(path, Request(Op.TIMELINE))
+    match args.analyze_command:
+        case "blame":
+            print(analysis.format_blame(analysis.units(timeline)))
+        case "critical-chain":
+            found = analysis.units(timeline)
+            if args.name is not None and args.name not in found:
+                print(f"k4sinit analyze: unknown service {args.name!r}", file=sys.stderr)
+                return 1
+            chain = analysis.critical_chain(found, args.name)
+            print(analysis.format_chain(chain, timeline["origin"]))
+        case _:
+            from k4sinit.core.bootplot import plot
+
+            sys.stdout.write(plot(timeline))
     return 0
 
 

@@ -22,9 +22,11 @@ from k4sinit.core.nodespec import (
     ALL_ROLES,
     DEFAULT_POD_CIDR,
     DEFAULT_SERVICE_CIDR,
+    POD_NETWORKS,
     PROFILES,
     Datastore,
     NodeSpec,
+    PodNetwork,
     Profile,
     RoleOverride,
 )
@@ -80,6 +82,7 @@ def read_node(top: Reader) -> NodeSpec | None:
     pause_image = r.string("pauseImage")
     cni_bin_dir = r.absolute_path("cniBinDir")
     cni_conf_dir = r.absolute_path("cniConfDir")
+    pod_network = r.choice("podNetwork", POD_NETWORKS)
     roles = _read_roles(r)
     r.finish()
     _check_ranges(r, service_cidr, pod_cidr, cluster_dns)
@@ -106,6 +109,7 @@ def read_node(top: Reader) -> NodeSpec | None:
             pause_image=pause_image,
             cni_bin_dir=cni_bin_dir,
             cni_conf_dir=cni_conf_dir,
+            pod_network=None if pod_network is None else PodNetwork(pod_network),
         ),
         roles=roles,
         line=top.doc.line(("node",)),

@@ -1,6 +1,10 @@
 """Kubernetes probes: ``readinessProbe``, ``livenessProbe`` and ``startupProbe``
 with one handler each (``exec``, ``httpGet``, ``tcpSocket``, and k4sinit's
-``unixSocket`` and ``file``), and their timing (:class:`~k4sinit.core.spec.Probe`).
+``unixSocket``, ``file`` and ``notify``), and their timing (:class:`~k4sinit.core.spec.Probe`).
+
+``notify: {}`` (systemd's sd_notify) is a readiness probe (``READY=1``; no
+timing: nothing is polled) or a liveness probe (``WATCHDOG=1`` every
+``periodSeconds``; no ``timeoutSeconds``), never a startup probe.
 
 What ``httpGet`` sends is checked against what HTTP (h11) can send: a header
 name is an HTTP token, values and the path printable ASCII.
@@ -18,6 +22,7 @@ from k4sinit.core.spec import (
     ExecAction,
     FileAction,
     HTTPGetAction,
+    NotifyAction,
     Probe,
     ProbeAction,
     TCPSocketAction,
@@ -56,7 +61,41 @@ def read_probe(parent: Reader, key: str, *, single_success: bool = False) -> Pro
         r.error(f"must be 1 for {key}", key="successThreshold")
     if len(actions) != 1 or actions[0] is None:
         return None
+    if isinstance(actions[0], NotifyAction):
+        _check_notify(r, key)
     return Probe(actions[0], **timing)
+
+
+# Timing keys that mean nothing for a notify probe, by probe.
+_NOTIFY_UNUSED = {
+    "readinessProbe": (
+        "initialDelaySeconds",
+        "periodSeconds",
+        "timeoutSeconds",
+        "successThreshold",
+        "failureThreshold",
+    ),
+    "livenessProbe": ("timeoutSeconds",),
+}
+
+
+def _check_notify(r: Reader, key: str) -> None:
+    """Where ``notify`` may be, and which timing it takes (see the module docstring)."""
+    unused = _NOTIFY_UNUSED.get(key)
+    if unused is None:
+        r.error(
+            f"notify is not a {key} handler",
+            "use it as readinessProbe (READY=1) or livenessProbe (WATCHDOG=1)",
+            key="notify",
+        )
+        return
+    why = {
+        "readinessProbe": "READY=1 makes the service ready, nothing is polled",
+        "livenessProbe": "WATCHDOG=1 must come every periodSeconds",
+    }[key]
+    for name in unused:
+        if name in r.data:
+            r.error(f"has no meaning with notify: {why}", f"remove {name}", key=name)
 
 
 def _read_exec(r: Reader) -> ExecAction | None:
@@ -150,10 +189,17 @@ def _read_file(r: Reader) -> FileAction | None:
     return None if path is None else FileAction(path)
 
 
+def _read_notify(r: Reader) -> NotifyAction:
+    for key in r.data:
+        r.error(f"unknown key {key!r}", "notify takes no options: write notify: {}", key=key)
+    return NotifyAction()
+
+
 _HANDLERS: tuple[tuple[str, Callable[[Reader], ProbeAction | None]], ...] = (
     ("exec", _read_exec),
     ("httpGet", _read_http_get),
     ("tcpSocket", _read_tcp_socket),
     ("unixSocket", _read_unix_socket),
     ("file", _read_file),
+    ("notify", _read_notify),
 )

@@ -81,7 +81,7 @@ def read_services(top: Reader, node: NodeSpec | None) -> dict[str, ServiceSpec]:
 
 def _active_roles(node: NodeSpec) -> frozenset[str]:
     """The role services ``node`` runs: its profile's roles minus the disabled ones."""
-    roles = profile_roles(node.profile, node.datastore)
+    roles = profile_roles(node.profile, node.datastore, node.pod_network)
     return frozenset(role for role in roles if not node.override(role).disabled)
 
 
@@ -117,6 +117,13 @@ def _read_service(r: Reader, name: str) -> _Service:
     grace = r.number("terminationGracePeriodSeconds")
     resources = read_resources(r)
     critical = r.take("critical", "a boolean", is_bool, hint="true or false")
+    notification_fd = r.integer(
+        "notificationFd", 3, maximum=9, hint="s6's notification-fd: a descriptor from 3 to 9"
+    )
+    if notification_fd is not None and "readinessProbe" in r.data:
+        hint = "remove one: a newline on notificationFd makes the service ready"
+        message = "notificationFd and readinessProbe both say when it is ready"
+        r.error(message, hint, key="notificationFd")
     r.finish()
     spec = None
     if command is not None:
@@ -135,6 +142,7 @@ def _read_service(r: Reader, name: str) -> _Service:
             termination_grace_period=grace,
             resources=resources,
             critical=critical,
+            notification_fd=notification_fd,
         )
         spec = ServiceSpec(name=name, command=command, **fields)
     if "restartPolicy" not in r.data:

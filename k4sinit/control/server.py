@@ -14,7 +14,7 @@ phase of a connection is bounded: the request line by :data:`REQUEST_TIMEOUT` an
 :data:`MAX_REQUEST`, every reply line by :data:`SEND_TIMEOUT` (a client that does
 not read is dropped), a reply by :data:`REPLY_CHUNK` bytes held at a time, a
 follower by the bounded channel of ``ServiceRunner.follow_logs``. Operator commands
-(:data:`OPERATOR_OPS`: power, stop, start, restart, kill) are served as soon as
+(:data:`OPERATOR_OPS`: power, stop, start, restart, kill, reload) are served as soon as
 they are read and never wait for a slot; the read-only requests share
 :data:`MAX_CONNECTIONS` slots and followers :data:`MAX_FOLLOWERS`, and a client that
 finds them all taken is told "busy" at once. When the daemon runs out of file

@@ -34,10 +34,12 @@ from typing import TYPE_CHECKING, Any, Protocol, Required, TypedDict
 
 # The wire forms of a service's state, re-exported: the CLI reads every reply from here.
 from k4sinit.core.jointoken import TOKEN_ID, server_problem
+from k4sinit.core.reload import PlanJSON as PlanJSON
 from k4sinit.core.state import ExitJSON as ExitJSON
 from k4sinit.core.state import LogLineJSON as LogLineJSON
 from k4sinit.core.state import ServiceDetail as ServiceDetail
 from k4sinit.core.state import ServiceSnapshot as ServiceSnapshot
+from k4sinit.core.timeline import TimelineJSON as TimelineJSON
 
 if TYPE_CHECKING:  # types only: the CLI does not load pyroute2 to read a reply
     from k4sinit.network import InterfaceSnapshot as InterfaceSnapshot
@@ -76,6 +78,8 @@ class Op(enum.StrEnum):
     # Blocks the daemon's event loop for good; only with k4sinit.debug=hang on the
     # kernel command line (the hardware watchdog's test: a hung PID 1).
     DEBUG_HANG = "debug_hang"
+    TIMELINE = "timeline"
+    RELOAD = "reload"
 
 
 OPS = tuple(Op)
@@ -90,7 +94,7 @@ TOKEN_OPS = (Op.TOKEN_CREATE, Op.TOKEN_LIST, Op.TOKEN_REVOKE)
 #: The longest ``ttl`` of a token: ten years (0 is "never expires").
 MAX_TTL = 10 * 366 * 86400
 #: What an operator must always get through with, however busy the socket is.
-OPERATOR_OPS = (Op.START, Op.STOP, Op.RESTART, Op.KILL, Op.STOP_ALL, *POWER_OPS)
+OPERATOR_OPS = (Op.START, Op.STOP, Op.RESTART, Op.KILL, Op.STOP_ALL, Op.RELOAD, *POWER_OPS)
 
 
 class RequestError(Exception):
@@ -107,6 +111,7 @@ class RequestJSON(TypedDict, total=False):
     signal: str
     ttl: float
     server: str
+    dry_run: bool
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -114,7 +119,8 @@ class Request:
     """One control request. ``name`` is a service (a token id for token_revoke);
     ``lines``/``follow`` are for logs; ``signal`` (a name: ``KILL`` or
     ``SIGKILL``) is for kill; ``ttl`` (seconds, 0: never expires; None: the
-    default) and ``server`` (None: the node's own) are for token_create.
+    default) and ``server`` (None: the node's own) are for token_create;
+    ``dry_run`` (plan only) is for reload.
 
     ``op`` may be given as its wire string; ValueError for one that is no :class:`Op`.
     """
@@ -126,6 +132,7 @@ class Request:
     signal: str
     ttl: float | None
     server: str | None
+    dry_run: bool
 
     def __init__(
         self,
@@ -136,6 +143,7 @@ class Request:
         signal: str = "TERM",
         ttl: float | None = None,
         server: str | None = None,
+        dry_run: bool = False,
     ) -> None:
         object.__setattr__(self, "op", Op(op))
         object.__setattr__(self, "name", name)
@@ -144,6 +152,7 @@ class Request:
         object.__setattr__(self, "signal", signal)
         object.__setattr__(self, "ttl", ttl)
         object.__setattr__(self, "server", server)
+        object.__setattr__(self, "dry_run", dry_run)
 
     def to_json(self) -> RequestJSON:
         data: RequestJSON = {"op": self.op.value}
@@ -158,6 +167,8 @@ class Request:
             data["ttl"] = self.ttl
         if self.server is not None:
             data["server"] = self.server
+        if self.op is Op.RELOAD:
+            data["dry_run"] = self.dry_run
         return data
 
     def ttl_delta(self) -> dt.timedelta | None:
@@ -197,8 +208,18 @@ class Request:
         if not isinstance(sig, str):
             raise RequestError("'signal' must be a signal name such as \"KILL\"")
         ttl, server = _token_fields(op, name, data)
+        dry_run = data.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise RequestError("'dry_run' must be true or false")
         request = cls(
-            op=op, name=name, lines=lines, follow=follow, signal=sig, ttl=ttl, server=server
+            op=op,
+            name=name,
+            lines=lines,
+            follow=follow,
+            signal=sig,
+            ttl=ttl,
+            server=server,
+            dry_run=dry_run,
         )
         request.signal_number()  # refuse an unknown signal here, before anything acts
         return request
@@ -284,7 +305,8 @@ def peer_uid(sock: _Socket) -> int:
 # StartReply; ``stop``/``restart`` -> ServiceSnapshot; ``kill`` -> KillReply;
 # ``kubeconfig`` -> KubeconfigReply; ``stop_all`` and the power ops -> StoppedReply;
 # ``token_create`` -> TokenCreateReply, ``token_list`` -> TokenListReply,
-# ``token_revoke`` -> TokenRevokeReply.
+# ``token_revoke`` -> TokenRevokeReply; ``timeline`` -> TimelineJSON (core/timeline.py);
+# ``reload`` -> ReloadReply.
 
 
 class PKIStatus(TypedDict):
@@ -301,6 +323,7 @@ class DaemonInfo(TypedDict):
     rss_bytes: int
     uptime: float
     version: str
+    notify_dropped: dict[str, int]  # NOTIFY_SOCKET datagrams dropped, by reason (notify.py)
 
 
 class MemoryInfo(TypedDict):
@@ -360,3 +383,20 @@ class TokenListReply(TypedDict):
 
 class TokenRevokeReply(TypedDict):
     id: str
+
+
+class ReloadReply(TypedDict):
+    """``reload``: the file's errors (as ``check`` prints them), or its plan and what was done.
+
+    ``errors`` non-empty: the file is invalid, ``plan`` is None, nothing changed.
+    ``applied``: the plan was carried out (not a dry run, nothing refused);
+    ``done`` its steps (``restarted api``), ``failed`` those that failed.
+    """
+
+    source: str
+    dry_run: bool
+    errors: list[str]
+    plan: PlanJSON | None
+    applied: bool
+    done: list[str]
+    failed: list[str]

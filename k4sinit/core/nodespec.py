@@ -39,6 +39,22 @@ class Datastore(enum.Enum):
     ETCD = "etcd"
 
 
+class PodNetwork(enum.Enum):
+    """How the node's pods get their network (``node.podNetwork``)."""
+
+    BRIDGE = "bridge"  # one bridge over the whole podCIDR, written at boot: a node alone
+    HOST_GATEWAY = "hostGateway"  # its Node's podCIDR, routes to the others' (pod-network role)
+    NONE = "none"  # k4sinit writes no CNI config: a CNI add-on (a DaemonSet) does
+
+
+POD_NETWORKS = tuple(p.value for p in PodNetwork)
+
+
+def default_pod_network(profile: Profile) -> PodNetwork:
+    """A single node bridges its pods on the whole range; a worker waits for an add-on."""
+    return PodNetwork.BRIDGE if profile is Profile.SINGLE else PodNetwork.NONE
+
+
 # Role names are service names and binary names (argv[0] of a multicall binary).
 APISERVER = "kube-apiserver"
 SCHEDULER = "kube-scheduler"
@@ -49,10 +65,11 @@ CONTAINERD = "containerd"
 KUBELET = "kubelet"
 KUBE_PROXY = "kube-proxy"
 IMAGES = "images"  # a oneshot: the air-gap image import between containerd and kubelet
+POD_NETWORK = "pod-network"  # k4sinit's host-gateway pod network (podNetwork: hostGateway)
 DATASTORES = tuple(d.value for d in Datastore)
 CONTROL_ROLES = (APISERVER, SCHEDULER, CONTROLLER_MANAGER, MANIFESTS, COREDNS)
 WORKER_ROLES = (CONTAINERD, IMAGES, KUBELET, KUBE_PROXY)
-ALL_ROLES = (*DATASTORES, *CONTROL_ROLES, *WORKER_ROLES)
+ALL_ROLES = (*DATASTORES, *CONTROL_ROLES, *WORKER_ROLES, POD_NETWORK)
 # Roles that run once (restartPolicy OnFailure): ``dependsOn: {images: Completed}`` is
 # meaningful; every other role is restartPolicy Always and never completes.
 ONESHOT_ROLES = frozenset({IMAGES})
@@ -72,14 +89,18 @@ DEFAULT_POD_CIDR = ipaddress.ip_network("10.244.0.0/16")
 DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.10.2"
 
 
-def profile_roles(profile: Profile, datastore: Datastore) -> tuple[str, ...]:
-    """The role services of ``profile``, in start order."""
+def profile_roles(
+    profile: Profile, datastore: Datastore, pod_network: PodNetwork | None = None
+) -> tuple[str, ...]:
+    """The role services of ``profile``, in start order; with ``pod_network``
+    hostGateway a node that runs pods (worker, single) adds the pod-network role."""
     control = (datastore.value, *CONTROL_ROLES)
     if profile is Profile.CONTROLLER:
         return control
+    pods = (POD_NETWORK,) if pod_network is PodNetwork.HOST_GATEWAY else ()
     if profile is Profile.WORKER:
-        return WORKER_ROLES
-    return control + WORKER_ROLES
+        return (*WORKER_ROLES, *pods)
+    return (*control, *WORKER_ROLES, *pods)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +147,7 @@ class NodeSpec:
     pause_image: str = DEFAULT_PAUSE_IMAGE
     cni_bin_dir: str = "/opt/cni/bin"
     cni_conf_dir: str = "/etc/cni/net.d"
+    pod_network: PodNetwork | None = None  # default: default_pod_network(profile)
     roles: tuple[tuple[str, RoleOverride], ...] = ()
     line: int | None = None  # where the section starts, for errors found at expansion
 
@@ -166,6 +188,7 @@ class NodeSettings:
     pause_image: str
     cni_bin_dir: str
     cni_conf_dir: str
+    pod_network: PodNetwork
 
     def pki(self, name: str) -> str:
         """The path of PKI file ``name`` (``ca.crt``, ``sa.key``, ...), as k4sinit.node.pki lays them out."""

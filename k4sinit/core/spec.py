@@ -123,7 +123,20 @@ class FileAction:
     path: str
 
 
-ProbeAction = ExecAction | HTTPGetAction | TCPSocketAction | UnixSocketAction | FileAction
+@dataclass(frozen=True, slots=True)
+class NotifyAction:
+    """The service says it itself, over systemd's ``NOTIFY_SOCKET`` (sd_notify).
+
+    As a readiness probe: ready on ``READY=1``, at once, no polling (not
+    ready again after ``STOPPING=1``). As a liveness probe: ``WATCHDOG=1``
+    within every ``periodSeconds`` (the service gets it as ``WATCHDOG_USEC``);
+    ``failureThreshold`` periods without one fail it. Not a startup probe.
+    """
+
+
+ProbeAction = (
+    ExecAction | HTTPGetAction | TCPSocketAction | UnixSocketAction | FileAction | NotifyAction
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +212,18 @@ class ServiceSpec:
     # A node that has this service failed for longer than the watchdog's grace is
     # reset by its hardware watchdog (k4sinit.pid1.watchdog); without one, no effect.
     critical: bool = False
+    # s6's notification-fd: the service gets a pipe on this fd; a newline
+    # written to it makes the service ready (instead of a readiness probe).
+    notification_fd: int | None = None
+
+    @property
+    def uses_notify_socket(self) -> bool:
+        """A probe of the service is ``notify``: it gets ``NOTIFY_SOCKET``."""
+        return any(
+            isinstance(p.action, NotifyAction)
+            for p in (self.readiness_probe, self.liveness_probe, self.startup_probe)
+            if p is not None
+        )
 
     @property
     def argv(self) -> tuple[str, ...]:

@@ -152,6 +152,7 @@ class ServiceSnapshot(TypedDict):
     depends_on: dict[str, str]  # name -> Condition value
     probes_not_counted: int
     dropped_lines: int
+    notify_status: str | None  # the service's own STATUS= line (sd_notify), if it sent one
 
 
 class ServiceDetail(ServiceSnapshot):
@@ -160,6 +161,7 @@ class ServiceDetail(ServiceSnapshot):
     spec: dict[str, Any]
     probe_results: dict[str, dict[str, Any]]
     cgroup: dict[str, Any] | None
+    notify: dict[str, Any] | None  # what it said over NOTIFY_SOCKET (None: not a notify service)
     rss_bytes: int | None
     events: list[EventJSON]
     logs: list[LogLineJSON]

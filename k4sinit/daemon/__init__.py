@@ -4,6 +4,8 @@
   ``run``, ``init`` and ``dev`` (:class:`~k4sinit.daemon.root.Options`)
 * :mod:`~k4sinit.daemon.daemon`: :class:`Daemon`, the parts running as one
   (reaper, supervisor, network, pki, control server, signals)
+* :mod:`~k4sinit.daemon.reload`: ``k4sinit reload``: the config read again and
+  applied as a diff (the plan is :mod:`k4sinit.core.reload`'s)
 * :mod:`~k4sinit.daemon.survivors`: what a ``run`` killed by SIGKILL left running
 """
 

@@ -4,7 +4,8 @@
 runs them: :meth:`Daemon.run` supervises until a shutdown is asked for (a
 signal, ``k4sinit stop --all``, a power request), then stops everything in
 reverse dependency order and returns; :attr:`Daemon.action` then says how the
-shutdown ends. :meth:`Daemon.handle` answers the control requests.
+shutdown ends. :meth:`Daemon.handle` answers the control requests; a reload
+(the request, or a reload signal: SIGHUP to ``k4sinit run``) is daemon/reload.py's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import random
 import resource
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from functools import partial
 from types import MappingProxyType
 from typing import Any
@@ -40,12 +41,14 @@ from k4sinit.control.wire import (
     PKIReply,
     PKIStatus,
     PreflightReply,
+    ReloadReply,
     Request,
     RequestError,
     ServiceDetail,
     StartReply,
     StatusReply,
     StoppedReply,
+    TimelineJSON,
     TokenCreateReply,
     TokenListReply,
     TokenRevokeReply,
@@ -59,7 +62,10 @@ from k4sinit.core.netspec import NetworkSpec
 from k4sinit.core.nodespec import NodeSettings
 from k4sinit.core.paths import DEFAULT_PATH
 from k4sinit.core.spec import NETWORK, PKI, PREFLIGHT
+from k4sinit.core.timeline import Timeline
+from k4sinit.daemon.boottimes import BuiltinTimes, timeline_reply
 from k4sinit.daemon.metrics import LoopLag, collect
+from k4sinit.daemon.reload import Loader, Reloader, loader
 from k4sinit.network import Network
 from k4sinit.node import preflight, tokens
 from k4sinit.node.apiclient import APIError
@@ -70,6 +76,7 @@ from k4sinit.pid1.power import Action  # imported by name: Daemon() has a flag c
 from k4sinit.pid1.watchdog import Watchdog, critical_failure
 from k4sinit.supervision import escapees
 from k4sinit.supervision.cgroups import CgroupTree
+from k4sinit.supervision.notify import NotifyListener
 from k4sinit.supervision.reaper import ExitStatus, Reaper, become_subreaper
 from k4sinit.supervision.runner import RunnerContext, ServiceRunner
 from k4sinit.supervision.supervisor import Supervisor, UnknownService
@@ -82,14 +89,13 @@ Shutdown = Action | None
 # init (SIGTERM reboot, SIGUSR1 halt, SIGUSR2 power-off; SIGINT is ctrl-alt-del,
 # which reboots) and treats SIGPWR (a UPS, a container manager) as power-off.
 # `run` also stops in order on every other signal whose default would kill it
-# at once and leave its services running: SIGHUP (a terminal hang-up; there is
-# no reload), SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM. (PID 1 needs no such list: the
+# at once and leave its services running: SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM.
+# SIGHUP reloads the config (RELOAD_SIGNALS). (PID 1 needs no such list: the
 # kernel never delivers a signal it has no handler for.)
 RUN_SIGNALS: Mapping[int, Shutdown] = MappingProxyType(
     {
         signal.SIGTERM: None,
         signal.SIGINT: None,
-        signal.SIGHUP: None,
         signal.SIGQUIT: None,
         signal.SIGUSR1: None,
         signal.SIGUSR2: None,
@@ -105,6 +111,9 @@ INIT_SIGNALS: Mapping[int, Shutdown] = MappingProxyType(
         signal.SIGPWR: Action.POWEROFF,
     }
 )
+#: The signals that reload the config, for `k4sinit run` (PID 1 reloads only by request:
+#: SIGHUP keeps its busybox meaning there).
+RELOAD_SIGNALS: tuple[int, ...] = (signal.SIGHUP,)
 #: What each power request ends the node with (PID 1 only).
 POWER_ACTIONS: Mapping[Op, Action] = MappingProxyType(
     {Op.REBOOT: Action.REBOOT, Op.POWEROFF: Action.POWEROFF, Op.HALT: Action.HALT}
@@ -169,13 +178,20 @@ class Daemon:
         log_writer: NonBlockingWriter | None = None,
         watchdog: Watchdog | None = None,
         debug_hang: bool = False,
+        timeline: Timeline | None = None,
+        reload_signals: Collection[int] = RELOAD_SIGNALS,
+        load: Loader | None = None,
     ) -> None:
         """``signals`` maps each handled signal to its action; ``power`` allows
         reboot/poweroff/halt requests (PID 1 only); ``control_port`` names a virtio-serial
         port over which the host reaches the control socket (control/port.py);
         ``log_writer`` is the log's, whose drops the metrics count; ``watchdog``
         (open) is petted while healthy (pid1/watchdog.py); ``debug_hang`` allows the
-        debug_hang request (the kernel's k4sinit.debug=hang)."""
+        debug_hang request (the kernel's k4sinit.debug=hang).
+        ``timeline`` holds the stages before the daemon (None: none but the process's
+        start-up), to which it adds its own start. ``reload_signals`` reload the
+        config, which ``load`` reads again (default: ``config.source``, expanded
+        without kernel options)."""
         self.log = log
         self.image = image  # what the node image holds (/etc/k4sinit/image.json)
         self.node = node
@@ -186,12 +202,14 @@ class Daemon:
         self.reaper = Reaper(on_orphan=self._orphan_reaped)
         # Every service's processes name this daemon in their environment (escapees.py).
         self._tag = os.path.abspath(socket_path)
+        self.notify = NotifyListener(log)  # NOTIFY_SOCKET, for services with a notify probe
         ctx = RunnerContext(
             reaper=self.reaper,
             base_env={**default_env(), escapees.DAEMON_ENV: self._tag},
             cgroups=cgroups,
             log=log,
             rng=rng or random.Random(),
+            notify=self.notify,
         )
         # Without a network object (tests, tools) the built-in condition is
         # loopback only: nothing to wait for beyond what the kernel already has.
@@ -204,7 +222,13 @@ class Daemon:
             else AlwaysReady(PKI, "no node profile: no PKI to make")
         )
         self.preflight = list(checks)
+        self.timeline = Timeline.since_process_start() if timeline is None else timeline
+        self.builtin_times = BuiltinTimes(
+            self.network, self.pki, pki_works=not isinstance(self.pki, AlwaysReady)
+        )
         self.supervisor = Supervisor(config, ctx, builtins={NETWORK: self.network, PKI: self.pki})
+        self._reload_signals = tuple(reload_signals)
+        self.reloader = Reloader(self.supervisor, node, load or loader(config.source), log)
         self.control = ControlServer(socket_path, self.handle, log)
         self.port_bridge = (
             GuestBridge.for_name(control_port, socket_path, log) if control_port else None
@@ -263,6 +287,7 @@ class Daemon:
             )
         async with trio.open_nursery() as outer:
             await outer.start(self.reaper.run)
+            await outer.start(self.notify.run)
             outer.start_soon(self._watch_signals)
             try:
                 await self._supervise(task_status)
@@ -273,20 +298,22 @@ class Daemon:
 
     async def _supervise(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
-            if self.watchdog is not None:
-                nursery.start_soon(self.watchdog.run, self._watchdog_health, self.log)
-            await nursery.start(self.control.serve)
-            if self.port_bridge is not None:
-                nursery.start_soon(self.port_bridge.run)
-            if self.metrics is not None:
-                # Only for the metrics: a timer that never stops would also let trio's
-                # virtual clock (tests) jump while the daemon waits for a thread.
-                nursery.start_soon(self.loop_lag.run)
-                await nursery.start(self.metrics.serve)
-            await nursery.start(self.network.run)
-            if not isinstance(self.pki, AlwaysReady):
-                nursery.start_soon(self.pki.run)
-            await nursery.start(self.supervisor.run)
+            with self.timeline.stage("daemon start"):
+                nursery.start_soon(self.builtin_times.watch)
+                if self.watchdog is not None:
+                    nursery.start_soon(self.watchdog.run, self._watchdog_health, self.log)
+                await nursery.start(self.control.serve)
+                if self.port_bridge is not None:
+                    nursery.start_soon(self.port_bridge.run)
+                if self.metrics is not None:
+                    # Only for the metrics: a timer that never stops would also let trio's
+                    # virtual clock (tests) jump while the daemon waits for a thread.
+                    nursery.start_soon(self.loop_lag.run)
+                    await nursery.start(self.metrics.serve)
+                await nursery.start(self.network.run)
+                if not isinstance(self.pki, AlwaysReady):
+                    nursery.start_soon(self.pki.run)
+                await nursery.start(self.supervisor.run)
             self.log.info(
                 "supervising", services=len(self.supervisor.runners), socket=self.control.path
             )
@@ -323,9 +350,20 @@ class Daemon:
             self.log.error("processes survived the final kill", pids=alive)
 
     async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(*self._signals) as signals:
-            async for signum in signals:
-                self.request_shutdown(signal.Signals(signum).name, self._signals[signum])
+        with trio.open_signal_receiver(*self._signals, *self._reload_signals) as signals:
+            async with trio.open_nursery() as reloads:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if signum in self._reload_signals:
+                        reloads.start_soon(self.reload, False, name)
+                    else:
+                        self.request_shutdown(name, self._signals[signum])
+
+    async def reload(self, dry_run: bool, why: str) -> ReloadReply:
+        """Reload the config (daemon/reload.py); the reply says what was done."""
+        reply = await self.reloader.reload(dry_run=dry_run, why=why)
+        self.node = self.reloader.node
+        return reply
 
     def _watchdog_health(self) -> str | None:
         return critical_failure(
@@ -367,12 +405,19 @@ class Daemon:
                     # The pid shown is the snapshot's (as before): the main process signalled.
                     killed: KillReply = {"signal": signum.name, **sup[name].snapshot()}
                     await send(ok(killed))
+                case Op.TIMELINE:
+                    reply: TimelineJSON = timeline_reply(
+                        self.timeline, sup.runners.values(), self.builtin_times
+                    )
+                    await send(ok(reply))
                 case Op.KUBECONFIG:
                     await send(ok(await self._admin_kubeconfig()))
                 case Op.TOKEN_CREATE | Op.TOKEN_LIST | Op.TOKEN_REVOKE:
                     await send(ok(await self._tokens(request)))
                 case Op.DEBUG_HANG:
                     await self._hang(send)
+                case Op.RELOAD:
+                    await send(ok(await self.reload(request.dry_run, "k4sinit reload")))
                 case Op.STOP_ALL:
                     await self._stop_everything("k4sinit stop --all", None, send)
                 case Op.REBOOT | Op.POWEROFF | Op.HALT if not self._power:
@@ -452,6 +497,7 @@ class Daemon:
             "rss_bytes": me.memory_info().rss,
             "uptime": round(trio.current_time() - self._started, 3),
             "version": __version__,
+            "notify_dropped": dict(self.notify.dropped),
         }
 
     async def _admin_kubeconfig(self) -> KubeconfigReply:

@@ -7,7 +7,8 @@ pid1/container.py) all go through the same steps; each differs only in the
 
     plan(config, options)          the node's settings and its roles expanded into
                                    services (ConfigErrors), and the network spec
-    prepare(plan, options, log)    blocking, before the event loop, in this order:
+    prepare(plan, options, log)    blocking, before the event loop, in this order
+                                   (each a stage of the boot's timeline):
       1. cgroups                   k4sinit's subtree; leftovers of an earlier
                                    k4sinit in it are killed first
       2. preflight                 the profile's checks, logged as a table; a fatal
@@ -33,6 +34,7 @@ What each entry point asks for:
                     run              init (a node)     dev (a container)
 ==================  ===============  ================  ====================
 signals             RUN_SIGNALS      INIT_SIGNALS      INIT_SIGNALS
+reload signals      SIGHUP           none (request)    none (request)
 power requests      refused          yes               yes
 cgroups             yes (unless      yes               yes
                     --no-cgroups)
@@ -69,7 +71,9 @@ from k4sinit.core.jointoken import JoinToken
 from k4sinit.core.log import NonBlockingWriter
 from k4sinit.core.netspec import NetworkSpec
 from k4sinit.core.nodespec import NodeSettings
-from k4sinit.daemon.daemon import INIT_SIGNALS, RUN_SIGNALS, Daemon, Shutdown
+from k4sinit.core.timeline import Timeline
+from k4sinit.daemon.daemon import INIT_SIGNALS, RELOAD_SIGNALS, RUN_SIGNALS, Daemon, Shutdown
+from k4sinit.daemon.reload import loader
 from k4sinit.daemon.survivors import describe_survivors, serving, survivors
 from k4sinit.host import system
 from k4sinit.network import Network
@@ -97,6 +101,7 @@ class Options:
 
     socket: str
     signals: Mapping[int, Shutdown] = field(default_factory=lambda: RUN_SIGNALS)
+    reload_signals: tuple[int, ...] = RELOAD_SIGNALS  # none as PID 1: only the request
     power: bool = False  # reboot/poweroff/halt requests are served (PID 1)
     cgroups: bool = True
     cgroup_mount: Path = CGROUP_MOUNT
@@ -129,6 +134,7 @@ class Options:
         return cls(
             socket=socket_path(socket),
             signals=INIT_SIGNALS,
+            reload_signals=(),
             power=True,
             control_port=None if container else PORT_NAME,
             etc_files=EtcFiles.NEVER if container else EtcFiles.ALWAYS,
@@ -166,6 +172,7 @@ class Prepared:
     cgroups: CgroupTree | None
     checks: list[preflight.Check]
     image: ImageInfo | None
+    timeline: Timeline  # the stages so far; the daemon adds its own and serves it
 
 
 class CannotStart(Exception):
@@ -202,21 +209,29 @@ def plan(config: Config, options: Options, network: NetworkSpec | None = None) -
     )
 
 
-def prepare(plan: Plan, options: Options, log: Any) -> Prepared:
-    """Cgroups, preflight, node files, image info, in that order (module docstring).
+def prepare(plan: Plan, options: Options, log: Any, timeline: Timeline | None = None) -> Prepared:
+    """Cgroups, preflight, node files, image info, in that order (module docstring),
+    each a stage of ``timeline`` (None: one since this process started).
 
     Blocking; call it before the event loop. Raises BootError for a fatal
     preflight failure (where ``options.preflight_stops_boot`` and the config
     does not say ``boot.preflight: warn``), OSError when a node file cannot be
     written.
     """
-    cgroups = setup_cgroups(log, options.cgroup_mount) if options.cgroups else None
+    timeline = Timeline.since_process_start() if timeline is None else timeline
+    cgroups = None
+    if options.cgroups:
+        with timeline.stage("cgroups"):
+            cgroups = setup_cgroups(log, options.cgroup_mount)
     enforced = options.preflight_stops_boot and plan.config.system.preflight == "enforce"
-    checks = run_preflight(plan, log, enforced=enforced)
-    if plan.node is not None:
-        for path in roles.write_files(plan.node):
-            log.debug("written", path=path)
-    return Prepared(plan, cgroups, checks, imageinfo.load(options.image_path))
+    checks: list[preflight.Check] = []
+    if plan.node is not None:  # without a node profile there is neither
+        with timeline.stage("preflight"):
+            checks = run_preflight(plan, log, enforced=enforced)
+        with timeline.stage("node files"):
+            for path in roles.write_files(plan.node):
+                log.debug("written", path=path)
+    return Prepared(plan, cgroups, checks, imageinfo.load(options.image_path), timeline)
 
 
 def setup_cgroups(log: Any, mount: Path = CGROUP_MOUNT) -> CgroupTree | None:
@@ -277,6 +292,11 @@ def compose(
         log_writer=attached.log_writer,
         watchdog=attached.watchdog,
         debug_hang=options.debug_hang,
+        timeline=prepared.timeline,
+        reload_signals=options.reload_signals,
+        load=loader(
+            plan.config.source, role=options.role, hostname=options.hostname, token=options.token
+        ),
     )
 
 
@@ -374,7 +394,9 @@ def supervise_node(booted: boot.Booted) -> Action:
     options = Options.init(
         booted.socket, booted.kernel, container=booted.container, named=booted.named
     )
-    prepared = prepare(plan(booted.config, options, booted.network), options, log)
+    with booted.timeline.stage("roles"):
+        planned = plan(booted.config, options, booted.network)
+    prepared = prepare(planned, options, log, booted.timeline)
     log.info("system ready", seconds=round(time.monotonic() - booted.started, 3))
     watchdog = _open_watchdog(booted.config, booted.container, log)
     try:

@@ -51,6 +51,7 @@ from k4sinit.core.nodespec import (
     NodeSpec,
     Profile,
     RoleOverride,
+    default_pod_network,
     profile_roles,
 )
 from k4sinit.core.spec import (
@@ -58,6 +59,7 @@ from k4sinit.core.spec import (
     ExecAction,
     FileAction,
     HTTPGetAction,
+    NotifyAction,
     Probe,
     ServiceSpec,
     TCPSocketAction,
@@ -124,7 +126,7 @@ def _resolve(config: Config, node: NodeSpec, hostname: str | None) -> NodeSettin
     pki_dir = node.pki_dir or f"{node.data_dir}/{PKI_DIR_NAME}"
     roles = tuple(
         role
-        for role in profile_roles(node.profile, node.datastore)
+        for role in profile_roles(node.profile, node.datastore, node.pod_network)
         if not node.override(role).disabled
     )
     return NodeSettings(
@@ -151,6 +153,7 @@ def _resolve(config: Config, node: NodeSpec, hostname: str | None) -> NodeSettin
         pause_image=node.pause_image,
         cni_bin_dir=node.cni_bin_dir,
         cni_conf_dir=node.cni_conf_dir,
+        pod_network=node.pod_network or default_pod_network(node.profile),
     )
 
 
@@ -454,7 +457,7 @@ def _describe_service(spec: ServiceSpec) -> dict[str, Any]:
         ("livenessProbe", spec.liveness_probe),
     ):
         if probe is not None:
-            out[key] = _describe_probe(probe)
+            out[key] = _describe_probe(probe, key)
     b = spec.backoff
     backoff = {
         "initialSeconds": _number(b.initial),
@@ -487,7 +490,8 @@ def _describe_service(spec: ServiceSpec) -> dict[str, Any]:
     return out
 
 
-def _describe_probe(probe: Probe) -> dict[str, Any]:
+def _describe_probe(probe: Probe, key: str) -> dict[str, Any]:
+    """A probe as the config writes it (a notify probe with the timing it may have)."""
     action = probe.action
     handler: tuple[str, dict[str, Any]]
     if isinstance(action, HTTPGetAction):
@@ -518,14 +522,19 @@ def _describe_probe(probe: Probe) -> dict[str, Any]:
         handler = ("unixSocket", {"path": action.path})
     elif isinstance(action, FileAction):
         handler = ("file", {"path": action.path})
+    elif isinstance(action, NotifyAction):
+        handler = ("notify", {})
     else:
         assert isinstance(action, ExecAction)
         handler = ("exec", {"command": list(action.command)})
-    return {
-        handler[0]: handler[1],
+    timing = {
         "initialDelaySeconds": _number(probe.initial_delay),
         "periodSeconds": _number(probe.period),
         "timeoutSeconds": _number(probe.timeout),
         "successThreshold": probe.success_threshold,
         "failureThreshold": probe.failure_threshold,
     }
+    if isinstance(action, NotifyAction):  # READY=1 takes no timing; WATCHDOG=1 no timeout
+        timing = {} if key == "readinessProbe" else timing
+        timing.pop("timeoutSeconds", None)
+    return {handler[0]: handler[1], **timing}

@@ -15,6 +15,9 @@
         any error on the way: log it, then the fallback (emergency shell,
                   retry, or reboot after a countdown), and boot again
 
+Each stage's start and end go into the boot's timeline (core/timeline.py; across
+the re-exec in the environment), which the daemon serves to ``k4sinit analyze``.
+
 This module knows the stages, not what runs between boot and shutdown: the
 caller hands that in as ``supervise`` (``k4sinit init`` gives the daemon's
 composition root), so PID 1's stages never import the daemon.
@@ -34,15 +37,17 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from k4sinit import IMPORTED_AT
 from k4sinit.config import ConfigErrors, load_config
 from k4sinit.core import cmdline, imageinfo, log
 from k4sinit.core.config import Config, Fallback, SwitchRoot, SystemSpec
 from k4sinit.core.netspec import NetworkSpec, choose_network
 from k4sinit.core.paths import DEFAULT_PATH
+from k4sinit.core.timeline import TIMELINE_ENV, Timeline, process_start
 from k4sinit.host import storage, system
 from k4sinit.pid1 import power
 
@@ -79,6 +84,7 @@ class Booted:
     started: float  # time.monotonic() when this boot attempt began
     log: Any
     log_writer: log.NonBlockingWriter | None = None  # the console's (for its drop count)
+    timeline: Timeline = field(default_factory=Timeline)  # the stages so far (analyze)
 
 
 #: Runs the node from the booted system until a shutdown is asked for; returns how to
@@ -88,12 +94,16 @@ Supervise = Callable[[Booted], power.Action]
 
 def init_main(options: InitOptions, supervise: Supervise) -> NoReturn:
     """Run as PID 1 forever: boot, supervise, shut down, or fall back. Never returns."""
+    entered = time.monotonic()
     os.environ["PATH"] = DEFAULT_PATH
     os.environ.setdefault("HOME", "/")
     os.umask(0o022)
     container = system.in_container()
     # /proc first: the kernel command line says whether to log debug events.
+    mounting = time.monotonic()
     early = system.mount_filesystems(container=container)
+    timeline = first_stages(container, entered)
+    timeline.add("mounts", mounting, time.monotonic())
     kernel = cmdline.read()
     writer = log.configure(options.log_format, colors=False, debug=kernel.debug)
     logger = log.get_logger()
@@ -115,7 +125,7 @@ def init_main(options: InitOptions, supervise: Supervise) -> NoReturn:
     system_spec = SystemSpec()
     while True:
         try:
-            action, system_spec = boot(options, kernel, logger, writer, supervise)
+            action, system_spec = boot(options, kernel, logger, writer, supervise, timeline)
             logger.info("services stopped; ending", action=action.verb)
             writer.wait_idle(2)
             finish(action, logger, writer)
@@ -131,25 +141,31 @@ def boot(
     logger: Any,
     writer: log.NonBlockingWriter,
     supervise: Supervise,
+    timeline: Timeline | None = None,
 ) -> tuple[power.Action, SystemSpec]:
-    """The stages, then ``supervise``; returns the shutdown action and the system spec.
+    """The stages (each recorded in ``timeline``), then ``supervise``; returns the
+    shutdown action and the system spec.
 
     Raises on any stage failure (ConfigErrors for a broken config).
     """
+    timeline = Timeline() if timeline is None else timeline
     started = time.monotonic()
     container = system.in_container()
     for line in system.mount_filesystems(container=container):  # again: a retry after a fix
         logger.info("stage 1: " + line)
     path = options.config or kernel.config or cmdline.DEFAULT_CONFIG
-    config = load_config(path)
+    with timeline.stage("config"):
+        config = load_config(path)
     spec = config.system
     if should_switch_root(spec, kernel.switch_root, container=container):
         logger.info("switching into a tmpfs root", reason="booted from an initramfs")
         writer.wait_idle(2)
-        switch_root_and_reexec()  # does not return
+        switch_root_and_reexec(timeline)  # does not return
     network = node_network(config, kernel, logger)
-    prepare_system(config, kernel, network, container=container, logger=logger)
-    mount_storage(config, logger)
+    prepare_system(config, kernel, network, container=container, logger=logger, timeline=timeline)
+    if config.storage is not None:
+        with timeline.stage("storage"):
+            mount_storage(config, logger)
     booted = Booted(
         config=config,
         kernel=kernel,
@@ -160,8 +176,34 @@ def boot(
         started=started,
         log=logger,
         log_writer=writer,
+        timeline=timeline,
     )
     return supervise(booted), spec
+
+
+def first_stages(container: bool, entered: float, imported: float = IMPORTED_AT) -> Timeline:
+    """The timeline up to ``entered`` (when :func:`init_main` began); ``imported``:
+    when the interpreter had started and began importing k4sinit.
+
+    After the switch root's re-exec: the stages before it, ``re-exec`` (a second
+    interpreter start) and ``imports``. Otherwise from 0, the kernel's start: the
+    kernel, its initramfs and the interpreter in one stage (PID 1's process exists
+    from the kernel's first steps: nothing tells when /init began), then
+    ``imports``; in a container (whose clock began with the host's) from this
+    process's start.
+    """
+    carried = Timeline.from_env(os.environ.pop(TIMELINE_ENV, None))
+    if carried is not None and carried.stages:
+        carried.add("re-exec", carried.stages[-1].end, imported)
+        timeline = carried
+    elif container:
+        timeline = Timeline(origin=process_start())
+        timeline.add("interpreter", timeline.origin, imported)
+    else:
+        timeline = Timeline(origin=0.0)
+        timeline.add("kernel, initramfs, interpreter", 0.0, imported)
+    timeline.add("imports", imported, entered)
+    return timeline
 
 
 def node_network(config: Config, kernel: cmdline.KernelOptions, logger: Any) -> NetworkSpec:
@@ -183,11 +225,15 @@ def prepare_system(
     *,
     container: bool,
     logger: Any,
+    timeline: Timeline | None = None,
 ) -> None:
-    """Coldplug, modules, sysctls, hostname, machine-id, loopback: each problem logged, none fatal."""
+    """Coldplug, modules, sysctls, hostname, machine-id, loopback: each problem logged,
+    none fatal. Coldplug and the modules are stages of ``timeline``."""
+    timeline = Timeline() if timeline is None else timeline
     spec = config.system
     if spec.coldplug and not container:  # in a container the kernel is the host's
-        plugged = system.coldplug()
+        with timeline.stage("coldplug"):
+            plugged = system.coldplug()
         for line in plugged.details():
             logger.debug("stage 1: coldplug: " + line)
         logger.info("stage 1: coldplug: " + plugged.summary())
@@ -199,7 +245,9 @@ def prepare_system(
             modules=list(spec.modules),
         )
     elif spec.modules:
-        for problem in system.load_modules(spec.modules):
+        with timeline.stage("modules"):
+            problems = system.load_modules(spec.modules)
+        for problem in problems:
             logger.warning("stage 1: " + problem)
     for problem in system.apply_sysctls(spec.sysctls, container=container):
         logger.warning("stage 1: " + problem)
@@ -356,8 +404,13 @@ def copy_tree(entries: list[str], target: str) -> None:
             shutil.copy2(source, destination, follow_symlinks=False)
 
 
-def switch_root_and_reexec() -> NoReturn:
-    """Copy / into a tmpfs, move the API mounts over, make it /, free the old, re-exec."""
+def switch_root_and_reexec(timeline: Timeline) -> NoReturn:
+    """Copy / into a tmpfs, move the API mounts over, make it /, free the old, re-exec.
+
+    ``timeline`` goes across the re-exec in :data:`TIMELINE_ENV`, with this as
+    its ``switch root`` stage.
+    """
+    started = time.monotonic()
     os.makedirs(NEW_ROOT, exist_ok=True)
     system.mount("tmpfs", NEW_ROOT, "tmpfs", 0, "mode=0755")
     skip = {NEW_ROOT.lstrip("/"), *(m.lstrip("/") for m in MOVED_MOUNTS)}
@@ -380,4 +433,6 @@ def switch_root_and_reexec() -> NoReturn:
     os.chroot(".")
     os.chdir("/")
     os.environ[SWITCHED_ENV] = "1"
+    timeline.add("switch root", started, time.monotonic())
+    os.environ[TIMELINE_ENV] = timeline.to_env()
     os.execv(sys.executable, sys.orig_argv)

@@ -21,17 +21,24 @@ file is generated in containerd 2's layout (``version = 3``), after k3s
   devmapper, blockfile, erofs) disabled, so containerd does not log their
   failures at every start.
 
-On a single node it also writes the pod network: a CNI conflist with a
-``bridge`` (cni0, gateway, masquerade) whose ``host-local`` IPAM hands out
-``node.podCIDR``, and ``portmap`` for hostPort. The ``loopback`` plugin is not
-in the list because containerd's CRI runs it for every pod by itself (it
-must be in the CNI bin dir). A controller has no pods and a worker's share of
-the pod range is the control plane's to allocate, so there a CNI add-on
-(a DaemonSet) writes the network config.
+With ``node.podNetwork: bridge`` (a single node's default) it also writes the
+pod network: a CNI conflist with a ``bridge`` (cni0, gateway, masquerade)
+whose ``host-local`` IPAM hands out ``node.podCIDR``, and ``portmap`` for
+hostPort. The ``loopback`` plugin is not in the list because containerd's CRI
+runs it for every pod by itself (it must be in the CNI bin dir). Where nodes
+share the pod range, each node's share is the control plane's to allocate: with
+``hostGateway`` the pod-network role writes the same conflist for the node's
+own podCIDR once its Node has one (:func:`bridge_conflist`, without the bridge's
+masquerade: pods reach pods on other nodes by their own addresses); with
+``none`` (a worker's default) a CNI add-on (a DaemonSet) writes it.
 
-Readiness: its socket accepts. Grace 30 s: it exits in well under a second
-(containers and their shims live on), but it closes its bolt database on
-the way.
+Readiness: ``READY=1`` over ``NOTIFY_SOCKET`` (a ``notify`` probe), which
+containerd sends once its plugins are loaded and its servers serve
+(``command.notifyReady``); it says ``STOPPING=1`` on SIGTERM. It does not
+pass ``NOTIFY_SOCKET`` on to runc (go-runc filters it out), so containers
+are not held waiting for a notification of their own. Grace 30 s: it
+exits in well under a second (containers and their shims live on), but it
+closes its bolt database on the way.
 """
 
 from __future__ import annotations
@@ -39,11 +46,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from k4sinit.core.nodespec import CONTAINERD, Profile
-from k4sinit.core.spec import Probe, ServiceSpec, UnixSocketAction
+from k4sinit.core.nodespec import CONTAINERD, PodNetwork
+from k4sinit.core.spec import NotifyAction, Probe, ServiceSpec
 from k4sinit.services import flags
 
 if TYPE_CHECKING:
+    from k4sinit.core.netspec import IPNetwork
     from k4sinit.core.nodespec import NodeSettings
 
 NAME = CONTAINERD
@@ -65,14 +73,14 @@ def service(node: NodeSettings) -> ServiceSpec:
         command=(NAME,),
         args=flags({"config": config_path(node)}),
         env=node.env,
-        readiness_probe=Probe(UnixSocketAction(SOCKET)),
+        readiness_probe=Probe(NotifyAction()),
         termination_grace_period=30.0,
     )
 
 
 def files(node: NodeSettings) -> dict[str, str]:
     out = {config_path(node): config_toml(node)}
-    if node.profile is Profile.SINGLE:
+    if node.pod_network is PodNetwork.BRIDGE:
         out[f"{node.cni_conf_dir}/{CNI_CONFLIST}"] = cni_conflist(node)
     return out
 
@@ -130,7 +138,15 @@ disabled_plugins = [
 
 
 def cni_conflist(node: NodeSettings) -> str:
-    default_route = "0.0.0.0/0" if node.pod_cidr.version == 4 else "::/0"
+    """The bridge network of a node alone: the whole pod range, masqueraded."""
+    return bridge_conflist(node.pod_cidr, masquerade=True)
+
+
+def bridge_conflist(subnet: IPNetwork, *, masquerade: bool) -> str:
+    """A CNI conflist: pods on the cni0 bridge (their gateway) with addresses from
+    ``subnet``; with ``masquerade`` the bridge plugin hides them behind the node's
+    address on the way to anything outside ``subnet``."""
+    default_route = "0.0.0.0/0" if subnet.version == 4 else "::/0"
     conflist = {
         "cniVersion": "1.0.0",
         "name": "k4sinit",
@@ -139,11 +155,11 @@ def cni_conflist(node: NodeSettings) -> str:
                 "type": "bridge",
                 "bridge": BRIDGE,
                 "isGateway": True,
-                "ipMasq": True,
+                "ipMasq": masquerade,
                 "hairpinMode": True,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{"subnet": str(node.pod_cidr)}]],
+                    "ranges": [[{"subnet": str(subnet)}]],
                     "routes": [{"dst": default_route}],
                 },
             },

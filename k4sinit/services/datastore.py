@@ -17,9 +17,11 @@ Flags (kine 0.17, etcd 3.7: both roles of the k4s binary), after k0s
   loopback, ``--initial-cluster`` of itself, metrics on 127.0.0.1:2381 (as
   kubeadm), no pprof.
 
-Readiness: kine answers etcd's gRPC but has no HTTP health endpoint, so an
-accepted TCP connection it is; etcd's ``/health`` says whether it has a
-leader. Grace 30 s: both flush their database on SIGTERM and exit in well
+Readiness: kine answers etcd's gRPC but has no HTTP health endpoint and
+sends no sd_notify, so an accepted TCP connection it is; etcd says
+``READY=1`` over ``NOTIFY_SOCKET`` (``etcdmain.notifySystemd``) once it
+serves and has joined its cluster (a leader: the server's ReadyNotify), so
+it is a ``notify`` probe, no polling. Grace 30 s: both flush their database on SIGTERM and exit in well
 under a second; a SIGKILL mid-write could leave a torn WAL on a persistent
 data dir, so the ceiling is generous. No liveness probe: etcd's /health also
 fails on a NOSPACE alarm, which a restart does not cure. CPU: ``CONTROL_PLANE_FIRST``, as the apiserver.
@@ -30,7 +32,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from k4sinit.core.nodespec import Datastore
-from k4sinit.core.spec import HTTPGetAction, Probe, ServiceSpec, TCPSocketAction
+from k4sinit.core.spec import NotifyAction, Probe, ServiceSpec, TCPSocketAction
 from k4sinit.services import CONTROL_PLANE_FIRST, flags
 
 if TYPE_CHECKING:
@@ -73,7 +75,7 @@ def service(node: NodeSettings) -> ServiceSpec:
                 "enable-pprof": "false",
             }
         )
-        readiness = Probe(HTTPGetAction(port=CLIENT_PORT, path="/health"))
+        readiness = Probe(NotifyAction())
     return ServiceSpec(
         name=name(node),
         command=(name(node),),

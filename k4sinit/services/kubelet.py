@@ -28,13 +28,18 @@ The ``KubeletConfiguration`` (kubelet.config.k8s.io/v1beta1):
 * ``tlsCertFile`` / ``tlsPrivateKeyFile``: the kubelet-server certificate on
   a node with the cluster PKI; a worker serves a self-signed one from its
   cert dir and rotates its client certificate;
-* health on 127.0.0.1:10248 (the readiness probe), ``failSwapOn: false``,
+* health on 127.0.0.1:10248, ``failSwapOn: false``,
   ``staticPodPath`` <dataDir>/pod-manifests (``<dataDir>/manifests`` is the
   ``manifests`` role's: objects applied to the cluster), the containerd socket
   as ``containerRuntimeEndpoint`` (a config field since v1.27). The cgroup
   driver is said twice on purpose: since v1.36 kubelet takes it from
   containerd 2, which reports cgroupfs (``SystemdCgroup = false``); the field
   is what an older runtime would be matched against.
+
+Readiness: ``READY=1`` over ``NOTIFY_SOCKET`` (a ``notify`` probe): kubelet
+sends it once its loops run (``cmd/kubelet/app/server.go``, after
+``RunKubelet``; a worker's TLS bootstrap, and so its kubeconfig, comes
+before). No ``WATCHDOG_USEC``: kubelet's systemd watchdog stays off.
 
 Dependencies: containerd and the network ready, and on a single node the
 apiserver ready (it registers the node at once), on a worker the join. Grace 30 s: kubelet leaves
@@ -50,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from k4sinit.core.nodespec import KUBELET, Profile
-from k4sinit.core.spec import NETWORK, PKI, Condition, HTTPGetAction, Probe, ServiceSpec
+from k4sinit.core.spec import NETWORK, PKI, Condition, NotifyAction, Probe, ServiceSpec
 from k4sinit.services import apiserver, containerd, flags, images
 
 if TYPE_CHECKING:
@@ -101,7 +106,7 @@ def service(node: NodeSettings) -> ServiceSpec:
         args=args,
         env=node.env,
         depends_on=tuple(depends_on),
-        readiness_probe=Probe(HTTPGetAction(port=HEALTHZ_PORT, path="/healthz"), timeout=5.0),
+        readiness_probe=Probe(NotifyAction()),
         termination_grace_period=30.0,
     )
 

@@ -19,6 +19,7 @@ from k4sinit.services import (
     kube_proxy,
     kubelet,
     manifests,
+    pod_network,
     scheduler,
 )
 
@@ -54,6 +55,7 @@ _MODULES: dict[str, RoleModule] = {
     kube_proxy.NAME: kube_proxy,
     coredns.NAME: coredns,
     manifests.NAME: manifests,
+    pod_network.NAME: pod_network,
 }
 
 

@@ -9,7 +9,11 @@ Three layers, each usable alone:
 * :class:`ProbeTracker` is the pure threshold logic (no trio, no I/O).
 * :func:`run_probe` is the loop: initial delay, then one check every
   ``period`` seconds (start to start, on trio's clock), reporting verdict
-  changes through a callback.
+  changes through a callback. With ``fast_first`` (readiness and startup
+  probes) it checks sooner until the first success: 50 ms after the first
+  check, then twice as long each time, up to ``period``; so a service is not
+  seen ready a whole period late. Failures of those extra checks are counted
+  at most once a period, so ``failureThreshold`` periods keep their meaning.
 
 The runner builds one ``Prober(run_exec)`` and, per probe, starts::
 
@@ -34,6 +38,7 @@ from k4sinit.core.spec import (
     ExecAction,
     FileAction,
     HTTPGetAction,
+    NotifyAction,
     Probe,
     ProbeAction,
     TCPSocketAction,
@@ -54,6 +59,7 @@ when the daemon was too late itself to tell (see :mod:`k4sinit.supervision.timeo
 """
 
 USER_AGENT = "k4sinit-probe"
+FIRST_INTERVAL = 0.05  # seconds between the first checks of a fast_first probe
 EXEC_GRACE = 1.0  # seconds run_exec gets past the timeout to kill and reap
 _BODY_LIMIT = 64 * 1024  # body bytes read (and discarded) after the status line
 _CHUNK = 16 * 1024
@@ -171,6 +177,8 @@ class Prober:
                 return _file(action)
             case ExecAction():
                 return await self._exec(action, seconds)
+            case NotifyAction():  # the runner answers these from the service's messages
+                raise ValueError("a notify probe is not checked, the service notifies")
             case _:
                 assert_never(action)
 
@@ -384,13 +392,14 @@ class ProbeTracker:
         """Consecutive failures up to now (0 after a success)."""
         return self._failures
 
-    def record(self, result: ProbeResult) -> bool | None:
+    def record(self, result: ProbeResult, *, count_failure: bool = True) -> bool | None:
         """Count ``result``; return the new verdict if it changed, else None.
 
-        An inconclusive result becomes ``last`` but changes no count.
+        An inconclusive result becomes ``last`` but changes no count; so does a
+        failure with ``count_failure`` False (an extra check of a fast start).
         """
         self._last = result
-        if result.inconclusive:
+        if result.inconclusive or (not result.ok and not count_failure):
             return None
         if result.ok:
             self._successes, self._failures = self._successes + 1, 0
@@ -409,6 +418,7 @@ async def run_probe(
     check: CheckFn,
     on_verdict: VerdictFn,
     *,
+    fast_first: bool = False,
     task_status: trio.TaskStatus[ProbeTracker] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Probe forever: after ``initial_delay``, one check every ``period`` seconds.
@@ -419,21 +429,34 @@ async def run_probe(
     ``on_verdict`` is awaited before the next check. Checks never overlap:
     periods are measured start to start on trio's clock, and a check (plus
     callback) that overruns its period is followed at once by the next.
-    Reports the tracker through ``task_status.started`` as soon as it runs (so
-    the caller can read ``healthy`` and ``last``). Ends only by cancellation.
+    With ``fast_first``, the interval starts at :data:`FIRST_INTERVAL` and
+    doubles up to ``period`` until the first success (see the module
+    docstring). Reports the tracker through ``task_status.started`` as soon as
+    it runs (so the caller can read ``healthy`` and ``last``). Ends only by
+    cancellation.
     """
     tracker = ProbeTracker(probe)
     task_status.started(tracker)
     due = trio.current_time() + probe.initial_delay
+    interval = min(FIRST_INTERVAL, probe.period) if fast_first else probe.period
+    counted = -float("inf")  # when the last failure was counted
+    succeeded = False
     while True:
         await trio.sleep_until(due)
         result = await check(probe.action, probe.timeout)
-        verdict = tracker.record(result)
+        # A period's worth of time since the last counted failure (less a rounding error).
+        count = succeeded or due - counted >= probe.period - 1e-9
+        verdict = tracker.record(result, count_failure=count)
+        if count and not result.ok and not result.inconclusive:
+            counted = due
         if verdict is not None:
             pending = on_verdict(verdict, result)
             if pending is not None:
                 await pending
-        due = max(due + probe.period, trio.current_time())
+        succeeded = succeeded or result.ok
+        interval = probe.period if succeeded else interval
+        due = max(due + interval, trio.current_time())
+        interval = min(interval * 2, probe.period)
 
 
 def describe(action: ProbeAction) -> str:
@@ -449,3 +472,5 @@ def describe(action: ProbeAction) -> str:
             return f"file {action.path}"
         case ExecAction():
             return "exec " + " ".join(action.command)
+        case NotifyAction():
+            return "notify (NOTIFY_SOCKET)"

@@ -28,6 +28,8 @@ from k4sinit.supervision.timeouts import DaemonLate, call_with_timeout
 
 # Joins the cgroup whose cgroup.procs is $0, then becomes the program ("$@").
 JOIN_CGROUP = 'echo 0 > "$0" && exec "$@"'
+# Moves the descriptor given as stdin to fd N (s6's notification-fd), stdin to /dev/null.
+PASS_STDIN_AS = "exec {fd}>&0 0</dev/null"
 DISPATCH_DIR = "/run/k4sinit/bin"  # role-named symlinks to multicall binaries
 # How long output may still be read after a process has exited.
 DRAIN_SECONDS = 1.0
@@ -152,6 +154,7 @@ def spawn(
     executable: str | None = None,
     cgroup_procs: str | None = None,
     dispatch_dir: str = DISPATCH_DIR,
+    pass_fd: tuple[int, int] | None = None,
 ) -> Spawned:
     """Start ``argv`` in a new process group with stdin on /dev/null.
 
@@ -162,7 +165,9 @@ def spawn(
     program (argv[0] becomes the program's path; where the name matters, as
     for a multicall binary, the program is reached through a symlink named
     like ``argv[0]`` in ``dispatch_dir``, which is how busybox-style binaries
-    are installed anyway). Raises :class:`SpawnError`
+    are installed anyway). With ``pass_fd`` ``(n, fd)`` the process gets
+    ``fd`` as its descriptor ``n`` (3 to 9: the shell places it, and dash
+    takes one digit), through the same shell. Raises :class:`SpawnError`
     with a readable reason (see :func:`resolve_executable`); on success the
     child is already registered with ``reaper``.
     """
@@ -171,11 +176,16 @@ def spawn(
     if any("\0" in part for part in (*argv, *env, *env.values(), cwd or "")):
         raise SpawnError(f"{program!r}: a NUL byte in the command line or environment")
     resolved = resolve_executable(program, path, cwd)
-    if cgroup_procs is not None:
+    stdin: int = subprocess.DEVNULL
+    if cgroup_procs is not None or pass_fd is not None:
         program = resolved
         if os.path.basename(argv[0]) != os.path.basename(resolved):
             program = dispatch_link(argv[0], resolved, dispatch_dir)
-        argv = [SHELL, "-c", JOIN_CGROUP, cgroup_procs, program, *argv[1:]]
+        script = JOIN_CGROUP if cgroup_procs is not None else 'exec "$@"'
+        if pass_fd is not None:
+            stdin = pass_fd[1]
+            script = f"{PASS_STDIN_AS.format(fd=pass_fd[0])} && {script}"
+        argv = [SHELL, "-c", script, cgroup_procs or SHELL, program, *argv[1:]]
         resolved = SHELL
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -183,7 +193,7 @@ def spawn(
         popen = subprocess.Popen(
             list(argv),
             executable=resolved,
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=out_w,
             stderr=err_w,
             cwd=cwd,

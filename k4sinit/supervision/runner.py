@@ -9,14 +9,16 @@ by the supervisor in its nursery) that loops::
 Stopping is cancellation of that task; the process is then terminated in a
 shielded scope with the service's grace period (stop signal to the process
 group, SIGKILL after the grace period). Every change of state or readiness goes
-through :meth:`ServiceRunner._set`, which records the event (bounded history),
-logs it and wakes whoever waits on this service.
+through :meth:`ServiceRunner._set`, which records the event (bounded history)
+and the boot's first milestones (core/timeline.py), logs it and wakes whoever
+waits on this service.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import random
 import signal
 import time
@@ -29,16 +31,26 @@ import psutil
 import trio
 
 from k4sinit.core.restart import RestartTracker
-from k4sinit.core.spec import Condition, Dependency, Probe, ProbeAction, ServiceSpec
+from k4sinit.core.spec import (
+    Condition,
+    Dependency,
+    NotifyAction,
+    Probe,
+    ProbeAction,
+    ServiceSpec,
+)
 from k4sinit.core.state import Event, LogLine, ServiceDetail, ServiceSnapshot, State
+from k4sinit.core.timeline import Milestones
 from k4sinit.supervision import escapees, probes, process
 from k4sinit.supervision.cgroups import CgroupTree, ServiceCgroup
+from k4sinit.supervision.notify import Notifications, NotifyListener
 from k4sinit.supervision.output import LINE_RATE, LineBudget, LineSink, pump_lines
 from k4sinit.supervision.reaper import Child, ExitStatus, Reaper
 
 EVENT_HISTORY = 64
 LOG_LINES = 200
 LINES_PER_EVENT = 16  # output batches longer than this are logged as one event
+NOTIFICATION_LIMIT = 4096  # bytes read from a notification fd while waiting for a newline
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +62,7 @@ class RunnerContext:
     cgroups: CgroupTree | None  # None where there is no writable cgroup2
     log: Any  # a structlog BoundLogger
     rng: random.Random
+    notify: NotifyListener | None = None  # NOTIFY_SOCKET; None: notify probes cannot work
 
 
 class ServiceRunner:
@@ -74,6 +87,8 @@ class ServiceRunner:
         self.last_exit: ExitStatus | None = None
         self.next_restart: float | None = None
         self.events: deque[Event] = deque(maxlen=EVENT_HISTORY)
+        # The boot's first wait, spawn, readiness: kept apart from the bounded events.
+        self.milestones = Milestones()
         self.logs: deque[LogLine] = deque(maxlen=LOG_LINES)
         self._changed = trio.Event()
         self._log_listeners: set[trio.MemorySendChannel[LogLine]] = set()
@@ -84,12 +99,19 @@ class ServiceRunner:
         self._stable_run = False  # this run was ready for backoff.reset_after seconds
         self._kill_reason: str | None = None
         self._child: Child | None = None  # the current run's process, for send_signal
+        # The current run's probes (cancelled to restart them with a reloaded spec),
+        # and whether its startup probe has passed (it is not run again then).
+        self._probe_scope: trio.CancelScope | None = None
+        self._started_up = False
+        self._dependency_wait: trio.CancelScope | None = None
         # Probe results for views: the last one of each kind, and how many said nothing.
         self.probe_results: dict[str, probes.ProbeResult] = {}
         self.probes_not_counted = 0
         # Failed checks by probe kind (startup, readiness, liveness), for metrics.
         self.probe_failures: dict[str, int] = {}
         self.dropped_lines = 0  # output lines over the budget, since the daemon started
+        # What the current (or last) run said over NOTIFY_SOCKET, if it may.
+        self.notifications: Notifications | None = None
 
     # --- the one path for state changes ---------------------------------------
 
@@ -112,6 +134,7 @@ class ServiceRunner:
             self._ready_since = None
         self.state, self.ready, self.reason = new_state, new_ready, new_reason
         self.events.append(Event(time.time(), now, new_state, new_ready, new_reason))
+        self.milestones.note(new_state, new_ready, now)
         self._log.info("state", state=new_state.value, ready=new_ready, reason=new_reason)
         self._changed.set()
         self._changed = trio.Event()
@@ -145,10 +168,13 @@ class ServiceRunner:
         """The life task is running (waiting, running or in backoff)."""
         return not self._life_done.is_set()
 
-    def start(self, nursery: trio.Nursery, *, reset: bool = False) -> bool:
+    def start(
+        self, nursery: trio.Nursery, *, reset: bool = False, reason: str = "starting"
+    ) -> bool:
         """Start the service's life in ``nursery``; False if it is already active.
 
-        ``reset`` forgets past quick deaths (an operator's explicit start).
+        ``reset`` forgets past quick deaths (an operator's explicit start);
+        ``reason`` is the first event's (a reload says so).
         """
         if self.active:
             return False
@@ -157,7 +183,7 @@ class ServiceRunner:
         self._life_done = trio.Event()
         self._life_scope = trio.CancelScope()
         # Set now, not when the task first runs: dependents see "waiting", not "stopped".
-        self._set(State.WAITING, "starting", ready=False)
+        self._set(State.WAITING, reason, ready=False)
         nursery.start_soon(
             self._life, self._life_scope, self._life_done, name=f"service {self.name}"
         )
@@ -176,6 +202,46 @@ class ServiceRunner:
         await done.wait()
         if self._life_done is done and not self.state.down:
             self._set(State.STOPPED, reason, ready=False)
+
+    def replace_spec(self, spec: ServiceSpec, reason: str) -> None:
+        """A reload's new spec for a service that is not active; it runs from the next start.
+
+        ``reason`` is recorded as one event. RuntimeError while the life is active
+        (stop it first: :meth:`stop`).
+        """
+        if self.active:
+            raise RuntimeError(f"{self.name}: cannot replace the spec of an active service")
+        self.spec = spec
+        self._restarts = RestartTracker(spec.restart_policy, spec.backoff, self._ctx.rng)
+        self._set(reason=reason)
+
+    def update_spec(self, spec: ServiceSpec, reason: str) -> None:
+        """A reload's change of the fields that apply live (core/reload.py: Apply.LIVE).
+
+        The process keeps running. Probes of the current run restart with the new
+        spec (a startup probe that has passed is not run again); readiness stays
+        as it is until the new probe's first verdict, or becomes true when the
+        readiness probe is gone. Restart policy and backoff decide from the next
+        exit (the count of quick deaths is kept), stop signal and grace apply at
+        the next stop, dependencies before the next start (a wait for them
+        re-checks at once). ``reason`` is recorded as one event.
+        """
+        old, self.spec = self.spec, spec
+        self._restarts.policy, self._restarts.backoff = spec.restart_policy, spec.backoff
+        probes_changed = (old.startup_probe, old.readiness_probe, old.liveness_probe) != (
+            spec.startup_probe,
+            spec.readiness_probe,
+            spec.liveness_probe,
+        )
+        # Not while a probe is killing the process: that stop must finish as it began.
+        if probes_changed and self._probe_scope is not None and self._kill_reason is None:
+            self._probe_scope.cancel()
+        ready = None
+        if self.state is State.RUNNING and self._started_up and spec.readiness_probe is None:
+            ready = True
+        if self._dependency_wait is not None:
+            self._dependency_wait.cancel()
+        self._set(reason=reason, ready=ready)
 
     # --- the life task ----------------------------------------------------------
 
@@ -246,7 +312,12 @@ class ServiceRunner:
             self._set(
                 State.WAITING, f"waiting for {dep.name}: {dep.unmet_reason(condition)}", ready=False
             )
-            await dep.changed()
+            # A reload that changes the dependencies cancels this wait (update_spec).
+            try:
+                with trio.CancelScope() as self._dependency_wait:
+                    await dep.changed()
+            finally:
+                self._dependency_wait = None
 
     async def _run_process(self) -> tuple[ExitStatus | None, str, bool]:
         """Run the process once; returns (status, why it ended, whether the run was stable).
@@ -254,7 +325,7 @@ class ServiceRunner:
         ``status`` is None when fork itself failed. Raises SpawnError when the
         program cannot be started at all.
         """
-        env = {**self._ctx.base_env, **dict(self.spec.env)}
+        env = {**self._ctx.base_env, **dict(self.spec.env), **self._notify_env()}
         cgroup = self._cgroup
         if cgroup is not None:
             await cgroup.kill_and_wait()  # nothing of an earlier run may linger
@@ -265,21 +336,62 @@ class ServiceRunner:
             for warning in warnings:
                 self._log.warning(warning)
             oom_kills = cgroup.oom_kills()
-        try:
-            spawned = process.spawn(
-                self._ctx.reaper,
-                self.spec.argv,
-                env=env,
-                cwd=self.spec.working_dir,
-                executable=self.spec.executable,
-                cgroup_procs=cgroup.procs_file if cgroup else None,
-            )
-        except process.SpawnError:
-            self.pid = None
-            raise
-        except OSError as exc:  # fork itself failed (EAGAIN, ENOMEM): worth a retry
-            self.pid = None
-            return None, f"spawn failed: {exc.strerror}", False
+        with contextlib.ExitStack() as run:
+            fd = self.spec.notification_fd
+            ready_r, ready_w = os.pipe() if fd is not None else (None, None)
+            if ready_r is not None:
+                run.callback(os.close, ready_r)
+            try:
+                spawned = process.spawn(
+                    self._ctx.reaper,
+                    self.spec.argv,
+                    env=env,
+                    cwd=self.spec.working_dir,
+                    executable=self.spec.executable,
+                    cgroup_procs=cgroup.procs_file if cgroup else None,
+                    pass_fd=None if fd is None or ready_w is None else (fd, ready_w),
+                )
+            except process.SpawnError:
+                self.pid = None
+                raise
+            except OSError as exc:  # fork itself failed (EAGAIN, ENOMEM): worth a retry
+                self.pid = None
+                return None, f"spawn failed: {exc.strerror}", False
+            finally:
+                if ready_w is not None:
+                    os.close(ready_w)
+            # No checkpoint since the spawn: attached before the listener reads a message.
+            if self._ctx.notify is not None and self.spec.uses_notify_socket:
+                self.notifications = Notifications(self.name)
+                where = cgroup.path if cgroup is not None else None
+                run.enter_context(
+                    self._ctx.notify.attach(self.notifications, spawned.child.pid, where)
+                )
+            status, why = await self._supervise_run(spawned, ready_r)
+        if cgroup is not None and cgroup.oom_kills() > oom_kills:
+            why += f" (out of memory: limit {_bytes(self.spec.resources.memory)})"
+        return status, why, self._stable_run
+
+    def _notify_env(self) -> dict[str, str]:
+        """``NOTIFY_SOCKET`` (and ``WATCHDOG_USEC``) for a service with a notify probe.
+
+        Raises SpawnError when the daemon has no notify socket (a tool's supervisor).
+        """
+        if not self.spec.uses_notify_socket:
+            return {}
+        if self._ctx.notify is None:
+            raise process.SpawnError("a notify probe, but this supervisor has no NOTIFY_SOCKET")
+        env = {"NOTIFY_SOCKET": self._ctx.notify.address}
+        liveness = self.spec.liveness_probe
+        if liveness is not None and isinstance(liveness.action, NotifyAction):
+            env["WATCHDOG_USEC"] = str(round(liveness.period * 1_000_000))
+        return env
+
+    async def _supervise_run(
+        self, spawned: process.Spawned, ready_fd: int | None
+    ) -> tuple[ExitStatus, str]:
+        """Probe and capture the spawned process until it exits; (status, why it ended)."""
+        cgroup = self._cgroup
         child = spawned.child
         self.pid = child.pid
         self._child = child
@@ -289,7 +401,7 @@ class ServiceRunner:
         self._set(
             State.STARTING if has_startup else State.RUNNING,
             f"started, pid {child.pid}",
-            ready=not has_startup and self.spec.readiness_probe is None,
+            ready=not has_startup and self._ready_when_running,
         )
         capture = trio.CancelScope(shield=True)
         status: ExitStatus | None = None
@@ -297,7 +409,7 @@ class ServiceRunner:
             nursery.start_soon(self._capture, spawned, capture)
             try:
                 async with trio.open_nursery() as probing:
-                    probing.start_soon(self._probe, child)
+                    probing.start_soon(self._probe_again_on_reload, child, ready_fd)
                     status = await child.wait()
                     probing.cancel_scope.cancel()
             finally:
@@ -309,10 +421,7 @@ class ServiceRunner:
                         self._log.error("cgroup not empty after kill", cgroup=str(cgroup.path))
                     capture.deadline = trio.current_time() + process.DRAIN_SECONDS
         self._note_stability()
-        why = self._kill_reason or status.describe()
-        if cgroup is not None and cgroup.oom_kills() > oom_kills:
-            why += f" (out of memory: limit {_bytes(self.spec.resources.memory)})"
-        return status, why, self._stable_run
+        return status, self._kill_reason or status.describe()
 
     def _note_stability(self) -> None:
         """Remember that this run counted as stable (ready for ``reset_after``)."""
@@ -390,19 +499,78 @@ class ServiceRunner:
 
     # --- probes -----------------------------------------------------------------
 
-    async def _probe(self, child: Child) -> None:
+    async def _probe_again_on_reload(self, child: Child, ready_fd: int | None) -> None:
+        """:meth:`_probe` for this run, started over when :meth:`update_spec` cancels it."""
+        self._started_up = False
+        try:
+            while True:
+                with trio.CancelScope() as scope:
+                    self._probe_scope = scope
+                    await self._probe(child, ready_fd)
+                    return
+        finally:
+            self._probe_scope = None
+
+    @property
+    def _ready_when_running(self) -> bool:
+        """Nothing but running makes the service ready (no probe, no notification fd)."""
+        return self.spec.readiness_probe is None and self.spec.notification_fd is None
+
+    async def _probe(self, child: Child, ready_fd: int | None) -> None:
         spec = self.spec
-        if spec.startup_probe is not None:
+        if spec.startup_probe is not None and not self._started_up:
             ok, result = await self._probe_until("startup", spec.startup_probe, lambda ok: True)
             if not ok:
                 await self._kill(child, f"startup probe failed: {result.message}")
                 return
-            self._set(State.RUNNING, "startup probe passed", ready=spec.readiness_probe is None)
+            self._set(State.RUNNING, "startup probe passed", ready=self._ready_when_running)
+        self._started_up = True
+        readiness = spec.readiness_probe
         async with trio.open_nursery() as nursery:
-            if spec.readiness_probe is not None:
-                nursery.start_soon(self._watch_readiness, spec.readiness_probe)
+            if readiness is not None and isinstance(readiness.action, NotifyAction):
+                nursery.start_soon(self._watch_notified_readiness)
+            elif readiness is not None:
+                nursery.start_soon(self._watch_readiness, readiness)
+            if ready_fd is not None:
+                nursery.start_soon(self._watch_notification_fd, ready_fd)
             if spec.liveness_probe is not None:
                 nursery.start_soon(self._watch_liveness, spec.liveness_probe, child)
+
+    async def _watch_notified_readiness(self) -> None:
+        """Ready on READY=1, not ready again after STOPPING=1; no polling."""
+        notes = self.notifications
+        assert notes is not None  # set with the spawn of a service with a notify probe
+        while True:
+            status = f" (STATUS={notes.status})" if notes.status else ""
+            if notes.stopping:
+                self._set(reason=f"stopping (STOPPING=1){status}", ready=False)
+            elif notes.ready:
+                self._set(reason="ready (READY=1)", ready=True)
+            else:
+                self._set(reason=f"waiting for READY=1 on NOTIFY_SOCKET{status}", ready=False)
+            await notes.changed()
+
+    async def _watch_notification_fd(self, fd: int) -> None:
+        """s6's notification-fd: ready at the first newline the service writes.
+
+        Reads at most :data:`NOTIFICATION_LIMIT` bytes without a newline; then,
+        or at end of file, the service stays not ready and the reason says why.
+        """
+        n = self.spec.notification_fd
+        self._set(reason=f"waiting for a newline on notification fd {n}")
+        seen = 0
+        stream = trio.lowlevel.FdStream(os.dup(fd))
+        async with stream:
+            while seen < NOTIFICATION_LIMIT:
+                data = await stream.receive_some(NOTIFICATION_LIMIT - seen)
+                if not data:
+                    self._set(reason=f"closed notification fd {n} without a newline")
+                    return
+                if b"\n" in data:
+                    self._set(reason=f"ready (newline on notification fd {n})", ready=True)
+                    return
+                seen += len(data)
+        self._set(reason=f"wrote {seen} bytes without a newline on notification fd {n}")
 
     async def _run_exec(self, argv: Sequence[str], seconds: float) -> tuple[int | None, str]:
         env = {**self._ctx.base_env, **dict(self.spec.env)}
@@ -420,11 +588,17 @@ class ServiceRunner:
             return None, output
         return (status.code if status.code is not None else -(status.signal or 0)), output
 
-    def _check(self, kind: str) -> probes.CheckFn:
-        """The prober's check, keeping the last result of the ``kind`` probe for views."""
+    def _check(self, kind: str, probe: Probe) -> probes.CheckFn:
+        """The prober's check, keeping the last result of the ``kind`` probe for views.
+
+        A notify probe (as liveness) is answered from the service's WATCHDOG=1 messages.
+        """
 
         async def check(action: ProbeAction, timeout: float) -> probes.ProbeResult:  # noqa: ASYNC109
-            result = await self._prober.check(action, timeout)
+            if isinstance(action, NotifyAction):
+                result = self._watchdog(probe.period)
+            else:
+                result = await self._prober.check(action, timeout)
             previous = self.probe_results.get(kind)
             self.probe_results[kind] = result
             if not result.ok and not result.inconclusive:
@@ -449,7 +623,8 @@ class ServiceRunner:
                     verdict.append((ok, result))
                     scope.cancel()
 
-            await probes.run_probe(probe, self._check(kind), on_verdict)
+            fast = kind == "startup"
+            await probes.run_probe(probe, self._check(kind, probe), on_verdict, fast_first=fast)
         return verdict[0]
 
     async def _watch_readiness(self, probe: Probe) -> None:
@@ -457,7 +632,17 @@ class ServiceRunner:
             reason = "ready" if ok else f"readiness probe failed: {result.message}"
             self._set(reason=reason, ready=ok)
 
-        await probes.run_probe(probe, self._check("readiness"), on_verdict)
+        check = self._check("readiness", probe)
+        await probes.run_probe(probe, check, on_verdict, fast_first=True)
+
+    def _watchdog(self, period: float) -> probes.ProbeResult:
+        """A notify liveness check: did WATCHDOG=1 come within the last ``period``?"""
+        notes = self.notifications
+        assert notes is not None  # set with the spawn of a service with a notify probe
+        age = trio.current_time() - notes.watchdog_at
+        if age < period:
+            return probes.ProbeResult(True, f"WATCHDOG=1 {age:.1f}s ago")
+        return probes.ProbeResult(False, f"no WATCHDOG=1 for {age:.1f}s (every {period:g}s due)")
 
     async def _watch_liveness(self, probe: Probe, child: Child) -> None:
         _, result = await self._probe_until("liveness", probe, lambda ok: not ok)
@@ -517,6 +702,7 @@ class ServiceRunner:
             "depends_on": {d.name: c.value for d, c in self.dependencies},
             "probes_not_counted": self.probes_not_counted,
             "dropped_lines": self.dropped_lines,
+            "notify_status": self.notifications.status if self.notifications else None,
         }
 
     def _cgroup_detail(self) -> dict[str, Any] | None:
@@ -532,6 +718,19 @@ class ServiceRunner:
                 "cpu_weight": limits.cpu_weight,
             },
             **self._cgroup.stats().to_json(),
+        }
+
+    def _notify_detail(self) -> dict[str, Any] | None:
+        notes = self.notifications
+        if notes is None:
+            return None
+        return {
+            "ready": notes.ready,
+            "stopping": notes.stopping,
+            "status": notes.status,
+            "messages": notes.messages,
+            "dropped_flood": notes.dropped,
+            "watchdog_age": round(trio.current_time() - notes.watchdog_at, 3),
         }
 
     def detail(self) -> ServiceDetail:
@@ -560,6 +759,7 @@ class ServiceRunner:
                 for kind, r in self.probe_results.items()
             },
             "cgroup": self._cgroup_detail(),
+            "notify": self._notify_detail(),
             "rss_bytes": _rss(self.snapshot()["pid"]),
             "events": [e.to_json() for e in self.events],
             "logs": [entry.to_json() for entry in list(self.logs)[-20:]],
