@@ -262,6 +262,7 @@ def open_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
         socket_dir.chmod(0o711)
         daemon = DaemonProcess(config, socket_dir / "control.sock", tmp_path / "k4sinit.log")
         daemon.wait_socket()
+        daemon.status()  # answered: the server's own chmod to 0600 after bind is done
         daemon.socket.chmod(0o666)
         yield daemon
     finally:
