@@ -51,26 +51,31 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
 from k4sinit.control.client import socket_path
-from k4sinit.control.port import PORT_NAME
 from k4sinit.core import cmdline, imageinfo
 from k4sinit.core.config import Config
 from k4sinit.core.imageinfo import ImageInfo
 from k4sinit.core.jointoken import JoinToken
 from k4sinit.core.netspec import NetworkSpec
 from k4sinit.core.nodespec import NodeSettings
+from k4sinit.core.spec import NETWORK
 from k4sinit.daemon.daemon import INIT_SIGNALS, RUN_SIGNALS, Daemon, Shutdown
 from k4sinit.daemon.survivors import describe_survivors, serving, survivors
-from k4sinit.host import system
-from k4sinit.network import Network
-from k4sinit.node import preflight, roles
-from k4sinit.pid1 import boot
+from k4sinit.network.host import HostNetwork
+from k4sinit.node import roles
 from k4sinit.pid1.power import Action
 from k4sinit.supervision.cgroups import CGROUP_MOUNT, CgroupTree, CgroupUnavailable
+
+if TYPE_CHECKING:
+    # Loaded where they are needed: a ``run`` of plain services loads no pyroute2
+    # (the network), no preflight and none of PID 1's boot (bench/peers.py).
+    from k4sinit.network import Network
+    from k4sinit.node import preflight
+    from k4sinit.pid1 import boot
 
 RESOLV_CONF = Path("/etc/resolv.conf")
 HOSTS = Path("/etc/hosts")
@@ -118,6 +123,8 @@ class Options:
         named: bool,
     ) -> Options:
         """``k4sinit init``: PID 1 of a node, or of a container (``k4sinit dev``)."""
+        from k4sinit.control.port import PORT_NAME
+
         return cls(
             socket=socket_path(socket),
             signals=INIT_SIGNALS,
@@ -221,6 +228,9 @@ def run_preflight(plan: Plan, log: Any, *, enforced: bool) -> list[preflight.Che
     """
     if plan.node is None:
         return []
+    from k4sinit.node import preflight
+    from k4sinit.pid1 import boot
+
     checks = preflight.check_node(plan.node, plan.config)
     for line in preflight.format_table(checks).splitlines():
         log.info("preflight: " + line)
@@ -235,14 +245,18 @@ def run_preflight(plan: Plan, log: Any, *, enforced: bool) -> list[preflight.Che
 def compose(prepared: Prepared, options: Options, log: Any) -> Daemon:
     """The network and the daemon, from a prepared plan; call it inside trio."""
     plan = prepared.plan
-    etc = writes_etc_files(options.etc_files, plan.network)
-    network = Network(
-        plan.network,
-        log,
-        resolv_conf=RESOLV_CONF if etc else None,
-        hosts=HOSTS if etc else None,
-        on_dhcp_hostname=hostname_setter(log) if options.dhcp_hostname else None,
-    )
+    network: Network | HostNetwork = HostNetwork(plan.network)
+    if manages_network(plan, options):
+        from k4sinit.network import Network
+
+        etc = writes_etc_files(options.etc_files, plan.network)
+        network = Network(
+            plan.network,
+            log,
+            resolv_conf=RESOLV_CONF if etc else None,
+            hosts=HOSTS if etc else None,
+            on_dhcp_hostname=hostname_setter(log) if options.dhcp_hostname else None,
+        )
     return Daemon(
         plan.config,
         options.socket,
@@ -255,6 +269,20 @@ def compose(prepared: Prepared, options: Options, log: Any) -> Daemon:
         power=options.power,
         control_port=options.control_port,
         image=prepared.image,
+    )
+
+
+def manages_network(plan: Plan, options: Options) -> bool:
+    """Whether k4sinit applies and watches the network (network/network.py), or takes
+    the host's as it is (network/host.py): PID 1 always manages it; ``run`` only
+    with a ``network:`` section, a node profile, or a service that waits for it."""
+    return (
+        options.etc_files is not EtcFiles.IF_CONFIGURED
+        or plan.network.configured
+        or plan.node is not None
+        or any(
+            name == NETWORK for spec in plan.config.services.values() for name, _ in spec.depends_on
+        )
     )
 
 
@@ -285,6 +313,8 @@ def hostname_setter(log: Any) -> Callable[[str], None]:
     """What the network calls with a DHCP lease's hostname: set it, log it."""
 
     def set_hostname(name: str) -> None:
+        from k4sinit.host import system
+
         try:
             system.set_hostname(name)
             log.info("hostname from DHCP", hostname=name)
@@ -360,4 +390,6 @@ def supervise_node(booted: boot.Booted) -> Action:
 
 def init_main(options: boot.InitOptions) -> NoReturn:
     """``k4sinit init``'s life: PID 1's boot loop, supervising with this root."""
+    from k4sinit.pid1 import boot
+
     boot.init_main(options, supervise_node)
