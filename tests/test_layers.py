@@ -196,6 +196,35 @@ def test_the_cli_client_commands_load_no_event_loop(argv: list[str]) -> None:
     assert loaded_by(body) & set(NOT_IN_CLIENT) == set()
 
 
+def test_help_loads_the_parser_alone() -> None:
+    """``k4sinit --help`` loads neither the control client nor the specs (its start-up)."""
+    body = """
+        import contextlib, io
+        from k4sinit.cli import main
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                main(["--help"])
+            except SystemExit:
+                pass
+        print(" ".join(m for m in sys.modules if m.startswith("k4sinit.")), file=sys.stderr)
+        """
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED.format(body=textwrap.dedent(body))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=PACKAGE.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stderr.split()) == [
+        "k4sinit.cli",
+        "k4sinit.cli.main",
+        "k4sinit.cli.parser",
+        "k4sinit.core",
+        "k4sinit.core.reserved",
+    ]
+
+
 # --- what `k4sinit run` loads ---------------------------------------------------------
 
 COMPOSE = """
