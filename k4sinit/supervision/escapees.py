@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import psutil
 import trio
@@ -33,12 +33,44 @@ DAEMON_ENV = "K4SINIT_DAEMON"
 SERVICE_ENV = "K4SINIT_SERVICE"
 
 
-def descendants() -> list[psutil.Process]:
-    """Every process below this one (as a subreaper, escapees included)."""
-    try:
-        return list(psutil.Process().children(recursive=True))
-    except psutil.Error:
-        return []
+def descendants(skip: Collection[int] = ()) -> list[psutil.Process]:
+    """Every process below this one (as a subreaper, escapees included), but for
+    the processes in ``skip`` and everything below them.
+
+    ``skip``: the live children k4sinit knows (the reaper's: other services'
+    main processes). Their subtrees hold their own services' processes, not
+    another service's escapees (those re-parent to k4sinit, the subreaper),
+    and not reading their environments keeps a service's end from costing a
+    read of every other service's processes (stop-all was O(N^2) /proc reads).
+    Blocking: reads /proc.
+    """
+    below: dict[int, list[int]] = {}
+    for pid, ppid in _parents().items():
+        below.setdefault(ppid, []).append(pid)
+    found: list[psutil.Process] = []
+    todo = [pid for pid in below.get(os.getpid(), []) if pid not in skip]
+    while todo:
+        pid = todo.pop()
+        with contextlib.suppress(psutil.Error):
+            found.append(psutil.Process(pid))
+        todo += below.get(pid, [])
+    return found
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process of the host (/proc/PID/stat)."""
+    parents: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        parents[int(name)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
+    return parents
 
 
 def _environ(proc: psutil.Process) -> dict[str, str]:

@@ -221,9 +221,11 @@ class ServiceRunner:
         daemon = self._ctx.base_env.get(escapees.DAEMON_ENV)
         if self._cgroup is not None or daemon is None:
             return
+        # Other services' live main processes (this one's is reaped): see descendants().
+        others = self._ctx.reaper.pids()
         with trio.CancelScope(shield=True):
             found = await trio.to_thread.run_sync(
-                lambda: escapees.tagged(daemon, self.name, escapees.descendants())
+                lambda: escapees.tagged(daemon, self.name, escapees.descendants(others))
             )
             left = found.get(self.name, [])
             if not left:
