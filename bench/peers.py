@@ -68,6 +68,8 @@ import psutil
 from _common import exit_on_signals, machine, table
 
 SUPERVISORS = ("s6", "runit", "supervisord", "k4sinit")
+#: ``--before CMD``: another k4sinit (an earlier revision) as a column of its own.
+BEFORE = "before"
 PACKAGES = {"s6-svscan": "s6", "runsvdir": "runit", "supervisord": "supervisor"}
 
 LISTENER_C = r"""
@@ -407,8 +409,9 @@ def cli_times(sup: Supervisor, reps: int) -> dict[str, float]:
         "supervisord": ["supervisorctl", "-c", str(sup.tmp / "supervisord.conf"), "status", one],
         "k4sinit": [*sup.k4sinit, "status", "--socket", sup.socket],
     }
+    commands[BEFORE] = commands["k4sinit"]
     runs = {"status": commands[sup.kind]}
-    if sup.kind == "k4sinit":
+    if sup.kind in ("k4sinit", BEFORE):
         runs["--help"] = [*sup.k4sinit, "--help"]
     times: dict[str, float] = {}
     for name, argv in runs.items():
@@ -426,7 +429,8 @@ def cli_times(sup: Supervisor, reps: int) -> dict[str, float]:
 
 def measure(kind: str, n: int, base: int, listener: Path, args: argparse.Namespace) -> Result:
     """One supervisor, one run at N: every measure that applies."""
-    sup = Supervisor(kind, listener, list(range(base, base + n)), args.k4sinit)
+    command = args.before if kind == BEFORE else args.k4sinit
+    sup = Supervisor(kind, listener, list(range(base, base + n)), command)
     result = Result()
     busy = [port for port in sup.ports if accepts(port)]
     if busy:
@@ -467,6 +471,9 @@ def percentile(values: list[float], q: float) -> float:
 def report(n: int, results: dict[str, list[Result]], args: argparse.Namespace) -> str:
     """The side-by-side table at N, with k4sinit's ratio against s6."""
 
+    def r0(kind: str) -> dict[str, float]:
+        return results[kind][0].cli
+
     def med(kind: str, get: Callable[[Result], float]) -> float:
         return statistics.median(get(r) for r in results[kind])
 
@@ -496,7 +503,7 @@ def report(n: int, results: dict[str, list[Result]], args: argparse.Namespace) -
         rows.append(
             ("status command, wall (ms)", lambda k: med(k, lambda r: r.cli["status"]) * 1e3, ".1f")
         )
-    kinds = [k for k in SUPERVISORS if results[k]]
+    kinds = [k for k in (*SUPERVISORS, BEFORE) if results[k]]
     body = []
     for label, get, fmt in rows:
         values = {kind: get(kind) for kind in kinds}
@@ -504,8 +511,8 @@ def report(n: int, results: dict[str, list[Result]], args: argparse.Namespace) -
         ratio_cell = "-" if ratio is None else f"{ratio:.2f}"
         body.append([label, *(format(values[k], fmt) for k in kinds), ratio_cell])
     if args.cli_at == n and "k4sinit" in kinds:
-        helps = med("k4sinit", lambda r: r.cli["--help"]) * 1e3
-        cells = [f"{helps:.1f}" if k == "k4sinit" else "-" for k in kinds]
+        helps = {k: med(k, lambda r: r.cli["--help"]) * 1e3 for k in kinds if "--help" in r0(k)}
+        cells = [f"{helps[k]:.1f}" if k in helps else "-" for k in kinds]
         body.append(["k4sinit --help, wall (ms)", *cells, "-"])
     return table([f"N={n}", *kinds, "k4sinit/s6"], body)
 
@@ -515,6 +522,12 @@ def main() -> int:
     parser.add_argument("--counts", default="50,200", help="comma-separated N (default 50,200)")
     parser.add_argument("--runs", type=int, default=3, help="runs per N; medians (default 3)")
     parser.add_argument("--only", default=",".join(SUPERVISORS), help="supervisors to run")
+    parser.add_argument(
+        "--before",
+        default=None,
+        help="another k4sinit command (e.g. an earlier revision), measured as the column "
+        f"'{BEFORE}'",
+    )
     parser.add_argument("--restart-n", type=int, default=50, help="N of the restart measure")
     parser.add_argument("--kills", type=int, default=25, help="listeners killed per run")
     parser.add_argument("--cli-reps", type=int, default=10, help="calls per CLI figure")
@@ -531,14 +544,19 @@ def main() -> int:
     default_cmd = Path(sys.executable).with_name("k4sinit")
     args.k4sinit = args.k4sinit.split() if args.k4sinit else [str(default_cmd)]
     kinds = [k for k in SUPERVISORS if k in args.only.split(",")]
+    if args.before:
+        args.before = args.before.split()
+        kinds.append(BEFORE)
     exit_on_signals()
     become_subreaper()
     work = Path(tempfile.mkdtemp(prefix="k4sinit-peers-build-"))
     try:
         listener = setup(work)
         print(f"{machine()}; {versions()}; k4sinit: {' '.join(args.k4sinit)}", flush=True)
+        if args.before:
+            print(f"{BEFORE}: {' '.join(args.before)}", flush=True)
         for n in counts:
-            results: dict[str, list[Result]] = {k: [] for k in SUPERVISORS}
+            results: dict[str, list[Result]] = {k: [] for k in (*SUPERVISORS, BEFORE)}
             for run in range(args.runs):
                 order = kinds[run % len(kinds) :] + kinds[: run % len(kinds)]
                 for kind in order:
