@@ -186,6 +186,8 @@ class Daemon:
             cgroups=cgroups,
             log=log,
             rng=rng or random.Random(),
+            # Other services' live main processes are skipped: see escapees._below().
+            escapee_search=escapees.Search(self._tag, self.reaper.pids),
         )
         # Without a network object (tests, tools) the built-in condition is
         # loopback only: nothing to wait for beyond what the kernel already has.

@@ -66,7 +66,6 @@ from k4sinit.core.spec import NETWORK
 from k4sinit.daemon.daemon import INIT_SIGNALS, RUN_SIGNALS, Daemon, Shutdown
 from k4sinit.daemon.survivors import describe_survivors, serving, survivors
 from k4sinit.network.host import HostNetwork
-from k4sinit.node import roles
 from k4sinit.pid1.power import Action
 from k4sinit.supervision.cgroups import CGROUP_MOUNT, CgroupTree, CgroupUnavailable
 
@@ -181,15 +180,20 @@ def plan(config: Config, options: Options, network: NetworkSpec | None = None) -
     kernel's ``ip=``); None: the config's. Pure but for the binPath lookups;
     raises ConfigErrors.
     """
+    network = config.network if network is None else network
+    if config.node is None and options.role is None:
+        # No profile, from the file or the kernel: no roles to expand (and the
+        # role modules stay unloaded: a plain ``run`` starts sooner, smaller).
+        return Plan(config, None, network)
+    from k4sinit.node import roles
+
     expanded = roles.expand_node(
         config,
         role_from_kernel=options.role,
         hostname=options.hostname,
         token_from_kernel=options.token,
     )
-    return Plan(
-        expanded.config, expanded.settings, expanded.config.network if network is None else network
-    )
+    return Plan(expanded.config, expanded.settings, network)
 
 
 def prepare(plan: Plan, options: Options, log: Any) -> Prepared:
@@ -204,6 +208,8 @@ def prepare(plan: Plan, options: Options, log: Any) -> Prepared:
     enforced = options.preflight_stops_boot and plan.config.system.preflight == "enforce"
     checks = run_preflight(plan, log, enforced=enforced)
     if plan.node is not None:
+        from k4sinit.node import roles
+
         for path in roles.write_files(plan.node):
             log.debug("written", path=path)
     return Prepared(plan, cgroups, checks, imageinfo.load(options.image_path))

@@ -50,6 +50,9 @@ class RunnerContext:
     cgroups: CgroupTree | None  # None where there is no writable cgroup2
     log: Any  # a structlog BoundLogger
     rng: random.Random
+    # Where a service without a cgroup finds what it left behind (escapees.py):
+    # one search for all the runners (dataclasses.replace keeps it); None: none.
+    escapee_search: escapees.Search | None = None
 
 
 class ServiceRunner:
@@ -218,16 +221,11 @@ class ServiceRunner:
         the stop signal to the process group does not reach. Runs shielded,
         bounded; with a cgroup, the cgroup's kill has done this already.
         """
-        daemon = self._ctx.base_env.get(escapees.DAEMON_ENV)
-        if self._cgroup is not None or daemon is None:
+        search = self._ctx.escapee_search
+        if self._cgroup is not None or search is None:
             return
-        # Other services' live main processes (this one's is reaped): see descendants().
-        others = self._ctx.reaper.pids()
         with trio.CancelScope(shield=True):
-            found = await trio.to_thread.run_sync(
-                lambda: escapees.tagged(daemon, self.name, escapees.descendants(others))
-            )
-            left = found.get(self.name, [])
+            left = await search.find(self.name)
             if not left:
                 return
             self._log.info(
