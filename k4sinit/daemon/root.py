@@ -34,6 +34,10 @@ cgroups             yes (unless      yes               yes
 control port        no               PORT_NAME         no
 /etc files          with a network   yes               no (the host's)
                     section
+network (applied    with a network   yes               yes
+and watched)        or node section,
+                    or a service
+                    waiting for it
 hostname from DHCP  no               unless named      unless named
 fatal preflight     logged           per boot.         per boot.preflight
                                      preflight
