@@ -195,3 +195,77 @@ def test_the_cli_client_commands_load_no_event_loop(argv: list[str]) -> None:
                 pass
         """
     assert loaded_by(body) & set(NOT_IN_CLIENT) == set()
+
+
+def test_help_loads_the_parser_alone() -> None:
+    """``k4sinit --help`` loads neither the control client nor the specs (its start-up)."""
+    body = """
+        import contextlib, io
+        from k4sinit.cli import main
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                main(["--help"])
+            except SystemExit:
+                pass
+        print(" ".join(m for m in sys.modules if m.startswith("k4sinit.")), file=sys.stderr)
+        """
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED.format(body=textwrap.dedent(body))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=PACKAGE.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stderr.split()) == [
+        "k4sinit.cli",
+        "k4sinit.cli.main",
+        "k4sinit.cli.parser",
+        "k4sinit.core",
+        "k4sinit.core.reserved",
+    ]
+
+
+# --- what `k4sinit run` loads ---------------------------------------------------------
+
+COMPOSE = """
+    import trio
+    from k4sinit.config import load_config
+    from k4sinit.core import log
+    from k4sinit.daemon import root
+
+    options = root.Options.run({socket!r}, cgroups=False)
+    prepared = root.prepare(root.plan(load_config({config!r}), options), options, log.get_logger())
+
+    async def compose() -> None:
+        daemon = root.compose(prepared, options, log.get_logger())
+        print(type(daemon.network).__name__, type(daemon.pki).__name__, file=sys.stderr)
+
+    trio.run(compose)
+    """
+
+
+@pytest.mark.parametrize(
+    ("depends", "network", "loads_pyroute2"),
+    [("", "HostNetwork", False), ("    dependsOn: {network: Ready}\n", "Network", True)],
+)
+def test_run_of_plain_services_loads_no_network_or_pki_library(
+    tmp_path: Path, depends: str, network: str, loads_pyroute2: bool
+) -> None:
+    """Without a node or network section, nor a service waiting for the network,
+    ``run`` takes the host's network as it is: no pyroute2, and no cryptography."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"services:\n  a:\n    command: [sleep, '1']\n{depends}")
+    body = COMPOSE.format(socket=str(tmp_path / "control.sock"), config=str(config))
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED.format(body=textwrap.dedent(body))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=PACKAGE.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.split() == [network, "AlwaysReady"]
+    loaded = set(done.stdout.split())
+    assert "cryptography" not in loaded
+    assert ("pyroute2" in loaded) == loads_pyroute2

@@ -218,6 +218,30 @@ def test_without_cgroups_a_stop_kills_the_escapees_of_the_service(
         daemon.stop()
 
 
+def test_without_cgroups_a_stop_kills_the_escapees_beside_a_running_service(
+    tmp_path: Path, escapees: Path
+) -> None:
+    """The search skips the other services' process trees (escapees.descendants):
+    the escapees, re-parented to k4sinit, are still found; the bystander lives on."""
+    config = services_config(
+        {
+            "bystander": {"command": ["sleep", "1000"]},
+            "escaper": {"command": ["sh", "-c", ESCAPING, "escaper", str(escapees)]},
+        }
+    )
+    daemon = run_without_cgroups(tmp_path, config)
+    try:
+        pids = all_escaped(daemon, escapees)
+        assert daemon.cli("stop", "escaper").returncode == 0
+        wait_until(
+            lambda: not [p for p in pids if pid_alive(p)], timeout=30, what="escapees to die"
+        )
+        bystander = daemon.status()["bystander"]
+        assert bystander["state"] == "running" and pid_alive(bystander["pid"])
+    finally:
+        daemon.stop()
+
+
 def test_without_cgroups_the_daemons_exit_kills_every_escapee(
     tmp_path: Path, escapees: Path
 ) -> None:

@@ -62,8 +62,6 @@ import sys
 from collections.abc import Sequence
 
 from k4sinit.cli.parser import build_parser
-from k4sinit.control.client import ControlClientError, socket_path
-from k4sinit.core.nodespec import Profile
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "init":
         return cmd_init(args)
+    # Loaded here, not with the module: ``k4sinit --help`` needs none of it.
+    from k4sinit.control.client import ControlClientError, socket_path
+
     if args.command == "dev":
         from k4sinit.pid1.container import run_dev
 
@@ -196,6 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_preflight(args: argparse.Namespace) -> int:
     """``k4sinit preflight``: the profile's checks on this machine, as a table."""
     from k4sinit.config import ConfigErrors, load_config
+    from k4sinit.core.nodespec import Profile
     from k4sinit.node import preflight, roles
 
     expanded = None

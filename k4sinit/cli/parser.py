@@ -10,8 +10,7 @@ import argparse
 import re
 from typing import TYPE_CHECKING
 
-from k4sinit.control.wire import DEFAULT_SOCKET, POWER_OPS
-from k4sinit.core.nodespec import PROFILES
+from k4sinit.core.reserved import DEFAULT_SOCKET, POWER_COMMANDS, PROFILES
 
 if TYPE_CHECKING:
     #: What ``add_subparsers()`` returns (argparse names the class as private).
@@ -129,7 +128,7 @@ def _add_client_commands(commands: Commands) -> None:
         add_help=False,
     )
 
-    for name in POWER_OPS:
+    for name in POWER_COMMANDS:
         _client(
             commands,
             name,

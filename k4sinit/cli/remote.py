@@ -47,7 +47,7 @@ from k4sinit.control.wire import (
     TokenListReply,
     TokenRevokeReply,
 )
-from k4sinit.core.spec import NETWORK, PKI, PREFLIGHT
+from k4sinit.core.reserved import NETWORK, PKI, PREFLIGHT
 from k4sinit.core.state import State
 
 

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any, Protocol, Required, TypedDict
 # The wire forms of a service's state, re-exported: the CLI reads every reply from here.
 from k4sinit.core.jointoken import TOKEN_ID, server_problem
 from k4sinit.core.reload import PlanJSON as PlanJSON
+from k4sinit.core.reserved import DEFAULT_SOCKET as DEFAULT_SOCKET
+from k4sinit.core.reserved import POWER_COMMANDS
 from k4sinit.core.state import ExitJSON as ExitJSON
 from k4sinit.core.state import LogLineJSON as LogLineJSON
 from k4sinit.core.state import ServiceDetail as ServiceDetail
@@ -48,7 +50,6 @@ if TYPE_CHECKING:  # types only: the CLI does not load pyroute2 to read a reply
     from k4sinit.node.preflight import SummaryJSON as SummaryJSON
     from k4sinit.node.tokens import TokenJSON as TokenJSON
 
-DEFAULT_SOCKET = "/run/k4sinit/control.sock"
 #: The limits every client can count on (the server's admission, server.py).
 MAX_REQUEST = 64 * 1024  # bytes of the request line
 REQUEST_TIMEOUT = 10.0  # to send the request line
@@ -86,7 +87,7 @@ OPS = tuple(Op)
 #: The ops an unknown op's error lists (the debug one is not advertised).
 ADVERTISED_OPS = tuple(op for op in Op if op is not Op.DEBUG_HANG)
 #: The ends of a node (PID 1 only); the daemon maps each to a power action.
-POWER_OPS = (Op.REBOOT, Op.POWEROFF, Op.HALT)
+POWER_OPS = tuple(Op(name) for name in POWER_COMMANDS)
 #: The ops that need a service ``name``.
 NAMED_OPS = (Op.LOGS, Op.START, Op.STOP, Op.RESTART, Op.KILL)
 #: Bootstrap tokens (a controller's; each asks the apiserver, node/tokens.py).
@@ -229,6 +230,8 @@ def _token_fields(
     op: str, name: str | None, data: dict[str, Any]
 ) -> tuple[float | None, str | None]:
     """``ttl`` and ``server`` checked (for any op); a token_revoke's ``name`` a token id."""
+    # Here, not with the module: the CLI's client reads the wire without these rules.
+
     ttl = data.get("ttl")
     if ttl is not None and (
         not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_TTL

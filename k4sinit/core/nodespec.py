@@ -18,18 +18,11 @@ from dataclasses import dataclass
 
 from k4sinit.core.jointoken import JoinToken
 from k4sinit.core.netspec import IPAddress, IPNetwork
+
+# What a node is, and the profiles as k4sinit.role= and --profile spell them.
+from k4sinit.core.reserved import PROFILES as PROFILES
+from k4sinit.core.reserved import Profile as Profile
 from k4sinit.core.spec import Probe, Resources
-
-
-class Profile(enum.Enum):
-    """What a node is: its control plane, a worker that joins one, or both."""
-
-    CONTROLLER = "controller"
-    WORKER = "worker"
-    SINGLE = "single"
-
-
-PROFILES = tuple(p.value for p in Profile)  # as k4sinit.role= and --profile spell them
 
 
 class Datastore(enum.Enum):

@@ -20,7 +20,15 @@ from __future__ import annotations
 import enum
 import signal
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Protocol
+
+# Names a service can depend on that are not services (network, pki), and the
+# names ``k4sinit status NAME`` answers for itself: core/reserved.py, re-exported.
+from k4sinit.core.reserved import BUILTIN_DEPENDENCIES as BUILTIN_DEPENDENCIES
+from k4sinit.core.reserved import NETWORK as NETWORK
+from k4sinit.core.reserved import PKI as PKI
+from k4sinit.core.reserved import PREFLIGHT as PREFLIGHT
+from k4sinit.core.reserved import STATUS_NAMES as STATUS_NAMES
 
 
 class RestartPolicy(enum.Enum):
@@ -29,16 +37,6 @@ class RestartPolicy(enum.Enum):
     ALWAYS = "Always"
     ON_FAILURE = "OnFailure"
     NEVER = "Never"
-
-
-# Names a service can depend on that are not services: the daemon provides them.
-NETWORK: Final = "network"  # addresses, routes and DNS configured (network.py)
-PKI: Final = "pki"  # the node's certificates and kubeconfigs exist (identity.py)
-BUILTIN_DEPENDENCIES = frozenset({NETWORK, PKI})
-# ``k4sinit status preflight``: the boot's machine checks (preflight.py), not a service.
-PREFLIGHT: Final = "preflight"
-# What ``k4sinit status NAME`` answers for itself, so no service may be called so.
-STATUS_NAMES = frozenset({*BUILTIN_DEPENDENCIES, PREFLIGHT})
 
 
 class Condition(enum.Enum):

@@ -20,14 +20,12 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from functools import partial
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import trio
 
 from k4sinit import __version__
-from k4sinit.control.metrics import MetricsServer
-from k4sinit.control.port import GuestBridge
 from k4sinit.control.server import ControlServer, Send
 from k4sinit.control.wire import (
     REPLY_CHUNK,
@@ -66,20 +64,27 @@ from k4sinit.core.timeline import Timeline
 from k4sinit.daemon.boottimes import BuiltinTimes, timeline_reply
 from k4sinit.daemon.metrics import LoopLag, collect
 from k4sinit.daemon.reload import Loader, Reloader, loader
-from k4sinit.network import Network
-from k4sinit.node import preflight, tokens
-from k4sinit.node.apiclient import APIError
-from k4sinit.node.join import NodeJoin, node_identity
-from k4sinit.node.pkicondition import AlwaysReady, NodePKI
-from k4sinit.node.preflight import Check
+from k4sinit.network.host import HostNetwork
 from k4sinit.pid1.power import Action  # imported by name: Daemon() has a flag called power
 from k4sinit.pid1.watchdog import Watchdog, critical_failure
 from k4sinit.supervision import escapees
+from k4sinit.supervision.builtin import AlwaysReady
 from k4sinit.supervision.cgroups import CgroupTree
 from k4sinit.supervision.notify import NotifyListener
 from k4sinit.supervision.reaper import ExitStatus, Reaper, become_subreaper
 from k4sinit.supervision.runner import RunnerContext, ServiceRunner
 from k4sinit.supervision.supervisor import Supervisor, UnknownService
+
+if TYPE_CHECKING:
+    # Loaded where they are used: pyroute2 (the network), cryptography and YAML
+    # (the node's PKI, join and tokens) and the preflight checks cost ~200 ms and
+    # tens of MB that a ``run`` of plain services never needs (bench/peers.py).
+    from k4sinit.control.metrics import MetricsServer
+    from k4sinit.control.port import GuestBridge
+    from k4sinit.network import Network
+    from k4sinit.node.join import NodeJoin
+    from k4sinit.node.pkicondition import NodePKI
+    from k4sinit.node.preflight import Check, CheckJSON, SummaryJSON
 
 # How a shutdown ends: a power action (PID 1), or None, a plain stop: `k4sinit run`
 # exits (and PID 1, asked by `stop --all`, reboots).
@@ -167,7 +172,7 @@ class Daemon:
         log: Any,
         *,
         cgroups: CgroupTree | None = None,
-        network: Network | None = None,
+        network: Network | HostNetwork | None = None,
         node: NodeSettings | None = None,
         checks: Sequence[Check] = (),
         signals: Mapping[int, Shutdown] = RUN_SIGNALS,
@@ -210,17 +215,27 @@ class Daemon:
             log=log,
             rng=rng or random.Random(),
             notify=self.notify,
+            # Other services' live main processes are skipped: see escapees._below().
+            escapee_search=escapees.Search(self._tag, self.reaper.pids),
         )
         # Without a network object (tests, tools) the built-in condition is
         # loopback only: nothing to wait for beyond what the kernel already has.
-        self.network = network or Network(NetworkSpec(), log, resolv_conf=None, hosts=None)
+        if network is None:
+            from k4sinit.network import Network
+
+            network = Network(NetworkSpec(), log, resolv_conf=None, hosts=None)
+        self.network = network
         # The node's PKI once the network is up (a worker's: the join); without
         # roles, nothing to make.
-        self.pki: NodePKI | NodeJoin | AlwaysReady = (
-            node_identity(node, self.network, log)
-            if node is not None
-            else AlwaysReady(PKI, "no node profile: no PKI to make")
+        self.pki: NodePKI | NodeJoin | AlwaysReady = AlwaysReady(
+            PKI, "no node profile: no PKI to make"
         )
+        if node is not None:
+            from k4sinit.node.join import node_identity
+
+            if isinstance(self.network, HostNetwork):
+                raise TypeError("a node's PKI needs the node's network, not the host's")
+            self.pki = node_identity(node, self.network, log)
         self.preflight = list(checks)
         self.timeline = Timeline.since_process_start() if timeline is None else timeline
         self.builtin_times = BuiltinTimes(
@@ -230,22 +245,24 @@ class Daemon:
         self._reload_signals = tuple(reload_signals)
         self.reloader = Reloader(self.supervisor, node, load or loader(config.source), log)
         self.control = ControlServer(socket_path, self.handle, log)
-        self.port_bridge = (
-            GuestBridge.for_name(control_port, socket_path, log) if control_port else None
-        )
+        self.port_bridge: GuestBridge | None = None
+        if control_port:
+            from k4sinit.control.port import GuestBridge
+
+            self.port_bridge = GuestBridge.for_name(control_port, socket_path, log)
         self.watchdog = watchdog
         self._watchdog_grace = config.watchdog.grace if config.watchdog is not None else 0.0
         self._debug_hang = debug_hang
         self.loop_lag = LoopLag()
-        self.metrics = (
-            MetricsServer(
+        self.metrics: MetricsServer | None = None
+        if config.metrics is not None:
+            from k4sinit.control.metrics import MetricsServer  # h11: only with metrics
+
+            self.metrics = MetricsServer(
                 config.metrics,
                 partial(collect, self.supervisor, self.reaper, self.loop_lag, log_writer),
                 log,
             )
-            if config.metrics is not None
-            else None
-        )
         self._started = trio.current_time()
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
@@ -441,7 +458,7 @@ class Daemon:
         if name == PKI:
             return {PKI: self.pki_snapshot()}
         if name == PREFLIGHT:
-            return {PREFLIGHT: preflight.to_json(self.preflight)}
+            return {PREFLIGHT: self._preflight_json()}
         if name:
             return self.supervisor[name].detail()
         return {
@@ -450,9 +467,25 @@ class Daemon:
             "services": self.supervisor.snapshot(),
             NETWORK: self.network.snapshot(),
             PKI: self.pki_snapshot(),
-            PREFLIGHT: preflight.summary_json(self.preflight),
+            PREFLIGHT: self._preflight_summary(),
             "image": self.image.to_json() if self.image is not None else None,
         }
+
+    def _preflight_json(self) -> list[CheckJSON]:
+        """The checks as ``status preflight`` shows them (none without a node profile)."""
+        if not self.preflight:
+            return []  # no checks ran: nothing to load node/preflight.py for
+        from k4sinit.node import preflight
+
+        return preflight.to_json(self.preflight)
+
+    def _preflight_summary(self) -> SummaryJSON | None:
+        """The line ``status`` shows for preflight; None when none ran."""
+        if not self.preflight:
+            return None
+        from k4sinit.node import preflight
+
+        return preflight.summary_json(self.preflight)
 
     async def _stop_everything(self, reason: str, action: Shutdown, send: Send) -> None:
         """``stop --all`` or a power request: the shutdown, answered once everything stopped."""
@@ -523,6 +556,9 @@ class Daemon:
         node = self.node
         if node is None:
             raise RequestError("token: this node runs no Kubernetes roles (no node: section)")
+        from k4sinit.node import tokens  # loaded with the node's PKI already
+        from k4sinit.node.apiclient import APIError
+
         try:
             match request.op:
                 case Op.TOKEN_CREATE:

@@ -41,6 +41,10 @@ cgroups             yes (unless      yes               yes
 control port        no               PORT_NAME         no
 /etc files          with a network   yes               no (the host's)
                     section
+network (applied    with a network   yes               yes
+and watched)        or node section,
+                    or a service
+                    waiting for it
 hostname from DHCP  no               unless named      unless named
 fatal preflight     logged           per boot.         per boot.preflight
                                      preflight
@@ -58,12 +62,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
 from k4sinit.control.client import socket_path
-from k4sinit.control.port import PORT_NAME
 from k4sinit.core import cmdline, imageinfo
 from k4sinit.core.config import Config
 from k4sinit.core.imageinfo import ImageInfo
@@ -71,17 +74,22 @@ from k4sinit.core.jointoken import JoinToken
 from k4sinit.core.log import NonBlockingWriter
 from k4sinit.core.netspec import NetworkSpec
 from k4sinit.core.nodespec import NodeSettings
+from k4sinit.core.spec import NETWORK
 from k4sinit.core.timeline import Timeline
 from k4sinit.daemon.daemon import INIT_SIGNALS, RELOAD_SIGNALS, RUN_SIGNALS, Daemon, Shutdown
 from k4sinit.daemon.reload import loader
 from k4sinit.daemon.survivors import describe_survivors, serving, survivors
-from k4sinit.host import system
-from k4sinit.network import Network
-from k4sinit.node import preflight, roles
-from k4sinit.pid1 import boot
+from k4sinit.network.host import HostNetwork
 from k4sinit.pid1.power import Action
 from k4sinit.pid1.watchdog import Watchdog, open_watchdog
 from k4sinit.supervision.cgroups import CGROUP_MOUNT, CgroupTree, CgroupUnavailable
+
+if TYPE_CHECKING:
+    # Loaded where they are needed: a ``run`` of plain services loads no pyroute2
+    # (the network), no preflight and none of PID 1's boot (bench/peers.py).
+    from k4sinit.network import Network
+    from k4sinit.node import preflight
+    from k4sinit.pid1 import boot
 
 RESOLV_CONF = Path("/etc/resolv.conf")
 HOSTS = Path("/etc/hosts")
@@ -131,6 +139,8 @@ class Options:
         named: bool,
     ) -> Options:
         """``k4sinit init``: PID 1 of a node, or of a container (``k4sinit dev``)."""
+        from k4sinit.control.port import PORT_NAME
+
         return cls(
             socket=socket_path(socket),
             signals=INIT_SIGNALS,
@@ -198,15 +208,20 @@ def plan(config: Config, options: Options, network: NetworkSpec | None = None) -
     kernel's ``ip=``); None: the config's. Pure but for the binPath lookups;
     raises ConfigErrors.
     """
+    network = config.network if network is None else network
+    if config.node is None and options.role is None:
+        # No profile, from the file or the kernel: no roles to expand (and the
+        # role modules stay unloaded: a plain ``run`` starts sooner, smaller).
+        return Plan(config, None, network)
+    from k4sinit.node import roles
+
     expanded = roles.expand_node(
         config,
         role_from_kernel=options.role,
         hostname=options.hostname,
         token_from_kernel=options.token,
     )
-    return Plan(
-        expanded.config, expanded.settings, expanded.config.network if network is None else network
-    )
+    return Plan(expanded.config, expanded.settings, network)
 
 
 def prepare(plan: Plan, options: Options, log: Any, timeline: Timeline | None = None) -> Prepared:
@@ -226,6 +241,8 @@ def prepare(plan: Plan, options: Options, log: Any, timeline: Timeline | None = 
     enforced = options.preflight_stops_boot and plan.config.system.preflight == "enforce"
     checks: list[preflight.Check] = []
     if plan.node is not None:  # without a node profile there is neither
+        from k4sinit.node import roles
+
         with timeline.stage("preflight"):
             checks = run_preflight(plan, log, enforced=enforced)
         with timeline.stage("node files"):
@@ -253,6 +270,9 @@ def run_preflight(plan: Plan, log: Any, *, enforced: bool) -> list[preflight.Che
     """
     if plan.node is None:
         return []
+    from k4sinit.node import preflight
+    from k4sinit.pid1 import boot
+
     checks = preflight.check_node(plan.node, plan.config)
     for line in preflight.format_table(checks).splitlines():
         log.info("preflight: " + line)
@@ -269,14 +289,18 @@ def compose(
 ) -> Daemon:
     """The network and the daemon, from a prepared plan; call it inside trio."""
     plan = prepared.plan
-    etc = writes_etc_files(options.etc_files, plan.network)
-    network = Network(
-        plan.network,
-        log,
-        resolv_conf=RESOLV_CONF if etc else None,
-        hosts=HOSTS if etc else None,
-        on_dhcp_hostname=hostname_setter(log) if options.dhcp_hostname else None,
-    )
+    network: Network | HostNetwork = HostNetwork(plan.network)
+    if manages_network(plan, options):
+        from k4sinit.network import Network
+
+        etc = writes_etc_files(options.etc_files, plan.network)
+        network = Network(
+            plan.network,
+            log,
+            resolv_conf=RESOLV_CONF if etc else None,
+            hosts=HOSTS if etc else None,
+            on_dhcp_hostname=hostname_setter(log) if options.dhcp_hostname else None,
+        )
     return Daemon(
         plan.config,
         options.socket,
@@ -297,6 +321,20 @@ def compose(
         load=loader(
             plan.config.source, role=options.role, hostname=options.hostname, token=options.token
         ),
+    )
+
+
+def manages_network(plan: Plan, options: Options) -> bool:
+    """Whether k4sinit applies and watches the network (network/network.py), or takes
+    the host's as it is (network/host.py): PID 1 always manages it; ``run`` only
+    with a ``network:`` section, a node profile, or a service that waits for it."""
+    return (
+        options.etc_files is not EtcFiles.IF_CONFIGURED
+        or plan.network.configured
+        or plan.node is not None
+        or any(
+            name == NETWORK for spec in plan.config.services.values() for name, _ in spec.depends_on
+        )
     )
 
 
@@ -328,6 +366,8 @@ def hostname_setter(log: Any) -> Callable[[str], None]:
     """What the network calls with a DHCP lease's hostname: set it, log it."""
 
     def set_hostname(name: str) -> None:
+        from k4sinit.host import system
+
         try:
             system.set_hostname(name)
             log.info("hostname from DHCP", hostname=name)
@@ -424,4 +464,6 @@ def _open_watchdog(config: Config, container: bool, log: Any) -> Watchdog | None
 
 def init_main(options: boot.InitOptions) -> NoReturn:
     """``k4sinit init``'s life: PID 1's boot loop, supervising with this root."""
+    from k4sinit.pid1 import boot
+
     boot.init_main(options, supervise_node)

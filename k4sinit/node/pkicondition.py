@@ -25,6 +25,7 @@ from k4sinit.core.nodespec import MANIFESTS, NodeSettings
 from k4sinit.core.spec import PKI, Condition
 from k4sinit.node.pki import CERT_MODE, PKIError, PKIResult, PKISpec, ensure_pki, write_atomic
 from k4sinit.services import manifests
+from k4sinit.supervision.builtin import AlwaysReady as AlwaysReady
 
 RETRY_SECONDS = 30.0
 
@@ -127,22 +128,3 @@ class NodePKI(BuiltinCondition):
             text = manifests.dump([manifests.cluster_info(spec.server_url, ca_pem)])
             write_atomic(Path(manifests.cluster_info_file(node)), text.encode(), CERT_MODE)
         return result
-
-
-class AlwaysReady:
-    """A built-in condition with nothing to wait for."""
-
-    ready = True
-
-    def __init__(self, name: str, reason: str) -> None:
-        self.name = name
-        self.reason = reason
-
-    def satisfies(self, condition: Condition) -> bool:
-        return condition is not Condition.COMPLETED
-
-    def unmet_reason(self, condition: Condition) -> str:
-        return f"{self.name} never completes"
-
-    async def changed(self) -> None:
-        await trio.sleep_forever()

@@ -31,7 +31,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, assert_never
 
-import h11
 import trio
 
 from k4sinit.core.spec import (
@@ -206,6 +205,8 @@ class Prober:
         except OSError as exc:
             _raise_own_shortage(exc)
             return ProbeResult(False, _connect_error(exc, action.host, where))
+        import h11  # here, not with the module: only httpGet probes use it
+
         stream: trio.abc.Stream = tcp
         tls_up = False
         try:
@@ -264,6 +265,8 @@ async def _get_status(stream: trio.abc.Stream, action: HTTPGetAction, where: str
     Reads and discards up to 64 KiB of body so the server sees an orderly close.
     Raises OSError, trio.BrokenResourceError or h11.ProtocolError.
     """
+    import h11
+
     given = {name.lower() for name, _ in action.headers}
     defaults = (("Host", where), ("User-Agent", USER_AGENT), ("Connection", "close"))
     headers = [*action.headers, *((n, v) for n, v in defaults if n.lower() not in given)]
@@ -290,6 +293,8 @@ async def _get_status(stream: trio.abc.Stream, action: HTTPGetAction, where: str
 
 def _io_error(exc: Exception, url: str, where: str, *, tls_up: bool) -> str:
     """A short reason for an error talking HTTP(S) to ``url``."""
+    import h11
+
     if isinstance(exc, h11.RemoteProtocolError):
         return f"bad HTTP response from {url}: {exc}"
     if isinstance(exc, h11.LocalProtocolError):  # e.g. a header value with a newline

@@ -100,6 +100,10 @@ class Reaper:
         self._children[pid] = child
         return child
 
+    def pids(self) -> frozenset[int]:
+        """The registered children not reaped yet, now."""
+        return frozenset(self._children)
+
     @property
     def children(self) -> int:
         """How many registered children have not been reaped yet."""

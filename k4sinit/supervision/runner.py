@@ -63,6 +63,9 @@ class RunnerContext:
     log: Any  # a structlog BoundLogger
     rng: random.Random
     notify: NotifyListener | None = None  # NOTIFY_SOCKET; None: notify probes cannot work
+    # Where a service without a cgroup finds what it left behind (escapees.py):
+    # one search for all the runners (dataclasses.replace keeps it); None: none.
+    escapee_search: escapees.Search | None = None
 
 
 class ServiceRunner:
@@ -286,14 +289,11 @@ class ServiceRunner:
         the stop signal to the process group does not reach. Runs shielded,
         bounded; with a cgroup, the cgroup's kill has done this already.
         """
-        daemon = self._ctx.base_env.get(escapees.DAEMON_ENV)
-        if self._cgroup is not None or daemon is None:
+        search = self._ctx.escapee_search
+        if self._cgroup is not None or search is None:
             return
         with trio.CancelScope(shield=True):
-            found = await trio.to_thread.run_sync(
-                lambda: escapees.tagged(daemon, self.name, escapees.descendants())
-            )
-            left = found.get(self.name, [])
+            left = await search.find(self.name)
             if not left:
                 return
             self._log.info(
