@@ -53,6 +53,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.e2e]
 TOKEN_TIMEOUT = 900  # controller's qemu start to a join token: boot, disk, apiserver
 JOIN_TIMEOUT = 600  # worker's qemu start to its node Ready: boot, join, TLS bootstrap, CNI
 POD_TIMEOUT = 300
+ROUTE_TIMEOUT = 150  # two of pod-network's one-minute watches, and room
 REBOOT_TIMEOUT = 900
 EVICTION_TIMEOUT = 420  # NotReady after the node monitor's grace, then the pods' 10 s toleration
 TIMES: dict[str, float] = {}
@@ -251,11 +252,20 @@ def test_a_diskless_worker_joins_by_token_and_turns_ready(
     assert set(services) >= {"containerd", "kubelet", "kube-proxy", "pod-network"}
     assert "kube-apiserver" not in services  # a worker: no control plane of its own
     assert worker["pki"]["ready"]
-    # The routes of the host-gateway network, both ways.
-    routes = the_lab.vms["worker-1"].k4sinit("logs", "pod-network").stdout
-    assert f"route to {cidrs['controller']} via 192.168.44.10 (node controller)" in routes
-    routes = the_lab.vms[lab.CONTROLLER].k4sinit("logs", "pod-network").stdout
-    assert f"route to {cidrs['worker-1']} via 192.168.44.11 (node worker-1)" in routes
+    # The routes of the host-gateway network, both ways. A node may turn Ready before the
+    # other node's pod-network has seen its podCIDR (a watch event, or the check at the
+    # end of each one-minute watch): within ROUTE_TIMEOUT, not at once.
+    for here, there in (("worker-1", lab.CONTROLLER), (lab.CONTROLLER, "worker-1")):
+        line = f"route to {cidrs[there]} via {addresses[there]} (node {there})"
+        vm_here = the_lab.vms[here]
+        wait_until(
+            f"{here}'s route to {there}'s pods",
+            lambda line=line, vm_here=vm_here: (
+                line in vm_here.k4sinit("logs", "pod-network").stdout
+            ),
+            ROUTE_TIMEOUT,
+            kube,
+        )
 
 
 def test_each_nodes_memory_in_use(the_lab: lab.Lab) -> None:
