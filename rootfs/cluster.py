@@ -7,7 +7,7 @@
   its config, ``etc/k4sinit/cluster-controller.yaml`` beside it, mke2fs, and the
   modules for the controller's disk (virtio_blk, ext4).
 * The lab (``rootfs/lab.py``): a private L2 network in a network namespace of
-  its own; the controller (3 GiB, 1 vCPU, the disk ``--disk``, kept between
+  its own; the controller (3 GiB, 2 vCPUs, the disk ``--disk``, kept between
   runs so the cluster is too; ``--fresh`` starts a new one), then, once its
   apiserver makes a join token, ``--workers`` diskless workers (2 GiB, 1 vCPU
   each) booted with it.

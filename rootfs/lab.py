@@ -296,6 +296,12 @@ class LabOptions:
     api_port: int = API_PORT
     controller_memory_mb: int = node.NODE_MEMORY_MB
     worker_memory_mb: int = 2048
+    # The controller runs the whole control plane and pods: two vCPUs, as the single
+    # node; with one, under TCG beside a worker, its kubelet's housekeeping took 50 s
+    # and a pod waited minutes for its configmap (tests/test_cluster.py, 2026-12-03).
+    # An idle worker leaves its share to it; a worker needs one.
+    controller_cpus: int = 2
+    worker_cpus: int = 1
     disk_bytes: int = 4 << 30
     token_ttl: str = "24h"
 
@@ -352,7 +358,12 @@ class Lab:
     # --- booting -------------------------------------------------------------------
 
     def boot(
-        self, lab_node: LabNode, append: str, memory_mb: int, disks: tuple[Path, ...] = ()
+        self,
+        lab_node: LabNode,
+        append: str,
+        memory_mb: int,
+        cpus: int,
+        disks: tuple[Path, ...] = (),
     ) -> vm.VM:
         """Start ``lab_node``'s VM on its tap; returns it (running, its relay up)."""
         directory = self.options.run_dir / lab_node.name
@@ -366,7 +377,7 @@ class Lab:
             new_session=True,
             append=append,
             memory_mb=memory_mb,
-            cpus=1,
+            cpus=cpus,
             reboot=True,
             tap=lab_node.tap,
             mac=lab_node.mac,
@@ -386,13 +397,16 @@ class Lab:
             with open(disk, "wb") as f:
                 f.truncate(self.options.disk_bytes)  # sparse: reads as zeros, so blank
         append = self.controller.append(f"k4sinit.config={CONTROLLER_CONFIG}")
-        return self.boot(self.controller, append, self.options.controller_memory_mb, (disk,))
+        options = self.options
+        return self.boot(
+            self.controller, append, options.controller_memory_mb, options.controller_cpus, (disk,)
+        )
 
     def boot_worker(self, number: int, token: str) -> vm.VM:
         """Worker ``number``, diskless, joining with ``token``."""
         worker = worker_node(number, self.network.subnet)
         append = worker.append("k4sinit.role=worker", f"k4sinit.token={token}")
-        return self.boot(worker, append, self.options.worker_memory_mb)
+        return self.boot(worker, append, self.options.worker_memory_mb, self.options.worker_cpus)
 
     def create_token(self, timeout: float) -> str:
         """A join token from the controller (``k4sinit token create``), once its apiserver

@@ -15,8 +15,9 @@ token on its kernel command line. The tests run in file order on that lab:
 5. the worker powered off: NotReady, its pod rescheduled on the controller;
 6. a worker with a bad token: a clear error in ``status``, no crash loop.
 
-Under TCG two VMs share two cores (one vCPU each): the timeouts are what the
-slowest run here needed with room, never stretched to hide a failure. Each
+Under TCG two VMs share two cores (the controller has two vCPUs, the worker
+one): the timeouts are what the slowest run here needed with room, never
+stretched to hide a failure. Each
 phase's duration, and the figures (a worker's boot to Ready, each node's memory,
 a pod's start on the worker, the controller's reboot until every node is
 Ready), are printed as they come and at the end. Run alone: ``pytest
