@@ -31,6 +31,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -162,17 +163,32 @@ def image(vm_tools: None, userland: Any, pytestconfig: pytest.Config) -> Path:
     return path
 
 
+TEST_NETNS = "k4sinit-lab-test-"
+
+
+def remove_stale_test_namespaces() -> None:
+    """Delete the lab namespaces of earlier test runs that were SIGKILLed (their pytest's
+    pid is gone and nothing runs in them): a lab's own close removes its namespace."""
+    for entry in Path("/run/netns").glob(TEST_NETNS + "*"):
+        pid = entry.name.removeprefix(TEST_NETNS)
+        if pid.isdigit() and not Path("/proc", pid).exists():
+            pids = subprocess.run(["ip", "netns", "pids", entry.name], capture_output=True)
+            if not pids.stdout.strip():
+                subprocess.run(["ip", "netns", "delete", entry.name], check=False)
+
+
 @pytest.fixture(scope="module")
 def the_lab(
     image: Path, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
 ) -> Iterator[lab.Lab]:
     """The lab, torn down whatever happened: qemu killed by pid, the namespace deleted."""
+    remove_stale_test_namespaces()
     work = tmp_path_factory.mktemp("lab")
     options = lab.LabOptions(
         image=image,
         disk=work / "controller-disk.raw",
         run_dir=work / "run",
-        netns=f"k4sinit-lab-test-{os.getpid()}",
+        netns=f"{TEST_NETNS}{os.getpid()}",
         api_port=free_port(),
     )
     the_lab = lab.Lab(options, say=lambda line: say(pytestconfig, line))
