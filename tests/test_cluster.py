@@ -27,6 +27,7 @@ tests/test_cluster.py`` (marked vm and e2e: it is not run by ``-m "not vm"``).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
@@ -145,6 +146,11 @@ def is_ready(item: dict[str, Any]) -> bool:
 
 def wait_until(what: str, condition: Callable[[], Any], timeout: float, kube: Kube) -> Any:
     return kube.wait(what, condition, timeout, explain=())
+
+
+def logged(machine: vm.VM, service: str, line: str) -> bool:
+    """``line`` is among ``service``'s log lines on ``machine``."""
+    return line in machine.k4sinit("logs", service).stdout
 
 
 def node_status(the_lab: lab.Lab, name: str) -> dict[str, Any]:
@@ -274,15 +280,8 @@ def test_a_diskless_worker_joins_by_token_and_turns_ready(
     # end of each one-minute watch): within ROUTE_TIMEOUT, not at once.
     for here, there in (("worker-1", lab.CONTROLLER), (lab.CONTROLLER, "worker-1")):
         line = f"route to {cidrs[there]} via {addresses[there]} (node {there})"
-        vm_here = the_lab.vms[here]
-        wait_until(
-            f"{here}'s route to {there}'s pods",
-            lambda line=line, vm_here=vm_here: (
-                line in vm_here.k4sinit("logs", "pod-network").stdout
-            ),
-            ROUTE_TIMEOUT,
-            kube,
-        )
+        routed = functools.partial(logged, the_lab.vms[here], "pod-network", line)
+        wait_until(f"{here}'s route to {there}'s pods", routed, ROUTE_TIMEOUT, kube)
 
 
 def test_each_nodes_memory_in_use(the_lab: lab.Lab) -> None:
