@@ -5,6 +5,7 @@ against a real daemon."""
 from __future__ import annotations
 
 import itertools
+import os
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from k4sinit.core import analysis
 from k4sinit.core.bootplot import plot
 from k4sinit.core.state import State
 from k4sinit.core.timeline import (
+    TIMELINE_ENV,
     Milestones,
     StageJSON,
     Timeline,
@@ -130,7 +132,30 @@ def test_a_stage_is_recorded_also_when_it_raises() -> None:
     ]
 
 
-def test_a_node_timeline_starts_at_the_kernel() -> None:
+def test_the_stages_cross_the_reexec_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = Timeline(origin=0.0)
+    before.add("kernel, initramfs, interpreter", 0.0, 1.0)
+    before.add("switch root", 2.0, 5.0)
+    monkeypatch.setenv(TIMELINE_ENV, before.to_env())
+    after = first_stages(container=False, entered=6.5, imported=6.0)
+    assert TIMELINE_ENV not in os.environ  # services never see it
+    assert after.origin == 0.0
+    assert [(s.name, s.start, s.end) for s in after.stages] == [
+        ("kernel, initramfs, interpreter", 0.0, 1.0),
+        ("switch root", 2.0, 5.0),
+        ("re-exec", 5.0, 6.0),
+        ("imports", 6.0, 6.5),
+    ]
+
+
+@pytest.mark.parametrize(
+    "garbled", ["", "not json", '{"origin": 0}', '{"origin": "x", "stages": []}']
+)
+def test_a_garbled_environment_starts_a_new_timeline(
+    monkeypatch: pytest.MonkeyPatch, garbled: str
+) -> None:
+    assert Timeline.from_env(garbled) is None
+    monkeypatch.setenv(TIMELINE_ENV, garbled)
     fresh = first_stages(container=False, entered=3.5, imported=3.0)
     assert fresh.origin == 0.0
     assert [(s.name, s.start, s.end) for s in fresh.stages] == [

@@ -185,7 +185,8 @@ def test_boot_stages_run_in_order(machine: vm.VM, userland: Any) -> None:
         r"k4sinit starting.*pid=1\b",  # from the initramfs
         rf"image: kubernetes {kubernetes}, containerd v2\.",  # the banner
         r"stage 1: mounted cgroup2 on /sys/fs/cgroup",
-        r"switched root: the initramfs bound onto /",  # in place: no copy, no re-exec
+        r"switching into a tmpfs root",
+        r"k4sinit starting.*pid=1\b",  # re-executed in the tmpfs root
         r"stage 1: coldplug: loaded .*virtio_net.*virtio_console|"
         r"stage 1: coldplug: loaded .*virtio_console.*virtio_net",
         r"stage 1: machine id",

@@ -400,6 +400,7 @@ def test_everything_k4sinit_and_the_roles_run_is_in_the_image(
 ) -> None:
     from k4sinit.core import paths
     from k4sinit.core.config import SystemSpec
+    from k4sinit.pid1 import boot
 
     needed = build.NEEDED_COMMANDS | build.NEEDED_WITH_USERLAND | build.NEEDED_WITH_IPTABLES
     for name, (path, who) in needed.items():
@@ -412,6 +413,8 @@ def test_everything_k4sinit_and_the_roles_run_is_in_the_image(
     assert node_image["bin/sh"].data == Path(build.DASH).resolve().read_bytes()
     # the kernel's request_module runs /sbin/modprobe: Debian's kmod
     assert resolve(node_image, "/sbin/modprobe").data == Path(build.KMOD).resolve().read_bytes()
+    # the switch root's copy: no cp on boot.CP_PATH (u-root's cp has no -a) -> in Python
+    assert not [d for d in boot.CP_PATH.split(":") if f"{d.lstrip('/')}/cp" in node_image]
     # k4sinit's DHCP is its own (pyroute2): no udhcpc
     assert not [path for path in node_image if path.endswith("/udhcpc")]
 

@@ -384,7 +384,7 @@ def test_machine_id_invalid_persisted_content_is_not_copied(tmp_path: Path) -> N
     assert is_machine_id(path.read_text())
 
 
-# --- boot.should_switch_root, boot.switch_root -------------------------------------------------------------
+# --- boot.should_switch_root -------------------------------------------------------------
 
 
 @pytest.fixture
@@ -422,74 +422,6 @@ def test_switch_root_choices(spec_choice: SwitchRoot, kernel: str | None, expect
     assert system.mounted().get("/") not in ("rootfs", "ramfs")
     spec = SystemSpec(switch_root=spec_choice)
     assert boot.should_switch_root(spec, kernel, container=False) is expected
-
-
-def test_top_level_mounts_are_those_directly_under_the_root() -> None:
-    mounts = {
-        "/": "rootfs",
-        "/proc": "proc",
-        "/sys": "sysfs",
-        "/sys/fs/cgroup": "cgroup2",
-        "/dev": "devtmpfs",
-        "/dev/pts": "devpts",
-        boot.NEW_ROOT: "rootfs",
-    }
-    assert boot.top_level_mounts(mounts) == ["/dev", "/proc", "/sys"]
-
-
-@needs_unshare
-def test_switch_root_makes_the_root_a_mount_of_its_own_in_place(tmp_path: Path) -> None:
-    """In a mount namespace chrooted into a tmpfs (the initramfs' stand-in): after the
-    switch / is another mount of the same files, /proc and what is under a moved
-    mount are there, /newroot is gone, and the process goes on (no exec)."""
-    result = run_python(
-        f"""
-        import ctypes, json, os
-        from k4sinit.host import system
-        from k4sinit.pid1 import boot
-        root = {str(tmp_path)!r}
-        system.mount("none", "/", "", system.MS_REC | (1 << 18))  # MS_PRIVATE
-        system.mount("tmpfs", root, "tmpfs", 0, "mode=0755")
-        for d in ("proc", "run", "etc"):
-            os.mkdir(f"{{root}}/{{d}}")
-        system.mount("proc", root + "/proc", "proc")
-        system.mount("tmpfs", root + "/run", "tmpfs")
-        os.mkdir(root + "/run/inner")
-        system.mount("tmpfs", root + "/run/inner", "tmpfs")
-        with open(root + "/etc/marker", "w") as f:
-            f.write("same files")
-        os.chdir(root)
-        os.chroot(".")
-        os.chdir("/")
-
-        def root_id():
-            for line in open("/proc/self/mountinfo"):
-                fields = line.split()
-                if fields[4] == "/":
-                    return fields[0]
-
-        before = root_id()
-        boot.switch_root()
-        mounts = system.mounted()
-        print(json.dumps({{
-            "new_root_mount": root_id() != before,
-            "marker": open("/etc/marker").read(),
-            "mounts": sorted(m for m in mounts if m != "/"),
-            "newroot_left": os.path.exists(boot.NEW_ROOT),
-            "switched": os.environ.get(boot.SWITCHED_ENV),
-        }}))
-        """,
-        "--mount",
-        "--pid",
-        "--fork",
-    )
-    assert result == {
-        "new_root_mount": True,
-        "marker": "same files",
-        "mounts": ["/proc", "/run", "/run/inner"],
-        "newroot_left": False,
-        "switched": "1",
-    }
 
 
 # --- boot.run_console_shell (forks and waits with waitpid(-1): in a subprocess) -----------

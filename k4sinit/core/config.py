@@ -27,7 +27,7 @@ class Fallback(enum.Enum):
 
 
 class SwitchRoot(enum.Enum):
-    """Whether PID 1 switches root: makes / a bind mount of itself (pid1/boot.switch_root)."""
+    """Whether PID 1 copies an initramfs root into a tmpfs and switches into it."""
 
     AUTO = "auto"  # when booted from an initramfs (runc cannot pivot_root out of one)
     ALWAYS = "always"

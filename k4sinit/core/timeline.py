@@ -4,7 +4,8 @@ What ``k4sinit analyze`` reads (core/analysis.py, core/bootplot.py). Two records
 
 - :class:`Timeline`: named stages with a start and an end (``mounts``,
   ``switch root``, ``coldplug``, ``preflight``...), in ``time.monotonic()``
-  seconds: CLOCK_MONOTONIC, which counts from the kernel's start.
+  seconds: CLOCK_MONOTONIC, which counts from the kernel's start and goes on
+  across PID 1's re-exec (the stages before it travel in :data:`TIMELINE_ENV`).
   Bounded: a boot retried forever keeps its last :data:`MAX_STAGES`.
 - :class:`Milestones`: when a service first waited, was first spawned, first
   ready, first completed. Each is set once and never again, so a later restart
@@ -21,6 +22,7 @@ Pure: no trio (the daemon converts its clock's readings before it replies).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections import deque
@@ -31,6 +33,7 @@ from typing import TypedDict
 from k4sinit import IMPORTED_AT
 from k4sinit.core.state import State
 
+TIMELINE_ENV = "K4SINIT_TIMELINE"  # the stages before PID 1's re-exec, as JSON
 MAX_STAGES = 64
 
 
@@ -105,6 +108,24 @@ class Timeline:
 
     def to_json(self) -> list[StageJSON]:
         return [stage.to_json() for stage in self.stages]
+
+    def to_env(self) -> str:
+        """The origin and stages as :data:`TIMELINE_ENV`'s value (for a re-exec)."""
+        return json.dumps({"origin": self.origin, "stages": self.to_json()})
+
+    @classmethod
+    def from_env(cls, value: str | None) -> Timeline | None:
+        """What :meth:`to_env` wrote; None when ``value`` is missing or garbled."""
+        if not value:
+            return None
+        try:
+            data = json.loads(value)
+            timeline = cls(origin=float(data["origin"]))
+            for stage in data["stages"]:
+                timeline.add(str(stage["name"]), float(stage["start"]), float(stage["end"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+        return timeline
 
 
 def process_start(pid: int | str = "self") -> float:

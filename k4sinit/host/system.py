@@ -1,7 +1,7 @@
 """Stage 1 of the boot: mounts, kernel modules (coldplug and by name), sysctls, hostname, machine-id.
 
 Every step is idempotent (what is already mounted or set is left alone), so
-the same code runs as PID 1 of a node, again on a retried boot,
+the same code runs as PID 1 of a node, again after a switch into a tmpfs root,
 and as PID 1 of a container. Each step returns what it did or why it did not,
 as lines for the boot log; a step that fails does not stop the others.
 

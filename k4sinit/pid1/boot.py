@@ -4,8 +4,8 @@
 
     init_main(options, supervise)
       loop forever:
-        boot():   mounts -> kernel cmdline -> config -> [switch root: the
-                  initramfs bound onto /] -> coldplug -> modules -> sysctls -> hostname
+        boot():   mounts -> kernel cmdline -> config -> [switch into a tmpfs
+                  root, re-exec] -> coldplug -> modules -> sysctls -> hostname
                   -> machine-id -> storage (the config's disk on the data
                   directory), then supervise(Booted): the composition root
                   (k4sinit.daemon.root: roles, cgroups, preflight, node files,
@@ -15,8 +15,8 @@
         any error on the way: log it, then the fallback (emergency shell,
                   retry, or reboot after a countdown), and boot again
 
-Each stage's start and end go into the boot's timeline (core/timeline.py), which
-the daemon serves to ``k4sinit analyze``.
+Each stage's start and end go into the boot's timeline (core/timeline.py; across
+the re-exec in the environment), which the daemon serves to ``k4sinit analyze``.
 
 This module knows the stages, not what runs between boot and shutdown: the
 caller hands that in as ``supervise`` (``k4sinit init`` gives the daemon's
@@ -31,10 +31,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NoReturn
 
 from k4sinit import IMPORTED_AT
@@ -43,12 +47,14 @@ from k4sinit.core import cmdline, imageinfo, log
 from k4sinit.core.config import Config, Fallback, SwitchRoot, SystemSpec
 from k4sinit.core.netspec import NetworkSpec, choose_network
 from k4sinit.core.paths import DEFAULT_PATH
-from k4sinit.core.timeline import Timeline, process_start
+from k4sinit.core.timeline import TIMELINE_ENV, Timeline, process_start
 from k4sinit.host import storage, system
 from k4sinit.pid1 import power
 
-SWITCHED_ENV = "K4SINIT_SWITCHED"  # set once the root is switched (a retry does not again)
-NEW_ROOT = "/newroot"  # where the root's bind mount is made before it moves over /
+CP_PATH = "/bin:/usr/bin"  # where a cp with -a is (busybox, coreutils); not u-root's /bbin
+SWITCHED_ENV = "K4SINIT_SWITCHED"  # set across the re-exec after a switch root
+NEW_ROOT = "/newroot"
+MOVED_MOUNTS = ("/dev", "/proc", "/sys", "/run", "/tmp")
 MIN_RETRY_DELAY = 5.0  # between boot attempts, so a fallback can never spin
 
 
@@ -152,12 +158,9 @@ def boot(
         config = load_config(path)
     spec = config.system
     if should_switch_root(spec, kernel.switch_root, container=container):
-        with timeline.stage("switch root"):
-            switch_root()
-        logger.info(
-            "switched root: the initramfs bound onto /",
-            reason="runc cannot pivot_root out of an initramfs",
-        )
+        logger.info("switching into a tmpfs root", reason="booted from an initramfs")
+        writer.wait_idle(2)
+        switch_root_and_reexec(timeline)  # does not return
     network = node_network(config, kernel, logger)
     prepare_system(config, kernel, network, container=container, logger=logger, timeline=timeline)
     if config.storage is not None:
@@ -182,12 +185,18 @@ def first_stages(container: bool, entered: float, imported: float = IMPORTED_AT)
     """The timeline up to ``entered`` (when :func:`init_main` began); ``imported``:
     when the interpreter had started and began importing k4sinit.
 
-    From 0, the kernel's start: the kernel, its initramfs and the interpreter in
-    one stage (PID 1's process exists from the kernel's first steps: nothing
-    tells when /init began), then ``imports``; in a container (whose clock began
-    with the host's) from this process's start.
+    After the switch root's re-exec: the stages before it, ``re-exec`` (a second
+    interpreter start) and ``imports``. Otherwise from 0, the kernel's start: the
+    kernel, its initramfs and the interpreter in one stage (PID 1's process exists
+    from the kernel's first steps: nothing tells when /init began), then
+    ``imports``; in a container (whose clock began with the host's) from this
+    process's start.
     """
-    if container:
+    carried = Timeline.from_env(os.environ.pop(TIMELINE_ENV, None))
+    if carried is not None and carried.stages:
+        carried.add("re-exec", carried.stages[-1].end, imported)
+        timeline = carried
+    elif container:
         timeline = Timeline(origin=process_start())
         timeline.add("interpreter", timeline.origin, imported)
     else:
@@ -362,7 +371,7 @@ def _sleep_reaping(seconds: float) -> None:
         time.sleep(min(left, 0.2))
 
 
-# --- the switch root: the initramfs made a mount of its own ---------------------------
+# --- the switch into a tmpfs root ----------------------------------------------------
 
 
 def should_switch_root(spec: SystemSpec, kernel_choice: str | None, *, container: bool) -> bool:
@@ -375,31 +384,55 @@ def should_switch_root(spec: SystemSpec, kernel_choice: str | None, *, container
     return choice is SwitchRoot.ALWAYS or system.mounted().get("/") in ("rootfs", "ramfs")
 
 
-def switch_root() -> None:
-    """Make / a bind mount of itself, in this process: no copy, no re-exec.
+def copy_tree(entries: list[str], target: str) -> None:
+    """Copy top-level ``entries`` of / into ``target``, keeping links, modes and owners.
 
-    pivot_root(2) refuses a root mount without a parent, which the initramfs
-    (rootfs) is; a bind mount of it, moved over / and chrooted into, has one
-    (rootfs), so runc can pivot_root out of it. The same files, the same
-    memory: the interpreter, its open files and its cwd stay valid, and nothing
-    of an "old root" is left referenced but rootfs itself, which can never be
-    unmounted anyway. The top-level mounts (/dev, /proc, /sys, /run, /tmp and
-    anything else mounted directly under /) move into the bind with what is
-    mounted under them. Raises OSError (the boot fails; the fallback follows).
+    busybox/coreutils ``cp -a`` when there is one: in C it is several times
+    faster than shutil under qemu's TCG (thousands of small files). Not from
+    /bbin: u-root's ``cp`` has no ``-a``. No reaper runs yet, so waiting for it
+    here is safe.
     """
+    cp = shutil.which("cp", path=CP_PATH)
+    if cp is not None:
+        subprocess.run([cp, "-a", *(f"/{e}" for e in entries), target + "/"], check=True)
+        return
+    for entry in entries:
+        source, destination = Path("/") / entry, Path(target) / entry
+        if source.is_dir() and not source.is_symlink():
+            shutil.copytree(source, destination, symlinks=True)
+        else:
+            shutil.copy2(source, destination, follow_symlinks=False)
+
+
+def switch_root_and_reexec(timeline: Timeline) -> NoReturn:
+    """Copy / into a tmpfs, move the API mounts over, make it /, free the old, re-exec.
+
+    ``timeline`` goes across the re-exec in :data:`TIMELINE_ENV`, with this as
+    its ``switch root`` stage.
+    """
+    started = time.monotonic()
     os.makedirs(NEW_ROOT, exist_ok=True)
-    system.mount("/", NEW_ROOT, "", system.MS_BIND)
-    for mount_point in top_level_mounts(system.mounted()):
-        system.mount(mount_point, NEW_ROOT + mount_point, "", system.MS_MOVE)
+    system.mount("tmpfs", NEW_ROOT, "tmpfs", 0, "mode=0755")
+    skip = {NEW_ROOT.lstrip("/"), *(m.lstrip("/") for m in MOVED_MOUNTS)}
+    entries = sorted(entry for entry in os.listdir("/") if entry not in skip)
+    copy_tree(entries, NEW_ROOT)
+    current = system.mounted()
+    for mount_point in MOVED_MOUNTS:
+        os.makedirs(NEW_ROOT + mount_point, exist_ok=True)
+        if mount_point in current:
+            system.mount(mount_point, NEW_ROOT + mount_point, "", system.MS_MOVE)
+    for entry in entries:  # free the initramfs' memory: it cannot be unmounted
+        path = Path("/") / entry
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     os.chdir(NEW_ROOT)
     system.mount(".", "/", "", system.MS_MOVE)
     os.chroot(".")
     os.chdir("/")
-    with contextlib.suppress(OSError):  # the bind's mount point, seen through the bind
-        os.rmdir(NEW_ROOT)
-    os.environ[SWITCHED_ENV] = "1"  # a retried boot does not switch again
-
-
-def top_level_mounts(mounts: dict[str, str]) -> list[str]:
-    """The mount points directly under / (not / itself, not :data:`NEW_ROOT`), sorted."""
-    return sorted(p for p in mounts if p not in ("/", NEW_ROOT) and p.count("/") == 1)
+    os.environ[SWITCHED_ENV] = "1"
+    timeline.add("switch root", started, time.monotonic())
+    os.environ[TIMELINE_ENV] = timeline.to_env()
+    os.execv(sys.executable, sys.orig_argv)
