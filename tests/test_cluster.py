@@ -397,6 +397,44 @@ def _ca(kubeconfig: Path) -> str:
     return base64.b64decode(data).decode()
 
 
+# --- 4b. a worker rebooted ----------------------------------------------------------------
+
+
+def test_a_worker_rebooted_rejoins_under_its_name_and_runs_pods_again(
+    the_lab: lab.Lab, kube: Kube, pytestconfig: pytest.Config
+) -> None:
+    """Diskless: it keeps nothing, joins again with the token on its command line."""
+    worker = the_lab.vms["worker-1"]
+    boots = worker.console.count("k4sinit starting")
+    started = time.monotonic()
+    out = worker.k4sinit("reboot", timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    worker.wait_for(r"reboot: Restarting system", 120)
+    assert worker.exit_code is None  # qemu stayed: the guest rebooted
+
+    def back() -> bool:
+        rebooted = worker.console.count("k4sinit starting") > boots
+        return rebooted and "worker-1" in kube.ready_nodes()
+
+    wait_until("worker-1 Ready again after its reboot", back, JOIN_TIMEOUT, kube)
+    phase(pytestconfig, "worker reboot to node Ready again", started)
+    FIGURES["worker reboot to node Ready again (s)"] = round(
+        TIMES["worker reboot to node Ready again"], 1
+    )
+    assert set(kube.nodes()) == {"controller", "worker-1"}  # the same Node, no second one
+    # Its pod may have moved while it was away (10 s toleration): a rollout spreads the
+    # Deployment again, one pod per node, so a pod runs on the rebooted worker.
+    started = time.monotonic()
+    kube.run("rollout", "restart", "deployment/web")
+
+    def spread_again() -> bool:
+        ready = [p for p in kube.web_pods() if is_ready(p)]
+        return {p["spec"].get("nodeName") for p in ready} == {"controller", "worker-1"}
+
+    wait_until("a web pod Ready on each node again", spread_again, POD_TIMEOUT, kube)
+    phase(pytestconfig, "rollout to a pod Ready on the rebooted worker", started)
+
+
 # --- 5. the worker powered off --------------------------------------------------------
 
 
