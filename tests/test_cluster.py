@@ -12,7 +12,8 @@ token on its kernel command line. The tests run in file order on that lab:
    across nodes by IP, and its Service answers from either node;
 4. the controller reboots: the same CA and objects, the worker's pod kept
    running meanwhile, every node Ready again;
-5. the worker powered off: NotReady, its pod rescheduled on the controller;
+5. the worker rebooted: Ready again under its name, a pod on it again; then
+   powered off: NotReady, its pod rescheduled on the controller;
 6. a worker with a bad token: a clear error in ``status``, no crash loop.
 
 Under TCG two VMs share two cores (the controller has two vCPUs, the worker
