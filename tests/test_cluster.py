@@ -363,6 +363,7 @@ def test_the_controller_reboots_into_the_same_cluster(
     kube.run("create", "configmap", "survivor", "--from-literal=made=before-the-reboot")
     controller = the_lab.vms[lab.CONTROLLER]
     boots = controller.console.count("k4sinit starting")
+    boot_id = kube.nodes()["controller"]["status"]["nodeInfo"]["bootID"]
     started = time.monotonic()
     out = controller.k4sinit("reboot", timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -376,7 +377,9 @@ def test_the_controller_reboots_into_the_same_cluster(
             kube.refresh()  # the same CA, checked below; the relay may be between boots
         except ControlClientError:
             return False
-        return kube.ready_nodes() == {"controller", "worker-1"}
+        # Ready as reported by its new boot, not a status left from before the reboot.
+        rebooted = kube.nodes()["controller"]["status"]["nodeInfo"]["bootID"] != boot_id
+        return rebooted and kube.ready_nodes() == {"controller", "worker-1"}
 
     wait_until("every node Ready after the controller's reboot", back, REBOOT_TIMEOUT, kube)
     phase(pytestconfig, "controller reboot to every node Ready", started)
@@ -406,7 +409,7 @@ def test_a_worker_rebooted_rejoins_under_its_name_and_runs_pods_again(
 ) -> None:
     """Diskless: it keeps nothing, joins again with the token on its command line."""
     worker = the_lab.vms["worker-1"]
-    boots = worker.console.count("k4sinit starting")
+    boot_id = kube.nodes()["worker-1"]["status"]["nodeInfo"]["bootID"]
     started = time.monotonic()
     out = worker.k4sinit("reboot", timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -414,8 +417,9 @@ def test_a_worker_rebooted_rejoins_under_its_name_and_runs_pods_again(
     assert worker.exit_code is None  # qemu stayed: the guest rebooted
 
     def back() -> bool:
-        rebooted = worker.console.count("k4sinit starting") > boots
-        return rebooted and "worker-1" in kube.ready_nodes()
+        """Ready, and reported by the new boot (a Node stays Ready for the monitor's grace)."""
+        item = kube.nodes()["worker-1"]
+        return item["status"]["nodeInfo"]["bootID"] != boot_id and is_ready(item)
 
     wait_until("worker-1 Ready again after its reboot", back, JOIN_TIMEOUT, kube)
     phase(pytestconfig, "worker reboot to node Ready again", started)
@@ -426,11 +430,16 @@ def test_a_worker_rebooted_rejoins_under_its_name_and_runs_pods_again(
     # Its pod may have moved while it was away (10 s toleration): a rollout spreads the
     # Deployment again, one pod per node, so a pod runs on the rebooted worker.
     started = time.monotonic()
+    before = {p["metadata"]["name"] for p in kube.web_pods()}
     kube.run("rollout", "restart", "deployment/web")
 
     def spread_again() -> bool:
-        ready = [p for p in kube.web_pods() if is_ready(p)]
-        return {p["spec"].get("nodeName") for p in ready} == {"controller", "worker-1"}
+        new = [p for p in kube.web_pods() if p["metadata"]["name"] not in before]
+        ready = [p for p in new if is_ready(p)]
+        return len(ready) == 2 and {p["spec"].get("nodeName") for p in ready} == {
+            "controller",
+            "worker-1",
+        }
 
     wait_until("a web pod Ready on each node again", spread_again, POD_TIMEOUT, kube)
     phase(pytestconfig, "rollout to a pod Ready on the rebooted worker", started)
